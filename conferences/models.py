@@ -1,0 +1,331 @@
+"""Data model: Asterisk servers, rooms, who may see them, who is in them, what happened."""
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.core.exceptions import ImproperlyConfigured, ValidationError
+from django.core.validators import RegexValidator
+from django.db import models
+from django.db.models import Q
+from django.urls import reverse
+from django.utils.translation import gettext_lazy as _
+
+from conferencesite import env
+
+DEFAULT_SERVER_NAME = "default"
+
+digits_validator = RegexValidator(r"^[0-9]+$", _("Use digits only."))
+
+
+def validate_ari_url(value):
+    """An ARI base URL: http(s), a host (a bare intranet name is fine), an optional port."""
+    try:
+        env.parse_http_url(_("ARI URL"), value)
+    except ImproperlyConfigured as exc:
+        raise ValidationError(str(exc), code="invalid") from None
+
+
+class AsteriskServerQuerySet(models.QuerySet):
+    def sync_default_from_settings(self):
+        """Create or update the server named ``default`` from ``ARI_*`` settings.
+
+        Returns the server, or ``None`` when ``ARI_URL`` is not set.
+        """
+        if not settings.ARI_URL:
+            return None
+        server, _created = self.update_or_create(
+            name=DEFAULT_SERVER_NAME,
+            defaults={
+                "ari_url": settings.ARI_URL,
+                "username": settings.ARI_USERNAME or "",
+                "password": settings.ARI_PASSWORD or "",
+                "app_name": settings.ARI_APP,
+            },
+        )
+        return server
+
+
+class AsteriskServer(models.Model):
+    """An Asterisk PBX reached over ARI, and the live state of the worker's link to it."""
+
+    name = models.SlugField(_("name"), max_length=64, unique=True)
+    ari_url = models.CharField(
+        _("ARI URL"),
+        max_length=255,
+        validators=[validate_ari_url],
+        help_text=_("For example http://127.0.0.1:8088/ari"),
+    )
+    username = models.CharField(_("ARI username"), max_length=128)
+    password = models.CharField(_("ARI password"), max_length=256)
+    app_name = models.CharField(
+        _("Stasis application"),
+        max_length=64,
+        default="conference",
+        validators=[RegexValidator(r"^[A-Za-z0-9_.-]+$", _("Letters, digits, dot, dash, underscore."))],
+    )
+    enabled = models.BooleanField(_("enabled"), default=True)
+
+    # Link status, written by the worker only.
+    connected = models.BooleanField(_("connected"), default=False, editable=False)
+    status_since = models.DateTimeField(_("status since"), null=True, blank=True, editable=False)
+    last_error = models.TextField(_("last error"), blank=True, editable=False)
+    last_seen_at = models.DateTimeField(
+        _("last heard from"),
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_("When the worker last confirmed the link (event or ping)."),
+    )
+
+    objects = AsteriskServerQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("Asterisk server")
+        verbose_name_plural = _("Asterisk servers")
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    def __repr__(self):
+        # Never the password: reprs end up in logs and error reports.
+        return f"<AsteriskServer {self.pk}: {self.name} {self.ari_url}>"
+
+
+class Conference(models.Model):
+    """A conference room: callers dial ``number`` on ``server``; the page lives at ``slug``."""
+
+    server = models.ForeignKey(
+        AsteriskServer, on_delete=models.PROTECT, related_name="conferences", verbose_name=_("server")
+    )
+    number = models.CharField(
+        _("room number"),
+        max_length=32,
+        validators=[digits_validator],
+        help_text=_("The digits callers dial; passed to Stasis() by the dialplan."),
+    )
+    slug = models.SlugField(_("slug"), max_length=64, unique=True, help_text=_("Used in page URLs."))
+    name = models.CharField(_("name"), max_length=128)
+    moh_class = models.CharField(
+        _("music on hold class"),
+        max_length=64,
+        default="default",
+        help_text=_("Played to a caller who is alone in the room."),
+    )
+    max_participants = models.PositiveIntegerField(
+        _("max participants"), null=True, blank=True, help_text=_("Empty for no limit.")
+    )
+    pin = models.CharField(
+        _("PIN"),
+        max_length=16,
+        blank=True,
+        validators=[digits_validator],
+        help_text=_("Digits callers must enter to join; empty for none."),
+    )
+    locked = models.BooleanField(_("locked"), default=False)
+    seq = models.PositiveBigIntegerField(
+        _("event sequence"), default=0, editable=False, help_text=_("Number of the room's last event.")
+    )
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("conference")
+        verbose_name_plural = _("conferences")
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["server", "number"], name="conference_number_unique_per_server"),
+            models.CheckConstraint(condition=Q(number__regex=r"^[0-9]+$"), name="conference_number_digits"),
+            models.CheckConstraint(condition=Q(pin="") | Q(pin__regex=r"^[0-9]+$"), name="conference_pin_digits"),
+            models.CheckConstraint(
+                condition=Q(max_participants__isnull=True) | Q(max_participants__gte=1),
+                name="conference_max_participants_positive",
+            ),
+            models.CheckConstraint(condition=~Q(slug=""), name="conference_slug_not_empty"),
+        ]
+
+    def __str__(self):
+        return f"{self.name} ({self.number})"
+
+    def get_absolute_url(self):
+        return reverse("conference-detail", kwargs={"slug": self.slug})
+
+
+class ConferenceAccess(models.Model):
+    """Grants one user or one group the viewer or moderator role in a room."""
+
+    class Role(models.TextChoices):
+        VIEWER = "viewer", _("viewer")
+        MODERATOR = "moderator", _("moderator")
+
+    conference = models.ForeignKey(
+        Conference, on_delete=models.CASCADE, related_name="access", verbose_name=_("conference")
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="conference_access",
+        verbose_name=_("user"),
+    )
+    group = models.ForeignKey(
+        Group,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="conference_access",
+        verbose_name=_("group"),
+    )
+    role = models.CharField(_("role"), max_length=16, choices=Role.choices, default=Role.VIEWER)
+
+    class Meta:
+        verbose_name = _("access")
+        verbose_name_plural = _("access")
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(user__isnull=False) & Q(group__isnull=True))
+                | (Q(user__isnull=True) & Q(group__isnull=False)),
+                name="access_user_xor_group",
+                violation_error_message=_("Name either a user or a group, not both."),
+            ),
+            models.UniqueConstraint(
+                fields=["conference", "user"], condition=Q(user__isnull=False), name="access_unique_user"
+            ),
+            models.UniqueConstraint(
+                fields=["conference", "group"], condition=Q(group__isnull=False), name="access_unique_group"
+            ),
+            models.CheckConstraint(condition=Q(role__in=["viewer", "moderator"]), name="access_role_valid"),
+        ]
+
+    def __str__(self):
+        return f"{self.user or self.group}: {self.get_role_display()} of {self.conference}"
+
+
+class PresentParticipantQuerySet(models.QuerySet):
+    def present(self):
+        return self.filter(left_at__isnull=True)
+
+
+class Participant(models.Model):
+    """A caller's stay in a room, from entering the bridge to leaving it."""
+
+    class Role(models.TextChoices):
+        PARTICIPANT = "participant", _("participant")
+        ADMIN = "admin", _("admin")
+
+    class LeftReason(models.TextChoices):
+        HANGUP = "hangup", _("hung up")
+        KICKED = "kicked", _("kicked")
+        LOST = "lost", _("lost")
+
+    conference = models.ForeignKey(
+        Conference, on_delete=models.CASCADE, related_name="participants", verbose_name=_("conference")
+    )
+    # The conference's server, kept here so the database can enforce that an
+    # ARI channel id names one participant per server, which also means at most
+    # one present participant per channel.
+    server = models.ForeignKey(
+        AsteriskServer, on_delete=models.CASCADE, related_name="participants", verbose_name=_("server")
+    )
+    channel_id = models.CharField(_("ARI channel id"), max_length=128)
+    caller_number = models.CharField(_("caller number"), max_length=80, blank=True)
+    caller_name = models.CharField(_("caller name"), max_length=80, blank=True)
+    role = models.CharField(_("role"), max_length=16, choices=Role.choices, default=Role.PARTICIPANT)
+    joined_at = models.DateTimeField(_("joined at"))
+    left_at = models.DateTimeField(_("left at"), null=True, blank=True)
+    left_reason = models.CharField(_("left reason"), max_length=16, choices=LeftReason.choices, blank=True)
+    muted = models.BooleanField(_("muted"), default=False)
+    talking = models.BooleanField(_("talking"), default=False)
+    moh = models.BooleanField(_("music on hold"), default=False)
+
+    objects = PresentParticipantQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("participant")
+        verbose_name_plural = _("participants")
+        ordering = ["joined_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["server", "channel_id"], name="participant_channel_unique_per_server"),
+            models.CheckConstraint(
+                condition=(Q(left_at__isnull=True) & Q(left_reason=""))
+                | (Q(left_at__isnull=False) & Q(left_reason__in=["hangup", "kicked", "lost"])),
+                name="participant_left_reason_iff_left",
+            ),
+            models.CheckConstraint(condition=Q(role__in=["participant", "admin"]), name="participant_role_valid"),
+            models.CheckConstraint(
+                condition=Q(left_at__isnull=True) | Q(left_at__gte=models.F("joined_at")),
+                name="participant_left_after_joined",
+            ),
+            models.CheckConstraint(condition=~Q(channel_id=""), name="participant_channel_id_not_empty"),
+        ]
+        indexes = [
+            # The roster of a room: its present participants.
+            models.Index(
+                fields=["conference", "joined_at"],
+                condition=Q(left_at__isnull=True),
+                name="participant_present_idx",
+            ),
+            # Resync walks every present participant of one server.
+            models.Index(fields=["server"], condition=Q(left_at__isnull=True), name="participant_server_present_idx"),
+        ]
+
+    def __str__(self):
+        return f"{self.caller_name or self.caller_number or self.channel_id} in {self.conference_id}"
+
+    def save(self, *args, **kwargs):
+        if self.server_id is None:
+            self.server_id = self.conference.server_id
+        elif self.server_id != self.conference.server_id:
+            raise ValueError("A participant's server must be its conference's server.")
+        super().save(*args, **kwargs)
+
+    @property
+    def present(self):
+        return self.left_at is None
+
+
+class ConferenceEvent(models.Model):
+    """One entry of a room's timeline and audit log."""
+
+    class Kind(models.TextChoices):
+        JOINED = "joined", _("joined")
+        LEFT = "left", _("left")
+        MUTED = "muted", _("muted")
+        UNMUTED = "unmuted", _("unmuted")
+        KICKED = "kicked", _("kicked")
+        MUTED_ALL = "muted_all", _("muted all")
+        UNMUTED_ALL = "unmuted_all", _("unmuted all")
+        LOCKED = "locked", _("locked")
+        UNLOCKED = "unlocked", _("unlocked")
+        REFUSED = "refused", _("refused entry")
+
+    conference = models.ForeignKey(
+        Conference, on_delete=models.CASCADE, related_name="events", verbose_name=_("conference")
+    )
+    participant = models.ForeignKey(
+        Participant,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="events",
+        verbose_name=_("participant"),
+    )
+    kind = models.CharField(_("kind"), max_length=32, choices=Kind.choices)
+    created_at = models.DateTimeField(_("time"), db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("done by"),
+    )
+    details = models.JSONField(_("details"), default=dict, blank=True)
+
+    class Meta:
+        verbose_name = _("event")
+        verbose_name_plural = _("events")
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["conference", "created_at"], name="event_conference_time_idx")]
+
+    def __str__(self):
+        return f"{self.get_kind_display()} at {self.created_at:%Y-%m-%d %H:%M:%S}"

@@ -1,0 +1,30 @@
+"""ASGI entry point: HTTP through Django, WebSockets through Channels.
+
+WebSockets are authenticated with the Django session cookie and refused at the
+handshake when their Origin is not one of the allowed hosts.
+"""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "conferencesite.settings")
+
+# Set up Django (apps, models) before anything imports a consumer.
+django_asgi_app = get_asgi_application()
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+
+from conferencesite.routing import websocket_urlpatterns  # noqa: E402
+from conferencesite.startup import on_process_start  # noqa: E402
+
+on_process_start()
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+    }
+)

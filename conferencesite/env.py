@@ -1,0 +1,155 @@
+"""Strict parsing of the environment variables that configure the site.
+
+Every helper raises ``ImproperlyConfigured`` with the variable's name, so a
+typo in a deployment stops start-up with a message instead of a surprise.
+"""
+
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from django.core.exceptions import ImproperlyConfigured
+
+TRUE_VALUES = {"true", "1", "yes", "on"}
+FALSE_VALUES = {"false", "0", "no", "off"}
+
+
+def env_str(name, default=None, environ=None):
+    """Return the variable's value stripped, or ``default`` when unset or empty."""
+    environ = os.environ if environ is None else environ
+    value = environ.get(name, "").strip()
+    return value if value else default
+
+
+def env_bool(name, default, environ=None):
+    """Parse ``True``/``False`` (also 1/0, yes/no, on/off); anything else is an error."""
+    value = env_str(name, environ=environ)
+    if value is None:
+        return default
+    lowered = value.lower()
+    if lowered in TRUE_VALUES:
+        return True
+    if lowered in FALSE_VALUES:
+        return False
+    raise ImproperlyConfigured(f"{name} must be True or False, got {value!r}.")
+
+
+def env_list(name, default, environ=None):
+    """Parse a comma-separated list; empty items are an error (a stray comma)."""
+    value = env_str(name, environ=environ)
+    if value is None:
+        return list(default)
+    items = [item.strip() for item in value.split(",")]
+    if any(not item for item in items):
+        raise ImproperlyConfigured(f"{name} must be a comma-separated list without empty items, got {value!r}.")
+    return items
+
+
+def parse_database_url(name, url, *, base_dir):
+    """Turn ``sqlite:///path`` or ``postgres://user:pass@host:port/db`` into a DATABASES entry."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    if scheme == "sqlite":
+        if parts.netloc:
+            raise ImproperlyConfigured(
+                f"{name}: a SQLite URL has no host; use sqlite:///relative/path "
+                f"or sqlite:////absolute/path, got {url!r}."
+            )
+        path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
+        if not path:
+            raise ImproperlyConfigured(f"{name}: the SQLite URL names no file, got {url!r}.")
+        db_path = Path(path)
+        if not db_path.is_absolute() and path != ":memory:":
+            db_path = base_dir / db_path
+        return {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": str(db_path) if path != ":memory:" else ":memory:",
+            "OPTIONS": {
+                "timeout": 20,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+        }
+    if scheme in {"postgres", "postgresql", "pgsql"}:
+        name_part = unquote(parts.path.lstrip("/"))
+        if not name_part:
+            raise ImproperlyConfigured(f"{name}: the PostgreSQL URL names no database, got {url!r}.")
+        port = _check_port(name, url, parts)
+        conn_max_age = options.pop("conn_max_age", "0")
+        if not conn_max_age.isdigit():
+            raise ImproperlyConfigured(f"{name}: conn_max_age must be a whole number of seconds.")
+        return {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": name_part,
+            "USER": unquote(parts.username or ""),
+            "PASSWORD": unquote(parts.password or ""),
+            "HOST": unquote(parts.hostname or ""),
+            "PORT": str(port or ""),
+            "CONN_MAX_AGE": int(conn_max_age),
+            "CONN_HEALTH_CHECKS": True,
+            "OPTIONS": options,
+        }
+    raise ImproperlyConfigured(f"{name} must start with sqlite:/// or postgres://, got scheme {parts.scheme!r}.")
+
+
+def _check_port(name, url, parts):
+    try:
+        return parts.port
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}: the port is not a number in {url!r}.") from None
+
+
+def parse_redis_url(name, url):
+    """Check that ``url`` is a redis:// or rediss:// URL and return it unchanged."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"redis", "rediss", "unix"}:
+        raise ImproperlyConfigured(f"{name} must start with redis://, rediss:// or unix://, got {url!r}.")
+    _check_port(name, url, parts)
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ImproperlyConfigured(f"{name} names no host, got {url!r}.")
+    return url
+
+
+def parse_http_url(name, url):
+    """Check that ``url`` is an http(s) URL with a host and return it without a trailing slash."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ImproperlyConfigured(f"{name} must be an http:// or https:// URL, got {url!r}.")
+    _check_port(name, url, parts)
+    return url.rstrip("/")
+
+
+def channel_layers_for(redis_url):
+    """Return CHANNEL_LAYERS: Redis when a URL is given, else the in-process layer."""
+    if not redis_url:
+        return {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    return {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                # socket_timeout=None: a consumer's blocking receive waits as long
+                # as the room is quiet (django/channels_redis#422).
+                "hosts": [{"address": redis_url, "socket_timeout": None}],
+            },
+        }
+    }
+
+
+def dev_secret_key(path):
+    """Return the development secret key kept in ``path``, creating it once."""
+    path = Path(path)
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(50)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process created it meanwhile
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+    return key

@@ -1,0 +1,3 @@
+"""WebSocket routes. The room consumer at /ws/conferences/<slug>/ is added here."""
+
+websocket_urlpatterns = []

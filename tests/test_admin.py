@@ -1,0 +1,187 @@
+"""The admin: every page renders for a superuser; the ARI password is write-only."""
+
+import logging
+
+import pytest
+from django.contrib import admin
+from django.urls import reverse
+from django.utils import timezone
+
+from conferences.models import AsteriskServer, Conference, ConferenceEvent, Participant
+
+pytestmark = pytest.mark.django_db
+
+PASSWORD = "s3cret-ari-password"
+
+
+@pytest.fixture
+def populated(conference, make_participant, superuser, group, grant, make_user):
+    participant = make_participant(conference, caller_name="Alice", caller_number="201")
+    make_participant(conference, caller_name="Gone", left_at=timezone.now(), left_reason="hangup")
+    ConferenceEvent.objects.create(
+        conference=conference, participant=participant, kind="muted", created_at=timezone.now(), actor=superuser
+    )
+    grant(conference, group=group, role="moderator")
+    grant(conference, user=make_user())
+    return conference
+
+
+@pytest.fixture
+def admin_client(client, superuser):
+    client.force_login(superuser)
+    return client
+
+
+def registered_models():
+    return [(model._meta.app_label, model._meta.model_name, model) for model in admin.site._registry]
+
+
+@pytest.mark.parametrize("app_label,model_name,model", registered_models(), ids=lambda v: getattr(v, "__name__", v))
+def test_every_admin_page_renders(admin_client, populated, app_label, model_name, model):
+    changelist = admin_client.get(reverse(f"admin:{app_label}_{model_name}_changelist"))
+    assert changelist.status_code == 200
+    # Search and filters render too.
+    assert admin_client.get(reverse(f"admin:{app_label}_{model_name}_changelist"), {"q": "a"}).status_code == 200
+    model_admin = admin.site._registry[model]
+    add = admin_client.get(reverse(f"admin:{app_label}_{model_name}_add"))
+    if model_admin.has_add_permission(changelist.wsgi_request):
+        assert add.status_code == 200
+    else:
+        assert add.status_code == 403
+    obj = model.objects.first()
+    assert obj is not None, f"no {model_name} row to open"
+    change = admin_client.get(reverse(f"admin:{app_label}_{model_name}_change", args=[obj.pk]))
+    assert change.status_code == 200
+    assert admin_client.get(reverse(f"admin:{app_label}_{model_name}_history", args=[obj.pk])).status_code == 200
+
+
+def test_admin_index_renders(admin_client, populated):
+    assert admin_client.get(reverse("admin:index")).status_code == 200
+
+
+def test_participants_and_events_are_read_only(admin_client, populated):
+    participant = Participant.objects.get(caller_name="Alice")
+    url = reverse("admin:conferences_participant_change", args=[participant.pk])
+    admin_client.post(url, {"caller_name": "Mallory"})
+    participant.refresh_from_db()
+    assert participant.caller_name == "Alice"
+    assert admin_client.get(reverse("admin:conferences_participant_add")).status_code == 403
+    assert admin_client.get(reverse("admin:conferences_conferenceevent_add")).status_code == 403
+    delete = reverse("admin:conferences_participant_delete", args=[participant.pk])
+    assert admin_client.post(delete, {"post": "yes"}).status_code == 403
+
+
+def test_room_list_shows_people_present(admin_client, populated):
+    response = admin_client.get(reverse("admin:conferences_conference_changelist"))
+    row = response.context["cl"].result_list[0]
+    assert row._present_count == 1
+
+
+def test_ari_password_never_shown(admin_client, server, caplog):
+    caplog.set_level(logging.DEBUG)
+    pages = [
+        reverse("admin:conferences_asteriskserver_changelist"),
+        reverse("admin:conferences_asteriskserver_change", args=[server.pk]),
+        reverse("admin:conferences_asteriskserver_history", args=[server.pk]),
+        reverse("admin:conferences_asteriskserver_delete", args=[server.pk]),
+    ]
+    for url in pages:
+        response = admin_client.get(url)
+        assert response.status_code == 200
+        assert PASSWORD not in response.content.decode(), url
+    assert PASSWORD not in caplog.text
+
+
+def server_form(**overrides):
+    data = {
+        "name": "pbx",
+        "ari_url": "http://127.0.0.1:8088/ari",
+        "username": "conference",
+        "password": "",
+        "app_name": "conference",
+        "enabled": "on",
+    }
+    data.update(overrides)
+    return data
+
+
+def test_blank_password_on_change_keeps_the_stored_one(admin_client, server):
+    url = reverse("admin:conferences_asteriskserver_change", args=[server.pk])
+    response = admin_client.post(url, server_form(username="asterisk"))
+    assert response.status_code == 302
+    server.refresh_from_db()
+    assert server.username == "asterisk"
+    assert server.password == PASSWORD
+
+
+def test_new_password_replaces_the_stored_one_and_is_not_echoed(admin_client, server):
+    url = reverse("admin:conferences_asteriskserver_change", args=[server.pk])
+    response = admin_client.post(url, server_form(password="brand-new-pw"))
+    assert response.status_code == 302
+    server.refresh_from_db()
+    assert server.password == "brand-new-pw"
+    # The change message in the history names the field, never the value.
+    history = admin_client.get(reverse("admin:conferences_asteriskserver_history", args=[server.pk]))
+    assert "brand-new-pw" not in history.content.decode()
+
+
+def test_adding_a_server_needs_a_password_and_errors_do_not_echo_it(admin_client):
+    url = reverse("admin:conferences_asteriskserver_add")
+    response = admin_client.post(url, server_form(name="new"))
+    assert response.status_code == 200
+    assert "Enter the ARI password." in response.content.decode()
+    response = admin_client.post(url, server_form(name="new", ari_url="ftp://x", password="typed-pw"))
+    assert response.status_code == 200
+    assert "typed-pw" not in response.content.decode()
+    response = admin_client.post(url, server_form(name="new", ari_url="http://pbx:8088/ari", password="typed-pw"))
+    assert response.status_code == 302
+    assert AsteriskServer.objects.get(name="new").password == "typed-pw"
+
+
+def test_adding_a_room_with_access_rows_inline(admin_client, server, make_user, group):
+    user = make_user()
+    data = {
+        "server": server.pk,
+        "number": "555",
+        "slug": "support",
+        "name": "Support",
+        "moh_class": "default",
+        "max_participants": "",
+        "pin": "",
+        "access-TOTAL_FORMS": "2",
+        "access-INITIAL_FORMS": "0",
+        "access-MIN_NUM_FORMS": "0",
+        "access-MAX_NUM_FORMS": "1000",
+        "access-0-user": user.pk,
+        "access-0-role": "viewer",
+        "access-1-group": group.pk,
+        "access-1-role": "moderator",
+    }
+    response = admin_client.post(reverse("admin:conferences_conference_add"), data)
+    assert response.status_code == 302, response.context["errors"] if response.context else response
+    room = Conference.objects.get(slug="support")
+    assert {(a.user_id, a.group_id, a.role) for a in room.access.all()} == {
+        (user.pk, None, "viewer"),
+        (None, group.pk, "moderator"),
+    }
+
+
+def test_access_row_with_both_user_and_group_is_refused_in_the_form(admin_client, conference, make_user, group):
+    data = {
+        "server": conference.server_id,
+        "number": conference.number,
+        "slug": conference.slug,
+        "name": conference.name,
+        "moh_class": "default",
+        "access-TOTAL_FORMS": "1",
+        "access-INITIAL_FORMS": "0",
+        "access-MIN_NUM_FORMS": "0",
+        "access-MAX_NUM_FORMS": "1000",
+        "access-0-user": make_user().pk,
+        "access-0-group": group.pk,
+        "access-0-role": "viewer",
+    }
+    response = admin_client.post(reverse("admin:conferences_conference_change", args=[conference.pk]), data)
+    assert response.status_code == 200
+    assert "Name either a user or a group, not both." in response.content.decode()
+    assert not conference.access.exists()

@@ -1,0 +1,174 @@
+"""Settings come from the environment and refuse malformed values by name."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from conferencesite import env
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("value,expected", [("True", True), ("false", False), ("1", True), ("off", False)])
+def test_bool_accepts_true_and_false(value, expected):
+    assert env.env_bool("X", None, environ={"X": value}) is expected
+
+
+def test_bool_default_when_unset_or_empty():
+    assert env.env_bool("X", True, environ={}) is True
+    assert env.env_bool("X", False, environ={"X": "  "}) is False
+
+
+@pytest.mark.parametrize("value", ["maybe", "Tru", "2", "yes please"])
+def test_bool_refuses_anything_else_naming_the_variable(value):
+    with pytest.raises(ImproperlyConfigured, match="DJANGO_DEBUG"):
+        env.env_bool("DJANGO_DEBUG", False, environ={"DJANGO_DEBUG": value})
+
+
+def test_list_parsing():
+    assert env.env_list("H", ["a"], environ={}) == ["a"]
+    assert env.env_list("H", [], environ={"H": "a.example, b.example"}) == ["a.example", "b.example"]
+    with pytest.raises(ImproperlyConfigured, match="H must be"):
+        env.env_list("H", [], environ={"H": "a,,b"})
+
+
+def test_sqlite_urls(tmp_path):
+    relative = env.parse_database_url("DATABASE_URL", "sqlite:///var/x.sqlite3", base_dir=tmp_path)
+    assert relative["ENGINE"] == "django.db.backends.sqlite3"
+    assert relative["NAME"] == str(tmp_path / "var/x.sqlite3")
+    absolute = env.parse_database_url("DATABASE_URL", "sqlite:////srv/db.sqlite3", base_dir=tmp_path)
+    assert absolute["NAME"] == "/srv/db.sqlite3"
+
+
+def test_postgres_url():
+    db = env.parse_database_url(
+        "DATABASE_URL",
+        "postgres://conf:p%40ss%3Aword@db.internal:6543/conferences?sslmode=require&conn_max_age=60",
+        base_dir=ROOT,
+    )
+    assert db["ENGINE"] == "django.db.backends.postgresql"
+    assert (db["USER"], db["PASSWORD"], db["HOST"], db["PORT"], db["NAME"]) == (
+        "conf",
+        "p@ss:word",
+        "db.internal",
+        "6543",
+        "conferences",
+    )
+    assert db["OPTIONS"] == {"sslmode": "require"}
+    assert db["CONN_MAX_AGE"] == 60
+
+
+@pytest.mark.parametrize(
+    "url,message",
+    [
+        ("mysql://u@h/db", "must start with sqlite:/// or postgres://"),
+        ("postgres://u@h:port/db", "port is not a number"),
+        ("postgres://u@h:5432/", "names no database"),
+        ("sqlite://host/x.db", "has no host"),
+        ("sqlite:///", "names no file"),
+        ("postgres://u@h/db?conn_max_age=soon", "conn_max_age"),
+    ],
+)
+def test_bad_database_urls(url, message):
+    with pytest.raises(ImproperlyConfigured, match=message) as info:
+        env.parse_database_url("DATABASE_URL", url, base_dir=ROOT)
+    assert "DATABASE_URL" in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "redis://:99999999x/0", "redis:///0"])
+def test_bad_redis_urls(url):
+    with pytest.raises(ImproperlyConfigured, match="REDIS_URL"):
+        env.parse_redis_url("REDIS_URL", url)
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8088/ari", "ws://127.0.0.1:8088/ari", "http://:8088/ari", "http://h:x/ari"])
+def test_bad_ari_urls(url):
+    with pytest.raises(ImproperlyConfigured, match="ARI_URL"):
+        env.parse_http_url("ARI_URL", url)
+
+
+def test_ari_url_trailing_slash_removed():
+    assert env.parse_http_url("ARI_URL", "http://pbx:8088/ari/") == "http://pbx:8088/ari"
+
+
+def test_channel_layers():
+    assert env.channel_layers_for(None)["default"]["BACKEND"] == "channels.layers.InMemoryChannelLayer"
+    redis = env.channel_layers_for("redis://127.0.0.1:6379/3")["default"]
+    assert redis["BACKEND"] == "channels_redis.core.RedisChannelLayer"
+    assert redis["CONFIG"]["hosts"] == [{"address": "redis://127.0.0.1:6379/3", "socket_timeout": None}]
+
+
+def test_dev_secret_key_is_created_once_and_private(tmp_path):
+    path = tmp_path / "var" / "secret_key"
+    first = env.dev_secret_key(path)
+    assert len(first) >= 50
+    assert env.dev_secret_key(path) == first
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def run_manage(*args, **environ):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "ARI_", "DATABASE_URL", "REDIS_URL"))}
+    clean.update(environ)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=clean, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    "variable,value",
+    [
+        ("DJANGO_DEBUG", "maybe"),
+        ("DJANGO_HTTPS", "sometimes"),
+        ("DJANGO_ALLOWED_HOSTS", "a,,b"),
+        ("DATABASE_URL", "mysql://x/y"),
+        ("REDIS_URL", "localhost:6379"),
+        ("ARI_URL", "pbx:8088"),
+    ],
+)
+def test_malformed_variable_stops_start_up_with_its_name(variable, value):
+    result = run_manage("check", **{variable: value})
+    assert result.returncode == 2
+    assert variable in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_asgi_application_refuses_bad_settings_too():
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
+    clean["DJANGO_DEBUG"] = "perhaps"
+    result = subprocess.run(
+        [sys.executable, "-c", "import conferencesite.asgi"], cwd=ROOT, env=clean, capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "DJANGO_DEBUG must be True or False" in result.stderr
+
+
+def test_check_deploy_is_clean_with_production_values(tmp_path):
+    result = run_manage(
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
+        DJANGO_SECRET_KEY="x" * 20 + "production-like-secret-key-with-enough-entropy-3f9a8b7c",
+        DJANGO_DEBUG="False",
+        DJANGO_ALLOWED_HOSTS="conferences.example.com",
+        DJANGO_HTTPS="True",
+        DATABASE_URL="postgres://conferences@127.0.0.1:5432/conferences",
+        REDIS_URL="redis://127.0.0.1:6379/0",
+        ARI_URL="http://127.0.0.1:8088/ari",
+        ARI_USERNAME="conference",
+        ARI_PASSWORD="conference",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_check_deploy_warns_on_embedded_defaults():
+    result = run_manage("check", "--deploy")
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    for check_id in ("conferences.W003", "conferences.W004", "conferences.W005", "security.W004"):
+        assert check_id in output
