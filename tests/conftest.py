@@ -1,6 +1,12 @@
 import itertools
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+import redis
+import requests
 from django.contrib.auth.models import Group, User
 from django.utils import timezone
 
@@ -84,3 +90,57 @@ def superuser(db):
 @pytest.fixture(autouse=True)
 def _fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+# --- The real services: the Asterisk sandbox and Redis. Missing ones fail the
+# --- tests that need them; they are never skipped.
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class AriEndpoint:
+    url: str
+    username: str
+    password: str
+
+    @property
+    def auth(self):
+        return (self.username, self.password)
+
+
+@pytest.fixture(scope="session")
+def ari():
+    """The ARI of the sandbox Asterisk: $ARI_TEST_URL, else started with scripts/asterisk-sandbox."""
+    url = os.environ.get("ARI_TEST_URL")
+    if not url:
+        result = subprocess.run(
+            [str(ROOT / "scripts" / "asterisk-sandbox"), "start"], capture_output=True, text=True, timeout=600
+        )
+        if result.returncode != 0:
+            pytest.fail(f"the Asterisk sandbox did not start:\n{result.stdout}\n{result.stderr}")
+        url = result.stdout.strip().splitlines()[-1]
+    endpoint = AriEndpoint(
+        url.rstrip("/"),
+        os.environ.get("ARI_TEST_USERNAME", "conference"),
+        os.environ.get("ARI_TEST_PASSWORD", "conference"),
+    )
+    try:
+        requests.get(f"{endpoint.url}/asterisk/info", auth=endpoint.auth, timeout=5).raise_for_status()
+    except requests.RequestException as exc:
+        pytest.fail(f"ARI at {endpoint.url} does not answer: {exc}")
+    return endpoint
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """A real Redis for channel-layer tests: $TEST_REDIS_URL or local database 14."""
+    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
+    client = redis.Redis.from_url(url, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis at {url} does not answer: {exc} (scripts/ensure-redis starts one)")
+    finally:
+        client.close()
+    return url

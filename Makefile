@@ -1,0 +1,23 @@
+# The two commands: `make run` and `make test`. Both set everything up first.
+.PHONY: run test lint asterisk asterisk-stop
+
+# Optional local configuration for `make run` (see .env.example).
+-include .env
+export
+
+run:
+	scripts/run
+
+test:
+	scripts/test
+
+lint:
+	scripts/setup --dev
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+asterisk:
+	scripts/asterisk-sandbox start
+
+asterisk-stop:
+	scripts/asterisk-sandbox stop
