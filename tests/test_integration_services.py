@@ -2,6 +2,8 @@
 
 import asyncio
 import base64
+import json
+import uuid
 
 import pytest
 import requests
@@ -26,29 +28,51 @@ def test_sandbox_ari_refuses_wrong_credentials(ari):
     assert response.status_code == 401
 
 
-def dialplan_exists(ari, context, extension):
-    response = requests.get(
-        f"{ari.url}/asterisk/variable",
-        params={"variable": f"DIALPLAN_EXISTS({context},{extension},1)"},
-        auth=ari.auth,
-        timeout=5,
-    )
-    response.raise_for_status()
-    return response.json()["value"] == "1"
+def ws_auth(ari):
+    token = base64.b64encode(f"{ari.username}:{ari.password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
 
 
-def test_sandbox_runs_the_project_dialplan(ari):
-    """The sandbox runs deploy/asterisk/extensions.conf: the contract's contexts are there."""
-    assert dialplan_exists(ari, "conferences", "100")
-    assert dialplan_exists(ari, "conferences-admin", "100")
-    assert dialplan_exists(ari, "test-farend", "talk")
-    assert not dialplan_exists(ari, "no-such-context", "100")
+async def next_event(socket, kind, timeout=10):
+    async with asyncio.timeout(timeout):
+        while True:
+            event = json.loads(await socket.recv())
+            if event["type"] == kind:
+                return event
+
+
+@pytest.mark.parametrize("context,args", [("conferences", ["100"]), ("conferences-admin", ["100", "admin"])])
+async def test_sandbox_dialplan_sends_callers_into_stasis(ari, context, args):
+    """deploy/asterisk/extensions.conf is what runs: Stasis(conference,<room>[,admin])."""
+    ws_url = ari.url.replace("http", "ws", 1) + "/events?app=conference&subscribeAll=false"
+    suffix = uuid.uuid4().hex
+    async with websockets.connect(ws_url, additional_headers=ws_auth(ari)) as socket:
+        await asyncio.to_thread(
+            requests.post,
+            f"{ari.url}/channels",
+            params={
+                "endpoint": f"Local/100@{context}",
+                "context": "test-farend",
+                "extension": "silent",
+                "channelId": f"f{suffix}",
+                "otherChannelId": f"p{suffix}",
+                "callerId": '"Integration" <555>',
+            },
+            auth=ari.auth,
+            timeout=5,
+        )
+        try:
+            start = await next_event(socket, "StasisStart")
+            assert start["args"] == args
+            assert start["channel"]["id"] == f"p{suffix}"
+            assert start["channel"]["caller"] == {"name": "Integration", "number": "555"}
+        finally:
+            await asyncio.to_thread(requests.delete, f"{ari.url}/channels/f{suffix}", auth=ari.auth, timeout=5)
 
 
 async def test_ari_events_socket_takes_credentials_in_a_header(ari):
     ws_url = ari.url.replace("http", "ws", 1) + "/events?app=foundation-test&subscribeAll=false"
-    token = base64.b64encode(f"{ari.username}:{ari.password}".encode()).decode()
-    async with websockets.connect(ws_url, additional_headers={"Authorization": f"Basic {token}"}) as socket:
+    async with websockets.connect(ws_url, additional_headers=ws_auth(ari)) as socket:
         pong = await socket.ping()
         await asyncio.wait_for(pong, 5)
         apps = await asyncio.to_thread(requests.get, f"{ari.url}/applications", auth=ari.auth, timeout=5)
