@@ -75,6 +75,9 @@ class AsteriskServer(models.Model):
         editable=False,
         help_text=_("When the worker last confirmed the link (event or ping)."),
     )
+    # The lease that makes one worker the only one for this server (host:pid:token).
+    worker_owner = models.CharField(_("worker"), max_length=200, blank=True, editable=False)
+    worker_lease_until = models.DateTimeField(_("worker lease until"), null=True, blank=True, editable=False)
 
     objects = AsteriskServerQuerySet.as_manager()
 

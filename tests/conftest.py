@@ -12,6 +12,8 @@ from django.utils import timezone
 
 from conferences.models import AsteriskServer, Conference, ConferenceAccess, Participant
 
+pytest_plugins = ["tests.live"]
+
 _numbers = itertools.count(1000)
 
 

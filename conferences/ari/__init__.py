@@ -1,0 +1,1 @@
+"""The Asterisk side: the ARI client, the event handlers and the worker loop."""

@@ -1,0 +1,685 @@
+"""What the worker does with each ARI event and each moderation request.
+
+``ConferenceApp`` turns Asterisk into conference rooms for one server: it
+admits callers (room lookup, lock, capacity, PIN), keeps one mixing bridge per
+room, follows joins, leaves and talking, plays music on hold to a lone
+participant and carries out moderation. State changes go through
+``conferences.services``; this module decides, calls ARI and translates
+errors. Events are processed one at a time, in the order Asterisk sent them;
+timers come back as synthetic events through the same queue.
+"""
+
+import logging
+import re
+from dataclasses import dataclass, field
+
+from channels.db import database_sync_to_async
+
+from conferences import services
+from conferences.ari.client import AriError, AriNotFound
+from conferences.models import Conference, ConferenceEvent, Participant
+
+logger = logging.getLogger(__name__)
+
+db = database_sync_to_async
+
+# Channels Asterisk itself puts into bridges: never participants.
+HELPER_CHANNEL = re.compile(r"^(Announcer|Recorder|Snoop)/")
+
+PIN_TRIES = 3
+PIN_FIRST_TIMEOUT = 12.0  # seconds to start typing after the prompt began
+PIN_DIGIT_TIMEOUT = 6.0  # seconds between digits
+PROMPT_HANGUP_TIMEOUT = 15.0  # hang up even when PlaybackFinished never comes
+MAX_PIN_DIGITS = 32
+
+
+class Refusal(services.ServiceError):
+    """A moderation request that cannot be done; the message goes back to the requester."""
+
+
+@dataclass
+class Admission:
+    """A caller on the way in: prompts played, PIN digits typed so far."""
+
+    channel_id: str
+    conference_id: int
+    role: str
+    caller_name: str = ""
+    caller_number: str = ""
+    digits: str = ""
+    tries: int = 0
+    attempt: int = 0
+    admitted: bool = False
+
+
+@dataclass
+class RoomState:
+    """What the worker knows of a room's bridge between events."""
+
+    bridge_id: str
+    moh: bool | None = None  # None: unknown (after a reconnect)
+    channels: list[str] = field(default_factory=list)
+
+
+def is_helper_channel(channel):
+    return bool(HELPER_CHANNEL.match(channel.get("name", "")))
+
+
+def stasis_args(channel, app_name):
+    """The Stasis() arguments of a channel that sits in ``app_name``, from its dialplan snapshot."""
+    dialplan = channel.get("dialplan") or {}
+    if (dialplan.get("app_name") or "").lower() != "stasis":
+        return None
+    parts = [part.strip() for part in (dialplan.get("app_data") or "").split(",")]
+    if not parts or parts[0] != app_name:
+        return None
+    return parts[1:]
+
+
+def parse_room_args(args):
+    """``(room number, role)`` from Stasis(app,<room>[,admin]) arguments; number None when invalid."""
+    number = args[0].strip() if args else ""
+    admin = len(args) > 1 and args[1].strip().lower() == "admin"
+    role = Participant.Role.ADMIN if admin else Participant.Role.PARTICIPANT
+    if not number.isdigit() or not number.isascii() or len(number) > 32:
+        return None, role
+    return number, role
+
+
+# --- database helpers (run in a thread) -----------------------------------------------
+
+
+def _find_conference(server_id, number):
+    return Conference.objects.filter(server_id=server_id, number=number).first()
+
+
+def _conference(conference_id):
+    return Conference.objects.filter(pk=conference_id).first()
+
+
+def _present_count(conference_id):
+    return Participant.objects.filter(conference_id=conference_id, left_at__isnull=True).count()
+
+
+def _participant_by_channel(server_id, channel_id):
+    return Participant.objects.filter(server_id=server_id, channel_id=channel_id).select_related("conference").first()
+
+
+def _present_participant(conference_id, participant_id):
+    return Participant.objects.filter(pk=participant_id, conference_id=conference_id, left_at__isnull=True).first()
+
+
+def _participant_in_conference(conference_id, participant_id):
+    return Participant.objects.filter(pk=participant_id, conference_id=conference_id).first()
+
+
+def _present_participants(conference_id):
+    return list(Participant.objects.filter(conference_id=conference_id, left_at__isnull=True))
+
+
+def _present_on_server(server_id):
+    return list(Participant.objects.filter(server_id=server_id, left_at__isnull=True).select_related("conference"))
+
+
+def _conferences_by_id(server_id):
+    return {conference.pk: conference for conference in Conference.objects.filter(server_id=server_id)}
+
+
+def _refused(conference, reason, caller_number):
+    services.conference_record(
+        conference=conference,
+        kind=ConferenceEvent.Kind.REFUSED,
+        details={"reason": reason, "caller_number": (caller_number or "")[:80]},
+    )
+
+
+def _user(user_id):
+    from django.contrib.auth import get_user_model
+
+    if user_id is None:
+        return None
+    return get_user_model().objects.filter(pk=user_id).first()
+
+
+class ConferenceApp:
+    """The conference logic of one Asterisk server's Stasis application."""
+
+    def __init__(self, *, server_id, app_name, ari, schedule):
+        self.server_id = server_id
+        self.app_name = app_name
+        self.ari = ari
+        # schedule(delay, event): process ``event`` after ``delay`` seconds, in queue order.
+        self.schedule = schedule
+        self.admissions: dict[str, Admission] = {}
+        self.rooms: dict[int, RoomState] = {}
+        self.after_playback: dict[str, str] = {}  # playback id -> channel to hang up
+        self.kicking: dict[str, int | None] = {}  # channel id -> acting user id
+        self.helper_channels: set[str] = set()
+        self._playback_counter = 0
+        self.pin_first_timeout = PIN_FIRST_TIMEOUT
+        self.pin_digit_timeout = PIN_DIGIT_TIMEOUT
+
+    # --- names ------------------------------------------------------------------
+
+    @property
+    def bridge_prefix(self):
+        return f"{self.app_name}-conference-"
+
+    def bridge_id(self, conference_id):
+        """The deterministic bridge id of a room: a restarted worker finds its bridges."""
+        return f"{self.bridge_prefix}{conference_id}"
+
+    def conference_id_of_bridge(self, bridge_id):
+        if not bridge_id or not bridge_id.startswith(self.bridge_prefix):
+            return None
+        rest = bridge_id[len(self.bridge_prefix) :]
+        return int(rest) if rest.isdigit() else None
+
+    def _playback_id(self, channel_id):
+        self._playback_counter += 1
+        return f"{self.app_name}-pb-{channel_id}-{self._playback_counter}"
+
+    # --- dispatch ---------------------------------------------------------------
+
+    async def process_event(self, event):
+        """Handle one ARI (or synthetic) event; errors are logged, never raised."""
+        kind = event.get("type", "")
+        if event.get("application") not in (None, self.app_name):
+            return
+        handler = getattr(self, "on_" + kind, None)
+        if handler is None:
+            return
+        try:
+            await handler(event)
+        except AriNotFound as exc:
+            logger.info("server %s: %s: object gone meanwhile (%s)", self.server_id, kind, exc)
+        except AriError as exc:
+            logger.warning("server %s: %s: ARI error: %s", self.server_id, kind, exc)
+        except Exception:
+            logger.exception("server %s: %s: handler failed; event skipped", self.server_id, kind)
+
+    # --- admission --------------------------------------------------------------
+
+    async def on_StasisStart(self, event):
+        channel = event.get("channel") or {}
+        channel_id = channel.get("id")
+        if not channel_id or is_helper_channel(channel):
+            return
+        await self.admit(channel, event.get("args") or [])
+
+    async def admit(self, channel, args):
+        """Run the admission rules for a channel that entered the application."""
+        channel_id = channel["id"]
+        if channel_id in self.admissions:
+            return
+        existing = await db(_participant_by_channel)(self.server_id, channel_id)
+        if existing is not None:
+            return
+        caller = channel.get("caller") or {}
+        number, role = parse_room_args([str(arg) for arg in args])
+        conference = await db(_find_conference)(self.server_id, number) if number else None
+        if conference is None:
+            logger.info("server %s: channel %s asked for unknown room %r", self.server_id, channel_id, args[:1])
+            await self.refuse(channel, "conf-invalid")
+            return
+        admission = Admission(
+            channel_id=channel_id,
+            conference_id=conference.pk,
+            role=role,
+            caller_name=caller.get("name", ""),
+            caller_number=caller.get("number", ""),
+        )
+        if role != Participant.Role.ADMIN:
+            if conference.locked:
+                await db(_refused)(conference, "locked", admission.caller_number)
+                await self.refuse(channel, "conf-locked")
+                return
+            if (
+                conference.max_participants
+                and await db(_present_count)(conference.pk) + self._admitting(conference.pk)
+                >= conference.max_participants
+            ):
+                await db(_refused)(conference, "full", admission.caller_number)
+                await self.refuse(channel, "conf-locked")
+                return
+        self.admissions[channel_id] = admission
+        if channel.get("state") != "Up":
+            await self.ari.answer(channel_id)
+        if conference.pin:
+            await self.prompt_pin(admission)
+            return
+        await self.enter_bridge(admission, conference)
+
+    def _admitting(self, conference_id):
+        return sum(1 for a in self.admissions.values() if a.conference_id == conference_id and a.admitted)
+
+    async def refuse(self, channel, sound):
+        """Play a prompt to a caller who may not enter, then hang up."""
+        channel_id = channel["id"]
+        self.admissions.pop(channel_id, None)
+        try:
+            if channel.get("state") != "Up":
+                await self.ari.answer(channel_id)
+            playback_id = self._playback_id(channel_id)
+            self.after_playback[playback_id] = channel_id
+            await self.ari.play(channel_id, f"sound:{sound}", playback_id)
+            self.schedule(PROMPT_HANGUP_TIMEOUT, {"type": "_HangupTimeout", "channel_id": channel_id})
+        except AriNotFound:
+            return
+        except AriError as exc:
+            logger.warning(
+                "server %s: channel %s: prompt %s failed (%s); hanging up", self.server_id, channel_id, sound, exc
+            )
+            await self._hangup(channel_id)
+
+    async def _hangup(self, channel_id):
+        try:
+            await self.ari.hangup(channel_id)
+        except AriNotFound:
+            pass
+
+    async def on_PlaybackFinished(self, event):
+        playback = event.get("playback") or {}
+        channel_id = self.after_playback.pop(playback.get("id"), None)
+        if channel_id:
+            await self._hangup(channel_id)
+
+    async def on__HangupTimeout(self, event):
+        channel_id = event["channel_id"]
+        if channel_id in self.after_playback.values():
+            for playback_id in [p for p, c in self.after_playback.items() if c == channel_id]:
+                del self.after_playback[playback_id]
+            await self._hangup(channel_id)
+
+    async def prompt_pin(self, admission, sound="conf-getpin"):
+        admission.digits = ""
+        admission.attempt += 1
+        await self.ari.play(admission.channel_id, f"sound:{sound}", self._playback_id(admission.channel_id))
+        self.schedule(
+            self.pin_first_timeout,
+            {"type": "_PinTimeout", "channel_id": admission.channel_id, "attempt": admission.attempt, "digits": 0},
+        )
+
+    async def on_ChannelDtmfReceived(self, event):
+        channel_id = (event.get("channel") or {}).get("id")
+        admission = self.admissions.get(channel_id)
+        if admission is None or admission.admitted:
+            return
+        digit = str(event.get("digit", ""))
+        if digit == "#":
+            await self.check_pin(admission)
+            return
+        if digit.isdigit() and len(admission.digits) < MAX_PIN_DIGITS:
+            admission.digits += digit
+            self.schedule(
+                self.pin_digit_timeout,
+                {
+                    "type": "_PinTimeout",
+                    "channel_id": channel_id,
+                    "attempt": admission.attempt,
+                    "digits": len(admission.digits),
+                },
+            )
+
+    async def on__PinTimeout(self, event):
+        admission = self.admissions.get(event["channel_id"])
+        if admission is None or admission.admitted or admission.attempt != event["attempt"]:
+            return
+        if len(admission.digits) != event["digits"]:
+            return  # a digit came meanwhile; its own timer counts
+        await self.check_pin(admission)
+
+    async def check_pin(self, admission):
+        conference = await db(_conference)(admission.conference_id)
+        if conference is None:
+            self.admissions.pop(admission.channel_id, None)
+            await self.refuse({"id": admission.channel_id, "state": "Up"}, "conf-invalid")
+            return
+        if admission.digits == conference.pin:
+            await self.enter_bridge(admission, conference)
+            return
+        admission.tries += 1
+        logger.info(
+            "conference %s: channel %s: wrong PIN (try %s of %s)",
+            conference.pk,
+            admission.channel_id,
+            admission.tries,
+            PIN_TRIES,
+        )
+        if admission.tries >= PIN_TRIES:
+            await db(_refused)(conference, "wrong PIN", admission.caller_number)
+            await self.refuse({"id": admission.channel_id, "state": "Up"}, "conf-invalidpin")
+            return
+        await self.ari.play(admission.channel_id, "sound:conf-invalidpin", self._playback_id(admission.channel_id))
+        await self.prompt_pin(admission)
+
+    async def enter_bridge(self, admission, conference):
+        """Put an admitted caller into the room's bridge, with talk detection on."""
+        admission.admitted = True
+        room = await self.ensure_bridge(conference)
+        try:
+            await self.ari.set_variable(admission.channel_id, "TALK_DETECT(set)", "")
+            await self.ari.add_channel(room.bridge_id, admission.channel_id)
+        except AriError:
+            self.admissions.pop(admission.channel_id, None)
+            raise
+
+    async def ensure_bridge(self, conference):
+        """Create the room's mixing bridge, or reuse it when it exists (it outlives the app)."""
+        room = self.rooms.get(conference.pk)
+        if room is not None:
+            return room
+        bridge_id = self.bridge_id(conference.pk)
+        bridge = await self.ari.create_bridge(bridge_id, f"conference {conference.number}")
+        room = RoomState(bridge_id=bridge_id, channels=list((bridge or {}).get("channels") or []))
+        self.rooms[conference.pk] = room
+        return room
+
+    # --- in the room --------------------------------------------------------------
+
+    async def on_ChannelEnteredBridge(self, event):
+        await self._bridge_changed(event, entered=True)
+
+    async def on_ChannelLeftBridge(self, event):
+        await self._bridge_changed(event, entered=False)
+
+    async def _bridge_changed(self, event, *, entered):
+        bridge = event.get("bridge") or {}
+        channel = event.get("channel") or {}
+        conference_id = self.conference_id_of_bridge(bridge.get("id"))
+        if conference_id is None or not channel.get("id"):
+            return
+        channel_id = channel["id"]
+        room = self.rooms.setdefault(conference_id, RoomState(bridge_id=bridge["id"]))
+        room.channels = list(bridge.get("channels") or [])
+        if is_helper_channel(channel):
+            if entered:
+                self.helper_channels.add(channel_id)
+            else:
+                self.helper_channels.discard(channel_id)
+        elif entered:
+            await self._joined(conference_id, channel)
+        else:
+            await self._left(channel_id)
+        await self.apply_moh(conference_id)
+
+    async def _joined(self, conference_id, channel):
+        channel_id = channel["id"]
+        admission = self.admissions.pop(channel_id, None)
+        conference = await db(_conference)(conference_id)
+        if conference is None:
+            return
+        caller = channel.get("caller") or {}
+        role = admission.role if admission else Participant.Role.PARTICIPANT
+        await db(services.participant_join)(
+            conference=conference,
+            channel_id=channel_id,
+            caller_number=caller.get("number", ""),
+            caller_name=caller.get("name", ""),
+            role=role,
+        )
+
+    async def _left(self, channel_id, reason=None):
+        participant = await db(_participant_by_channel)(self.server_id, channel_id)
+        if participant is None or participant.left_at is not None:
+            return
+        actor_id = None
+        if reason is None:
+            if channel_id in self.kicking:
+                reason = Participant.LeftReason.KICKED
+                actor_id = self.kicking.pop(channel_id)
+            else:
+                reason = Participant.LeftReason.HANGUP
+        actor = await db(_user)(actor_id)
+        await db(services.participant_leave)(participant=participant, reason=reason, actor=actor)
+
+    async def on_StasisEnd(self, event):
+        channel_id = (event.get("channel") or {}).get("id")
+        if not channel_id:
+            return
+        self.admissions.pop(channel_id, None)
+        # Normally ChannelLeftBridge came first; this covers a channel that left the
+        # application without leaving the bridge event behind.
+        await self._left(channel_id)
+
+    async def on_ChannelDestroyed(self, event):
+        channel_id = (event.get("channel") or {}).get("id")
+        self.admissions.pop(channel_id, None)
+        self.kicking.pop(channel_id, None)
+        self.helper_channels.discard(channel_id)
+
+    async def on_ChannelTalkingStarted(self, event):
+        await self._talking(event, True)
+
+    async def on_ChannelTalkingFinished(self, event):
+        await self._talking(event, False)
+
+    async def _talking(self, event, talking):
+        channel_id = (event.get("channel") or {}).get("id")
+        participant = await db(_participant_by_channel)(self.server_id, channel_id)
+        if participant is None or participant.left_at is not None:
+            return
+        await db(services.participant_update)(participant=participant, talking=talking)
+
+    async def on_BridgeDestroyed(self, event):
+        conference_id = self.conference_id_of_bridge((event.get("bridge") or {}).get("id"))
+        if conference_id is not None:
+            self.rooms.pop(conference_id, None)
+
+    # --- music on hold --------------------------------------------------------------
+
+    def participant_channels(self, room):
+        return [channel_id for channel_id in room.channels if channel_id not in self.helper_channels]
+
+    async def apply_moh(self, conference_id):
+        """Music on hold when exactly one participant is in the bridge, derived from the bridge itself."""
+        room = self.rooms.get(conference_id)
+        if room is None:
+            return
+        present = self.participant_channels(room)
+        want = len(present) == 1
+        conference = await db(_conference)(conference_id)
+        if conference is None:
+            return
+        if want and room.moh is not True:
+            await self.ari.start_bridge_moh(room.bridge_id, conference.moh_class or "default")
+            room.moh = True
+        elif not want and room.moh is not False:
+            try:
+                await self.ari.stop_bridge_moh(room.bridge_id)
+            except AriError as exc:
+                if exc.status not in (404, 409):
+                    raise
+            room.moh = False
+        for participant in await db(_present_participants)(conference_id):
+            hears = want and participant.channel_id in present
+            if participant.moh != hears:
+                await db(services.participant_update)(participant=participant, moh=hears)
+
+    # --- moderation -------------------------------------------------------------------
+
+    async def handle_command(self, command):
+        """Carry out one moderation request; returns ``(ok, error message)``."""
+        action = command.get("action")
+        handler = getattr(self, "do_" + str(action), None)
+        if handler is None:
+            return False, "unknown action"
+        conference = await db(_conference)(command.get("conference_id"))
+        if conference is None or conference.server_id != self.server_id:
+            return False, "no such room"
+        actor = await db(_user)(command.get("actor_id"))
+        try:
+            await handler(conference, command, actor)
+        except Refusal as exc:
+            return False, str(exc)
+        except AriNotFound:
+            return False, "the caller has already left"
+        except AriError as exc:
+            logger.warning("conference %s: %s failed: %s", conference.pk, action, exc)
+            return False, "Asterisk refused the request"
+        return True, None
+
+    async def _target(self, conference, command):
+        participant_id = command.get("participant_id")
+        if not isinstance(participant_id, int) or isinstance(participant_id, bool):
+            raise Refusal("no such participant in this room")
+        participant = await db(_participant_in_conference)(conference.pk, participant_id)
+        if participant is None:
+            raise Refusal("no such participant in this room")
+        if participant.left_at is not None:
+            raise Refusal("the caller has already left")
+        return participant
+
+    async def do_mute(self, conference, command, actor):
+        participant = await self._target(conference, command)
+        await self.ari.mute(participant.channel_id, "in")
+        await db(services.participant_update)(participant=participant, muted=True, actor=actor)
+
+    async def do_unmute(self, conference, command, actor):
+        participant = await self._target(conference, command)
+        await self.ari.unmute(participant.channel_id, "in")
+        await db(services.participant_update)(participant=participant, muted=False, actor=actor)
+
+    async def do_kick(self, conference, command, actor):
+        participant = await self._target(conference, command)
+        room = self.rooms.get(conference.pk)
+        bridge_id = room.bridge_id if room else self.bridge_id(conference.pk)
+        self.kicking[participant.channel_id] = actor.pk if actor else None
+        try:
+            await self.ari.remove_channel(bridge_id, participant.channel_id)
+        except AriError:
+            self.kicking.pop(participant.channel_id, None)
+            raise
+        await self.refuse({"id": participant.channel_id, "state": "Up"}, "conf-kicked")
+
+    async def _set_all_muted(self, conference, actor, muted):
+        failed = 0
+        for participant in await db(_present_participants)(conference.pk):
+            if participant.role == Participant.Role.ADMIN or participant.muted == muted:
+                continue
+            try:
+                if muted:
+                    await self.ari.mute(participant.channel_id, "in")
+                else:
+                    await self.ari.unmute(participant.channel_id, "in")
+            except AriError as exc:
+                failed += 1
+                logger.info("conference %s: participant %s: %s", conference.pk, participant.pk, exc)
+                continue
+            await db(services.participant_update)(participant=participant, muted=muted, actor=actor, audit=False)
+        kind = ConferenceEvent.Kind.MUTED_ALL if muted else ConferenceEvent.Kind.UNMUTED_ALL
+        await db(services.conference_record)(conference=conference, kind=kind, actor=actor)
+        if failed:
+            raise Refusal(f"{failed} caller(s) could not be changed")
+
+    async def do_mute_all(self, conference, command, actor):
+        await self._set_all_muted(conference, actor, True)
+
+    async def do_unmute_all(self, conference, command, actor):
+        await self._set_all_muted(conference, actor, False)
+
+    async def do_lock(self, conference, command, actor):
+        await db(services.conference_set_locked)(conference=conference, locked=True, actor=actor)
+
+    async def do_unlock(self, conference, command, actor):
+        await db(services.conference_set_locked)(conference=conference, locked=False, actor=actor)
+
+    # --- resync -----------------------------------------------------------------------
+
+    async def resync(self):
+        """Reconcile the database with Asterisk's bridges and channels after a (re)connect."""
+        channels = {channel["id"]: channel for channel in await self.ari.channels()}
+        bridges = [bridge for bridge in await self.ari.bridges() if self.conference_id_of_bridge(bridge["id"])]
+        conferences = await db(_conferences_by_id)(self.server_id)
+
+        self.helper_channels = {cid for cid, channel in channels.items() if is_helper_channel(channel)}
+        self.rooms = {}
+        in_bridge = {}  # channel id -> conference id
+        for bridge in bridges:
+            conference_id = self.conference_id_of_bridge(bridge["id"])
+            members = [cid for cid in bridge.get("channels") or [] if cid in channels]
+            helpers = [cid for cid in members if cid in self.helper_channels]
+            self.rooms[conference_id] = RoomState(bridge_id=bridge["id"], moh=bool(helpers) or None, channels=members)
+            for channel_id in members:
+                if channel_id not in self.helper_channels:
+                    in_bridge[channel_id] = conference_id
+
+        # Participants whose channel is no longer in their room's bridge were lost meanwhile.
+        lost = 0
+        for participant in await db(_present_on_server)(self.server_id):
+            if in_bridge.get(participant.channel_id) != participant.conference_id:
+                self.kicking.pop(participant.channel_id, None)
+                await db(services.participant_leave)(participant=participant, reason=Participant.LeftReason.LOST)
+                lost += 1
+            elif participant.talking:
+                await db(services.participant_update)(participant=participant, talking=False)
+
+        # Callers in a room's bridge that the database does not know.
+        added = 0
+        for channel_id, conference_id in in_bridge.items():
+            conference = conferences.get(conference_id)
+            if conference is None:
+                continue
+            known = await db(_participant_by_channel)(self.server_id, channel_id)
+            if known is not None:
+                continue
+            channel = channels[channel_id]
+            _number, role = parse_room_args(stasis_args(channel, self.app_name) or [])
+            caller = channel.get("caller") or {}
+            self.admissions.pop(channel_id, None)
+            await db(services.participant_join)(
+                conference=conference,
+                channel_id=channel_id,
+                caller_number=caller.get("number", ""),
+                caller_name=caller.get("name", ""),
+                role=role,
+            )
+            try:
+                await self.ari.set_variable(channel_id, "TALK_DETECT(set)", "")
+            except AriNotFound:
+                pass
+            added += 1
+
+        # Music on hold by the rule; empty leftover bridges go.
+        for conference_id, room in list(self.rooms.items()):
+            if conference_id not in conferences or not self.participant_channels(room):
+                await self._remove_bridge(room)
+                self.rooms.pop(conference_id, None)
+                continue
+            room.moh = None  # whatever played before, apply the rule afresh
+            await self.apply_moh(conference_id)
+
+        # Forget what refers to channels that are gone.
+        for registry in (self.admissions, self.kicking):
+            for channel_id in [cid for cid in registry if cid not in channels]:
+                del registry[channel_id]
+
+        # Callers left in the application outside any bridge (their admission was
+        # cut short by the disconnect) go through admission again.
+        readmitted = 0
+        for channel_id, channel in channels.items():
+            args = stasis_args(channel, self.app_name)
+            if args is None or channel_id in in_bridge or channel_id in self.admissions or is_helper_channel(channel):
+                continue
+            if channel_id in self.after_playback.values():
+                continue
+            await self.admit(channel, args)
+            readmitted += 1
+        logger.info(
+            "server %s: resync done: %s rooms with callers, %s lost, %s added, %s re-admitted",
+            self.server_id,
+            len(self.rooms),
+            lost,
+            added,
+            readmitted,
+        )
+
+    async def _remove_bridge(self, room):
+        try:
+            for channel_id in room.channels:
+                if channel_id in self.helper_channels:
+                    await self.ari.stop_bridge_moh(room.bridge_id)
+                    break
+            await self.ari.destroy_bridge(room.bridge_id)
+        except AriNotFound:
+            pass

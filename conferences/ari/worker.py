@@ -1,0 +1,281 @@
+"""The worker loop: keep the ARI event socket of one Asterisk server alive.
+
+Reading the socket never waits on anything else: frames go straight into a
+queue, and one processor task handles queued ARI events, moderation requests
+and timers one at a time, in order. After every (re)connect the first item
+processed is a resync with Asterisk's bridges and channels, since Asterisk
+does not queue events for a disconnected application.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+
+import websockets
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+
+from conferences import moderation, services
+from conferences.ari import lease
+from conferences.ari.client import AriClient, AriError
+from conferences.ari.handlers import ConferenceApp
+
+logger = logging.getLogger(__name__)
+
+db = database_sync_to_async
+
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 30.0
+STABLE_AFTER = 10.0  # a connection that lasted this long resets the backoff
+HEARTBEAT_EVERY = 5.0
+PING_INTERVAL = 10.0
+PING_TIMEOUT = 10.0
+
+
+class WorkerConflict(Exception):
+    """Another worker holds this server's lease."""
+
+
+def backoff_delay(attempt, *, first=BACKOFF_FIRST, maximum=BACKOFF_MAX, rng=random):
+    """Exponential backoff with jitter: in [d/2, d] where d = first * 2**attempt, capped."""
+    delay = min(maximum, first * (2 ** min(attempt, 30)))
+    return delay * rng.uniform(0.5, 1.0)
+
+
+class AriWorker:
+    """Runs one Asterisk server's conference application until told to stop."""
+
+    def __init__(self, server, *, stopping=None):
+        self.server = server
+        self.ari = AriClient(server.ari_url, server.username, server.password)
+        self.app = ConferenceApp(server_id=server.pk, app_name=server.app_name, ari=self.ari, schedule=self.schedule)
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.stopping = stopping or asyncio.Event()
+        self.owner = lease.new_owner()
+        self.connected = False
+        self.replaced = False
+        self.lost_lease = False
+        self.asterisk_startup = None
+        self.resyncs = 0
+
+    def __repr__(self):
+        return f"<AriWorker server={self.server.name}>"
+
+    # --- public entry points ----------------------------------------------------------
+
+    async def process_event(self, event):
+        """Handle one ARI event now (the processor's step; tests call it directly)."""
+        if event.get("type") == "ApplicationReplaced" and event.get("application") == self.server.app_name:
+            logger.critical(
+                "server %s: another client connected as ARI application %r and took its events; "
+                "this worker stops instead of fighting over it",
+                self.server.name,
+                self.server.app_name,
+            )
+            self.replaced = True
+            self.stopping.set()
+            return
+        await self.app.process_event(event)
+
+    def schedule(self, delay, event):
+        """Queue a synthetic event (a timer) to be processed after ``delay`` seconds."""
+        asyncio.get_running_loop().call_later(delay, self.queue.put_nowait, ("event", event))
+
+    async def run(self):
+        """Hold the lease, keep the link up and process until ``stopping`` is set."""
+        acquired, holder = await db(lease.acquire)(self.server.pk, self.owner)
+        if not acquired:
+            raise WorkerConflict(
+                f"another worker ({holder}) is running for Asterisk server {self.server.name!r}; one worker per server"
+            )
+        logger.info("server %s: worker %s started for ARI app %r", self.server.name, self.owner, self.server.app_name)
+        tasks = [
+            asyncio.create_task(self._processor(), name="ari-processor"),
+            asyncio.create_task(self._commands(), name="ari-commands"),
+            asyncio.create_task(self._heartbeat(), name="ari-heartbeat"),
+        ]
+        try:
+            await self._connection_loop()
+        finally:
+            # The processor finishes the item in hand, then everything stops.
+            self.stopping.set()
+            self.queue.put_nowait(("stop", None))
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(tasks[0]), 10)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._set_link(False, "worker stopped")
+            await db(lease.release)(self.server.pk, self.owner)
+            self.ari.close()
+            logger.info("server %s: worker stopped", self.server.name)
+
+    # --- the link -------------------------------------------------------------------
+
+    async def _connection_loop(self):
+        attempt = 0
+        loop = asyncio.get_running_loop()
+        while not self.stopping.is_set():
+            started = loop.time()
+            error = await self._connect_once()
+            if self.stopping.is_set():
+                break
+            if loop.time() - started >= STABLE_AFTER:
+                attempt = 0
+            delay = backoff_delay(attempt)
+            attempt += 1
+            logger.warning("server %s: ARI link down (%s); reconnecting in %.1f s", self.server.name, error, delay)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), delay)
+
+    async def _connect_once(self):
+        """One connection's life; returns why it ended."""
+        url = self.ari.events_url(self.server.app_name)
+        try:
+            async with websockets.connect(
+                url,
+                additional_headers=self.ari.auth_header(),
+                open_timeout=10,
+                ping_interval=PING_INTERVAL,
+                ping_timeout=PING_TIMEOUT,
+                close_timeout=2,
+                max_queue=None,  # never stop reading: Asterisk drops a reader that blocks its writes
+                max_size=2**24,
+            ) as socket:
+                await self._set_link(True)
+                logger.info("server %s: connected to %s", self.server.name, self.ari.base_url)
+                self.queue.put_nowait(("resync", None))
+                reader = asyncio.create_task(self._read(socket))
+                stopper = asyncio.create_task(self.stopping.wait())
+                try:
+                    await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stopper.cancel()
+                    if not reader.done():
+                        reader.cancel()
+                        await socket.close()
+                if self.stopping.is_set():
+                    return "stopping"
+                exc = reader.exception() if not reader.cancelled() else None
+                error = describe_error(exc) if exc else "the event socket closed"
+        except websockets.InvalidStatus as exc:
+            status = exc.response.status_code
+            error = "ARI refused the credentials (HTTP 401)" if status == 401 else f"ARI answered HTTP {status}"
+        except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+            error = describe_error(exc)
+        await self._set_link(False, error)
+        return error
+
+    async def _read(self, socket):
+        async for raw in socket:
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                logger.warning("server %s: ignoring a frame that is not JSON", self.server.name)
+                continue
+            if isinstance(event, dict):
+                self.queue.put_nowait(("event", event))
+
+    async def _set_link(self, connected, error=""):
+        self.connected = connected
+        try:
+            await db(services.server_set_link_status)(server=self.server, connected=connected, error=error)
+        except Exception:
+            logger.exception("server %s: could not record the link status", self.server.name)
+
+    # --- processing ---------------------------------------------------------------------
+
+    async def _processor(self):
+        while True:
+            kind, item = await self.queue.get()
+            if kind == "stop":
+                return
+            if self.stopping.is_set():
+                continue  # stopping: what is still queued is left to the next start's resync
+            try:
+                if kind == "event":
+                    await self.process_event(item)
+                elif kind == "resync":
+                    await self.resync()
+                elif kind == "command":
+                    await self.handle_command(item)
+            except Exception:
+                logger.exception("server %s: %s failed; skipped", self.server.name, kind)
+
+    async def resync(self):
+        """Reconcile with Asterisk; detects an Asterisk restart on the way."""
+        try:
+            info = await self.ari.asterisk_info()
+        except AriError as exc:
+            logger.warning("server %s: resync postponed: %s", self.server.name, exc)
+            return
+        startup = ((info or {}).get("status") or {}).get("startup_time")
+        if self.asterisk_startup and startup and startup != self.asterisk_startup:
+            logger.warning("server %s: Asterisk restarted (up since %s); its calls are gone", self.server.name, startup)
+        self.asterisk_startup = startup or self.asterisk_startup
+        await self.app.resync()
+        self.resyncs += 1
+
+    async def handle_command(self, command):
+        reply_channel = command.get("reply_channel")
+        expires_at = command.get("expires_at") or 0
+        if expires_at and expires_at < time.time():
+            logger.info("server %s: dropped an expired %s request", self.server.name, command.get("action"))
+            return
+        if not self.connected:
+            ok, error = False, "the link to Asterisk is down"
+        else:
+            ok, error = await self.app.handle_command(command)
+        if reply_channel:
+            reply = {"type": moderation.REPLY_TYPE, "request_id": command.get("request_id"), "ok": ok}
+            if not ok:
+                reply["error"] = error
+            try:
+                await get_channel_layer().send(reply_channel, reply)
+            except Exception:
+                logger.exception("server %s: could not send a moderation reply", self.server.name)
+
+    async def _commands(self):
+        layer = get_channel_layer()
+        channel = moderation.worker_channel(self.server.pk)
+        while True:
+            try:
+                message = await layer.receive(channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("server %s: channel layer receive failed (%s); retrying", self.server.name, exc)
+                await asyncio.sleep(1)
+                continue
+            if message.get("type") == moderation.REQUEST_TYPE:
+                self.queue.put_nowait(("command", message))
+
+    async def _heartbeat(self):
+        while True:
+            await asyncio.sleep(HEARTBEAT_EVERY)
+            try:
+                if not await db(lease.renew)(self.server.pk, self.owner):
+                    logger.critical("server %s: another worker took over this server; stopping", self.server.name)
+                    self.lost_lease = True
+                    self.stopping.set()
+                    return
+                if self.connected:
+                    await db(services.server_heartbeat)(server=self.server)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("server %s: heartbeat failed", self.server.name)
+
+
+def describe_error(exc):
+    """A short, credential-free description of a connection failure."""
+    if isinstance(exc, websockets.ConnectionClosed):
+        return f"the event socket closed ({exc.rcvd.code if exc.rcvd else 'no close frame'})"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return f"{exc.__class__.__name__}: {exc}"[:300]

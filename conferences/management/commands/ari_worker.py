@@ -1,0 +1,104 @@
+import asyncio
+import signal
+import sys
+from datetime import timedelta
+
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+
+from conferences import checks
+from conferences.ari.worker import AriWorker, WorkerConflict
+from conferences.models import AsteriskServer
+from conferencesite.startup import on_process_start
+
+# How old the last confirmation of the link may be for --check to call it healthy.
+FRESH_SECONDS = 30
+# Exit status when another ARI client took the application: a supervisor should
+# not restart into a fight (systemd: RestartPreventExitStatus=3).
+EXIT_REPLACED = 3
+
+
+class Command(BaseCommand):
+    help = "Keep the ARI link to Asterisk and run the conference rooms (one worker per server)."
+
+    requires_system_checks = []
+
+    def add_arguments(self, parser):
+        parser.add_argument("--server", default="default", help="Asterisk server name (default: %(default)s)")
+        parser.add_argument("--all", action="store_true", help="Run every enabled server in this process.")
+        parser.add_argument(
+            "--check",
+            action="store_true",
+            help=f"Report whether the link is up and confirmed in the last {FRESH_SECONDS} s; exit 0 if so.",
+        )
+
+    def handle(self, *args, server, all, check, **options):
+        if check:
+            return self.health(server, all)
+        checks.set_process_role("worker")
+        self.check(display_num_errors=False, fail_level=40)  # errors (e.g. E003) stop the worker here
+        on_process_start()
+        servers = self.servers(server, all)
+        code = asyncio.run(self.run_workers(servers))
+        if code:
+            sys.exit(code)
+
+    def servers(self, name, all_servers):
+        if all_servers:
+            servers = list(AsteriskServer.objects.filter(enabled=True))
+            if not servers:
+                raise CommandError("No enabled Asterisk server: add one in the admin or set ARI_URL.")
+            return servers
+        server = AsteriskServer.objects.filter(name=name).first()
+        if server is None:
+            raise CommandError(f"No Asterisk server named {name!r}: add it in the admin or set ARI_URL.")
+        if not server.enabled:
+            raise CommandError(f"Asterisk server {name!r} is disabled in the admin.")
+        return [server]
+
+    async def run_workers(self, servers):
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+        workers = [AriWorker(server, stopping=stopping) for server in servers]
+        results = await asyncio.gather(*(worker.run() for worker in workers), return_exceptions=True)
+        code = 0
+        for worker, result in zip(workers, results, strict=True):
+            if isinstance(result, WorkerConflict):
+                self.stderr.write(f"Refusing to start: {result}")
+                code = code or 2
+            elif isinstance(result, BaseException):
+                self.stderr.write(f"Worker for {worker.server.name} failed: {result!r}")
+                code = code or 1
+            elif worker.replaced:
+                self.stderr.write(
+                    f"Stopped: another client took ARI application {worker.server.app_name!r} "
+                    f"on server {worker.server.name!r}."
+                )
+                code = EXIT_REPLACED
+            elif worker.lost_lease:
+                code = code or 2
+            stopping.set()
+        return code
+
+    def health(self, name, all_servers):
+        servers = AsteriskServer.objects.filter(enabled=True)
+        servers = list(servers if all_servers else servers.filter(name=name))
+        if not servers:
+            raise CommandError(f"No Asterisk server named {name!r}.")
+        fresh_after = timezone.now() - timedelta(seconds=FRESH_SECONDS)
+        healthy = True
+        for server in servers:
+            fresh = server.last_seen_at is not None and server.last_seen_at >= fresh_after
+            ok = server.connected and fresh
+            healthy &= ok
+            state = "ok" if ok else "DOWN"
+            detail = (
+                f"connected since {server.status_since:%Y-%m-%d %H:%M:%S}"
+                if ok
+                else (server.last_error or ("link not confirmed lately" if server.connected else "not connected"))
+            )
+            self.stdout.write(f"{server.name}: {state} ({detail})")
+        if not healthy:
+            sys.exit(1)

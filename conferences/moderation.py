@@ -1,0 +1,71 @@
+"""Moderation requests: from a browser's socket or the admin to the worker, and the reply back.
+
+Only the worker talks to Asterisk, so callers do not act themselves: they send
+a request over the channel layer to the worker of the room's server, which
+carries it out through the service functions and replies to the requester.
+Permission is the caller's to check (``conferences.access``) before sending;
+the worker checks that the target is present in that room.
+"""
+
+import asyncio
+import time
+
+from channels.layers import get_channel_layer
+
+ACTIONS = ("mute", "unmute", "kick", "mute_all", "unmute_all", "lock", "unlock")
+PARTICIPANT_ACTIONS = ("mute", "unmute", "kick")
+
+REQUEST_TYPE = "moderation.request"
+REPLY_TYPE = "moderation.reply"
+
+# A request the worker has not picked up in this time is dropped, not done late.
+REQUEST_TTL = 10.0
+WORKER_DOWN = "the Asterisk worker did not answer; try again when the link is up"
+
+
+def worker_channel(server_id):
+    """The channel-layer channel the worker of one Asterisk server listens on."""
+    return f"ari-worker.{server_id}"
+
+
+def build_request(*, conference_id, action, participant_id=None, actor_id=None, request_id="", reply_channel=""):
+    if action not in ACTIONS:
+        raise ValueError(f"unknown action {action!r}")
+    return {
+        "type": REQUEST_TYPE,
+        "action": action,
+        "conference_id": conference_id,
+        "participant_id": participant_id,
+        "actor_id": actor_id,
+        "request_id": request_id,
+        "reply_channel": reply_channel,
+        "expires_at": time.time() + REQUEST_TTL,
+    }
+
+
+async def send_request(*, server_id, **fields):
+    """Send a request whose reply goes to ``fields['reply_channel']`` (a consumer's channel)."""
+    await get_channel_layer().send(worker_channel(server_id), build_request(**fields))
+
+
+async def request(*, server_id, conference_id, action, participant_id=None, actor_id=None, timeout=REQUEST_TTL):
+    """Send a request and wait for the worker's reply: ``(ok, error)``."""
+    layer = get_channel_layer()
+    reply_channel = await layer.new_channel("moderation-reply")
+    request_id = reply_channel.rsplit("!", 1)[-1]
+    await layer.send(
+        worker_channel(server_id),
+        build_request(
+            conference_id=conference_id,
+            action=action,
+            participant_id=participant_id,
+            actor_id=actor_id,
+            request_id=request_id,
+            reply_channel=reply_channel,
+        ),
+    )
+    try:
+        reply = await asyncio.wait_for(layer.receive(reply_channel), timeout)
+    except TimeoutError:
+        return False, WORKER_DOWN
+    return bool(reply.get("ok")), reply.get("error")

@@ -1,0 +1,200 @@
+"""The write path: every change of room and participant state goes through here.
+
+Each function changes the database in one transaction, gives each room event
+the room's next ``seq`` and broadcasts it to the room's group only after the
+transaction committed. The ARI worker, the WebSocket consumer (through the
+worker) and admin actions are thin callers of these functions; a raw
+``.save()`` of room state elsewhere would skip the browsers.
+"""
+
+import logging
+from functools import partial
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from conferences import broadcast
+from conferences.models import AsteriskServer, Conference, ConferenceEvent, Participant
+
+logger = logging.getLogger(__name__)
+
+Kind = ConferenceEvent.Kind
+
+
+class ServiceError(Exception):
+    """A request that cannot be carried out; its message is fit to show to a moderator."""
+
+
+def _next_seq(conference_id):
+    """Take the room's next event number (row-locked until the transaction ends)."""
+    Conference.objects.filter(pk=conference_id).update(seq=F("seq") + 1)
+    return Conference.objects.values_list("seq", flat=True).get(pk=conference_id)
+
+
+def _emit(conference_id, frame_type, **fields):
+    """Number a room event and send it once the transaction has committed."""
+    frame = {"type": frame_type, "seq": _next_seq(conference_id), **fields}
+    transaction.on_commit(partial(broadcast.send_to_room, conference_id, frame))
+    return frame
+
+
+def _record(conference_id, kind, *, participant=None, actor=None, details=None, at=None):
+    ConferenceEvent.objects.create(
+        conference_id=conference_id,
+        participant=participant,
+        kind=kind,
+        actor=actor,
+        details=details or {},
+        created_at=at or timezone.now(),
+    )
+
+
+def _present_count(conference_id):
+    return Participant.objects.filter(conference_id=conference_id, left_at__isnull=True).count()
+
+
+def _emit_conference(conference):
+    _emit(
+        conference.pk,
+        "conference.updated",
+        conference=broadcast.conference_state(conference, _present_count(conference.pk)),
+    )
+
+
+# --- participants ---------------------------------------------------------------
+
+
+def participant_join(*, conference, channel_id, caller_number="", caller_name="", role=Participant.Role.PARTICIPANT):
+    """Record that a caller is in the room's bridge; returns ``(participant, created)``.
+
+    Idempotent: a channel that is already present in this room is returned as is.
+    """
+    with transaction.atomic():
+        existing = Participant.objects.filter(server_id=conference.server_id, channel_id=channel_id).first()
+        if existing is not None:
+            return existing, False
+        now = timezone.now()
+        participant = Participant.objects.create(
+            conference=conference,
+            server_id=conference.server_id,
+            channel_id=channel_id,
+            caller_number=(caller_number or "")[:80],
+            caller_name=(caller_name or "")[:80],
+            role=role,
+            joined_at=now,
+        )
+        _record(conference.pk, Kind.JOINED, participant=participant, at=now, details={"role": role})
+        _emit(conference.pk, "participant.joined", participant=broadcast.participant_state(participant))
+        _emit_conference(conference)
+    logger.info("conference %s: participant %s joined (channel %s)", conference.pk, participant.pk, channel_id)
+    return participant, True
+
+
+def participant_leave(*, participant, reason, actor=None):
+    """Record that a participant left the room (hangup, kicked or lost).
+
+    Returns the participant, or ``None`` when it had left already.
+    """
+    with transaction.atomic():
+        participant = Participant.objects.select_related("conference").filter(pk=participant.pk).first()
+        if participant is None or participant.left_at is not None:
+            return None
+        now = timezone.now()
+        participant.left_at = max(now, participant.joined_at)
+        participant.left_reason = reason
+        participant.talking = False
+        participant.moh = False
+        participant.save(update_fields=["left_at", "left_reason", "talking", "moh"])
+        _record(
+            participant.conference_id,
+            Kind.KICKED if reason == Participant.LeftReason.KICKED else Kind.LEFT,
+            participant=participant,
+            actor=actor,
+            details={"reason": reason},
+            at=now,
+        )
+        _emit(participant.conference_id, "participant.left", participant=broadcast.participant_state(participant))
+        _emit_conference(participant.conference)
+    logger.info("conference %s: participant %s left (%s)", participant.conference_id, participant.pk, reason)
+    return participant
+
+
+UPDATABLE = {"muted", "talking", "moh"}
+AUDITED = {"muted": (Kind.MUTED, Kind.UNMUTED)}
+
+
+def participant_update(*, participant, actor=None, audit=True, **changes):
+    """Change muted / talking / moh of a present participant; broadcast when anything changed.
+
+    Returns the participant's new state, or ``None`` when it is not present.
+    """
+    unknown = set(changes) - UPDATABLE
+    if unknown:
+        raise ValueError(f"cannot update {', '.join(sorted(unknown))}")
+    with transaction.atomic():
+        current = Participant.objects.filter(pk=participant.pk, left_at__isnull=True).first()
+        if current is None:
+            return None
+        changed = [field for field, value in changes.items() if getattr(current, field) != value]
+        if not changed:
+            return current
+        for field in changed:
+            setattr(current, field, changes[field])
+        current.save(update_fields=changed)
+        for field in changed:
+            if audit and field in AUDITED:
+                on, off = AUDITED[field]
+                _record(current.conference_id, on if changes[field] else off, participant=current, actor=actor)
+        _emit(current.conference_id, "participant.updated", participant=broadcast.participant_state(current))
+    return current
+
+
+# --- rooms ------------------------------------------------------------------------
+
+
+def conference_set_locked(*, conference, locked, actor=None):
+    """Lock or unlock a room; a locked room admits admin callers only."""
+    with transaction.atomic():
+        conference = Conference.objects.select_for_update().get(pk=conference.pk)
+        if conference.locked == locked:
+            return conference
+        conference.locked = locked
+        conference.save(update_fields=["locked"])
+        _record(conference.pk, Kind.LOCKED if locked else Kind.UNLOCKED, actor=actor)
+        _emit_conference(conference)
+    logger.info("conference %s: %s", conference.pk, "locked" if locked else "unlocked")
+    return conference
+
+
+def conference_record(*, conference, kind, actor=None, participant=None, details=None):
+    """Store a timeline entry that changes no state (mute all, a refused caller...)."""
+    _record(conference.pk, kind, participant=participant, actor=actor, details=details)
+
+
+# --- servers ----------------------------------------------------------------------
+
+
+def server_set_link_status(*, server, connected, error=""):
+    """Record the worker's link to Asterisk and tell every room of that server when it changed."""
+    now = timezone.now()
+    with transaction.atomic():
+        current = AsteriskServer.objects.select_for_update().get(pk=server.pk)
+        changed = current.connected != connected
+        current.connected = connected
+        current.last_seen_at = now if connected else current.last_seen_at
+        if changed or current.status_since is None:
+            current.status_since = now
+        if error or connected:
+            current.last_error = error[:1000] if error else current.last_error
+        current.save(update_fields=["connected", "last_seen_at", "status_since", "last_error"])
+        if changed:
+            frame = {"type": "asterisk.status", "connected": connected}
+            for conference_id in Conference.objects.filter(server_id=server.pk).values_list("pk", flat=True):
+                transaction.on_commit(partial(broadcast.send_to_room, conference_id, frame))
+    return current
+
+
+def server_heartbeat(*, server):
+    """Note that the link was confirmed alive just now."""
+    AsteriskServer.objects.filter(pk=server.pk).update(last_seen_at=timezone.now())

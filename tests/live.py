@@ -1,0 +1,160 @@
+"""Fixtures and helpers for tests that run the worker against the real Asterisk sandbox."""
+
+import asyncio
+import contextlib
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import channel_layers, get_channel_layer
+
+from conferences import broadcast
+from conferences.ari.worker import AriWorker
+from conferences.models import AsteriskServer, Conference, ConferenceEvent, Participant
+from tests.sandbox import Sandbox, eventually
+
+db = database_sync_to_async
+
+
+@pytest.fixture
+async def sandbox(ari):
+    box = Sandbox(ari)
+    await box.cleanup()
+    yield box
+    await box.cleanup()
+
+
+@pytest.fixture
+def fresh_layer():
+    """A new in-memory channel layer for this test's event loop."""
+    channel_layers.backends.clear()
+    yield get_channel_layer()
+    channel_layers.backends.clear()
+
+
+@pytest.fixture
+async def pbx(ari, transactional_db):
+    return await db(AsteriskServer.objects.create)(
+        name="sandbox", ari_url=ari.url, username=ari.username, password=ari.password, app_name="conference"
+    )
+
+
+@pytest.fixture
+def make_room(pbx):
+    async def make(number, **fields):
+        fields.setdefault("slug", f"room-{number}")
+        fields.setdefault("name", f"Room {number}")
+        return await db(Conference.objects.create)(server=pbx, number=str(number), **fields)
+
+    return make
+
+
+class WorkerRunner:
+    """Starts and stops in-process workers for one server."""
+
+    def __init__(self, server):
+        self.server = server
+        self.worker = None
+        self.task = None
+
+    async def start(self, *, fast_pin=True):
+        self.worker = AriWorker(self.server)
+        if fast_pin:
+            self.worker.app.pin_first_timeout = 3.0
+            self.worker.app.pin_digit_timeout = 2.0
+        self.task = asyncio.create_task(self.worker.run())
+        await eventually(self._resynced, timeout=15, message="the worker did not connect and resync")
+        return self.worker
+
+    async def _resynced(self):
+        if self.task.done():
+            self.task.result()
+        return self.worker.resyncs >= 1
+
+    async def stop(self):
+        if self.task is None:
+            return
+        self.worker.stopping.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(self.task, 20)
+        self.task = None
+
+
+@pytest.fixture
+async def runner(pbx, sandbox, fresh_layer):
+    runner = WorkerRunner(pbx)
+    yield runner
+    await runner.stop()
+
+
+@pytest.fixture
+async def worker(runner):
+    return await runner.start()
+
+
+class RoomWatcher:
+    """Listens to a room's group like a browser would, keeping every frame."""
+
+    def __init__(self, layer, conference_id):
+        self.layer = layer
+        self.conference_id = conference_id
+        self.frames = []
+        self.channel = None
+        self.task = None
+
+    async def __aenter__(self):
+        self.channel = await self.layer.new_channel()
+        await self.layer.group_add(broadcast.room_group(self.conference_id), self.channel)
+        self.task = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc):
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        await self.layer.group_discard(broadcast.room_group(self.conference_id), self.channel)
+
+    async def _read(self):
+        while True:
+            message = await self.layer.receive(self.channel)
+            self.frames.append(message["frame"])
+
+    def of_type(self, kind):
+        return [frame for frame in self.frames if frame["type"] == kind]
+
+    def assert_seq_contiguous(self):
+        seqs = [frame["seq"] for frame in self.frames if "seq" in frame]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
+
+
+def present_channels(conference):
+    return set(
+        Participant.objects.filter(conference=conference, left_at__isnull=True).values_list("channel_id", flat=True)
+    )
+
+
+async def roster_matches_bridge(sandbox, worker, conference):
+    """The present participants of a room are exactly the channels in its bridge."""
+    in_db = await db(present_channels)(conference)
+    in_bridge = await sandbox.bridge_members(worker.app.bridge_id(conference.pk))
+    return in_db == in_bridge, in_db, in_bridge
+
+
+async def wait_roster(sandbox, worker, conference, expected_channels, timeout=15):
+    expected = set(expected_channels)
+
+    async def check():
+        same, in_db, in_bridge = await roster_matches_bridge(sandbox, worker, conference)
+        return same and in_db == expected
+
+    await eventually(check, timeout=timeout, message=f"roster of room {conference.number} != {len(expected)} callers")
+
+
+def participant(channel_id):
+    return Participant.objects.filter(channel_id=channel_id).first()
+
+
+def events_of(conference, kind=None):
+    queryset = ConferenceEvent.objects.filter(conference=conference).order_by("created_at", "id")
+    if kind:
+        queryset = queryset.filter(kind=kind)
+    return list(queryset.values("kind", "actor_id", "details", "participant_id"))

@@ -1,0 +1,191 @@
+"""Test tools for the real Asterisk sandbox: simulated callers and an ear that hears what a caller hears.
+
+Callers are Local channels: the ;2 half runs the [conferences] dialplan into
+Stasis and is the participant; the ;1 half runs a far end of [test-farend]
+(talk, silent, pin<digits>, talkpin<digits>) and is the caller's mouth.
+
+The ear snoops on a participant (spy=out: what Asterisk sends to that caller)
+into the test application "test-ear" and runs TALK_DETECT on the snoop
+channel, so "hears sound" means audio really reaches the caller.
+"""
+
+import asyncio
+import base64
+import contextlib
+import inspect
+import json
+import uuid
+from dataclasses import dataclass
+
+import requests
+import websockets
+
+EAR_APP = "test-ear"
+
+
+class SandboxError(AssertionError):
+    pass
+
+
+@dataclass(frozen=True)
+class Caller:
+    channel_id: str  # the participant (in Stasis)
+    far_id: str  # its far end
+    name: str
+    number: str
+
+
+def _id(prefix):
+    # Fixed width and distinct first letters: Asterisk refuses a channel id that is
+    # a prefix of an existing one.
+    return f"{prefix}{uuid.uuid4().hex}"
+
+
+class Sandbox:
+    """REST helpers around the sandbox's ARI, all run in threads."""
+
+    def __init__(self, ari):
+        self.ari = ari
+
+    async def call(self, method, path, *, params=None, ok=(200, 204), timeout=5):
+        response = await asyncio.to_thread(
+            requests.request, method, f"{self.ari.url}{path}", params=params, auth=self.ari.auth, timeout=timeout
+        )
+        if response.status_code not in ok:
+            raise SandboxError(f"{method} {path} -> {response.status_code} {response.text[:200]}")
+        return response.json() if response.content else None
+
+    async def caller(self, room, *, far="silent", name="Caller", number="200", admin=False):
+        caller = Caller(_id("p"), _id("f"), name, number)
+        await self.call(
+            "POST",
+            "/channels",
+            params={
+                "endpoint": f"Local/{room}@{'conferences-admin' if admin else 'conferences'}",
+                "context": "test-farend",
+                "extension": far,
+                "priority": 1,
+                "channelId": caller.far_id,
+                "otherChannelId": caller.channel_id,
+                "callerId": f'"{name}" <{number}>',
+            },
+        )
+        return caller
+
+    async def hangup(self, caller):
+        await self.call("DELETE", f"/channels/{caller.far_id}", ok=(200, 204, 404))
+
+    async def channel_exists(self, channel_id):
+        response = await asyncio.to_thread(
+            requests.get, f"{self.ari.url}/channels/{channel_id}", auth=self.ari.auth, timeout=5
+        )
+        return response.status_code == 200
+
+    async def bridges(self):
+        return await self.call("GET", "/bridges")
+
+    async def bridge_members(self, bridge_id):
+        for bridge in await self.bridges():
+            if bridge["id"] == bridge_id:
+                return set(bridge["channels"])
+        return set()
+
+    async def cleanup(self):
+        """Hang up every channel and destroy every bridge: each test starts from an empty PBX."""
+        for channel in await self.call("GET", "/channels"):
+            await self.call("DELETE", f"/channels/{channel['id']}", ok=(200, 204, 404))
+        for bridge in await self.bridges():
+            await self.call("DELETE", f"/bridges/{bridge['id']}", ok=(200, 204, 404))
+
+        async def no_channels():
+            return not await self.call("GET", "/channels")
+
+        await eventually(no_channels, message="sandbox channels hung up")
+
+
+class Ears:
+    """Snoops on participants and tells whether each one hears sound right now."""
+
+    def __init__(self, sandbox):
+        self.sandbox = sandbox
+        self.hearing: dict[str, bool] = {}  # snoop id -> sound heard now
+        self.changed = asyncio.Event()
+        self._socket = None
+        self._reader = None
+
+    async def __aenter__(self):
+        ari = self.sandbox.ari
+        token = base64.b64encode(f"{ari.username}:{ari.password}".encode()).decode()
+        url = ari.url.replace("http", "ws", 1) + f"/events?app={EAR_APP}&subscribeAll=false"
+        self._socket = await websockets.connect(url, additional_headers={"Authorization": f"Basic {token}"})
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc):
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+        await self._socket.close()
+
+    async def _read(self):
+        async for raw in self._socket:
+            event = json.loads(raw)
+            snoop_id = (event.get("channel") or {}).get("id")
+            if event["type"] == "ChannelTalkingStarted":
+                self.hearing[snoop_id] = True
+            elif event["type"] == "ChannelTalkingFinished":
+                self.hearing[snoop_id] = False
+            else:
+                continue
+            self.changed.set()
+
+    async def listen(self, caller):
+        """Start hearing what ``caller`` hears; returns the snoop id."""
+        snoop_id = _id("s")
+        self.hearing[snoop_id] = False
+        await self.sandbox.call(
+            "POST",
+            f"/channels/{caller.channel_id}/snoop",
+            params={"spy": "out", "app": EAR_APP, "snoopId": snoop_id},
+        )
+        # 1 s of silence ends "talking"; the energy threshold is the default.
+        await self.sandbox.call(
+            "POST", f"/channels/{snoop_id}/variable", params={"variable": "TALK_DETECT(set)", "value": "1000"}
+        )
+        return snoop_id
+
+    async def wait(self, snoop_id, hears, timeout=15):
+        """Wait until the snooped caller hears sound (True) or silence (False)."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self.hearing.get(snoop_id) != hears:
+                    self.changed.clear()
+                    await self.changed.wait()
+        except TimeoutError:
+            raise SandboxError(
+                f"the caller did not {'hear sound' if hears else 'fall silent'} in {timeout} s"
+            ) from None
+
+    async def steady(self, snoop_id, hears, seconds):
+        """Assert the caller keeps hearing sound / silence for ``seconds``."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while loop.time() < end:
+            if self.hearing.get(snoop_id) != hears:
+                raise SandboxError(f"the caller's audio changed to {'sound' if not hears else 'silence'}")
+            await asyncio.sleep(0.1)
+
+
+async def eventually(predicate, timeout=10, interval=0.1, message="condition not met"):
+    """Wait until ``predicate()`` (plain or awaitable) is truthy; returns its value."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() > end:
+            raise SandboxError(f"{message} within {timeout} s (last: {value!r})")
+        await asyncio.sleep(interval)
