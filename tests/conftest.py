@@ -146,3 +146,16 @@ def redis_url():
     finally:
         client.close()
     return url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_connections_of_async_tests(django_db_setup):
+    """Close the database connection that async tests opened in asgiref's sync thread.
+
+    Otherwise it stays open and PostgreSQL refuses to drop the test database.
+    """
+    yield
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)

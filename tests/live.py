@@ -2,12 +2,15 @@
 
 import asyncio
 import contextlib
+import json
+import os
 
 import pytest
 from channels.db import database_sync_to_async
 from channels.layers import channel_layers, get_channel_layer
 
 from conferences import broadcast
+from conferences.ari.handlers import room_bridge_id
 from conferences.ari.worker import AriWorker
 from conferences.models import AsteriskServer, Conference, ConferenceEvent, Participant
 from tests.sandbox import Sandbox, eventually
@@ -58,6 +61,16 @@ class WorkerRunner:
 
     async def start(self, *, fast_pin=True):
         self.worker = AriWorker(self.server)
+        record_to = os.environ.get("ARI_RECORD_EVENTS")
+        if record_to:  # a developer's aid: dump every real event, for handler fixtures
+            original = self.worker.process_event
+
+            async def recording(event):
+                with open(record_to, "a") as fh:  # noqa: ASYNC230 (a developer's aid, never in CI)
+                    fh.write(json.dumps(event) + "\n")
+                await original(event)
+
+            self.worker.process_event = recording
         if fast_pin:
             self.worker.app.pin_first_timeout = 3.0
             self.worker.app.pin_digit_timeout = 2.0
@@ -132,10 +145,10 @@ def present_channels(conference):
     )
 
 
-async def roster_matches_bridge(sandbox, worker, conference):
+async def roster_matches_bridge(sandbox, server, conference):
     """The present participants of a room are exactly the channels in its bridge."""
     in_db = await db(present_channels)(conference)
-    in_bridge = await sandbox.bridge_members(worker.app.bridge_id(conference.pk))
+    in_bridge = await sandbox.bridge_members(room_bridge_id(server.app_name, conference.pk))
     return in_db == in_bridge, in_db, in_bridge
 
 
@@ -143,7 +156,7 @@ async def wait_roster(sandbox, worker, conference, expected_channels, timeout=15
     expected = set(expected_channels)
 
     async def check():
-        same, in_db, in_bridge = await roster_matches_bridge(sandbox, worker, conference)
+        same, in_db, in_bridge = await roster_matches_bridge(sandbox, worker.server, conference)
         return same and in_db == expected
 
     await eventually(check, timeout=timeout, message=f"roster of room {conference.number} != {len(expected)} callers")

@@ -133,6 +133,16 @@ async def test_music_on_hold_heard_only_when_alone(worker, sandbox, make_room):
         await ears.wait(ear, True)  # alone again: music again
         assert await moh_flags(room) == {alice.channel_id: True}
 
+        # Empty room, then a newcomer: alone, so music (the music's own Announcer
+        # channel in the bridge is not a participant).
+        await sandbox.hangup(alice)
+        await wait_roster(sandbox, worker, room, set())
+        carol = await sandbox.caller(103, name="Carol")
+        await wait_roster(sandbox, worker, room, {carol.channel_id})
+        carol_ear = await ears.listen(carol)
+        await ears.wait(carol_ear, True)
+        assert await moh_flags(room) == {carol.channel_id: True}
+
 
 async def test_talking_is_reported_and_cleared_on_leave(worker, sandbox, make_room, fresh_layer):
     from tests.live import RoomWatcher

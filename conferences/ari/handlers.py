@@ -61,6 +61,11 @@ class RoomState:
     channels: list[str] = field(default_factory=list)
 
 
+def room_bridge_id(app_name, conference_id):
+    """The deterministic bridge id of a room: a restarted worker finds its bridges."""
+    return f"{app_name}-conference-{conference_id}"
+
+
 def is_helper_channel(channel):
     return bool(HELPER_CHANNEL.match(channel.get("name", "")))
 
@@ -154,7 +159,10 @@ class ConferenceApp:
         self.rooms: dict[int, RoomState] = {}
         self.after_playback: dict[str, str] = {}  # playback id -> channel to hang up
         self.kicking: dict[str, int | None] = {}  # channel id -> acting user id
-        self.helper_channels: set[str] = set()
+        # Present participants' channels -> their room. Bridge snapshots also list
+        # Asterisk's own Announcer channel (music on hold), whose events never reach
+        # the application: only channels recorded here count as participants.
+        self.present: dict[str, int] = {}
         self._playback_counter = 0
         self.pin_first_timeout = PIN_FIRST_TIMEOUT
         self.pin_digit_timeout = PIN_DIGIT_TIMEOUT
@@ -163,11 +171,10 @@ class ConferenceApp:
 
     @property
     def bridge_prefix(self):
-        return f"{self.app_name}-conference-"
+        return room_bridge_id(self.app_name, "")
 
     def bridge_id(self, conference_id):
-        """The deterministic bridge id of a room: a restarted worker finds its bridges."""
-        return f"{self.bridge_prefix}{conference_id}"
+        return room_bridge_id(self.app_name, conference_id)
 
     def conference_id_of_bridge(self, bridge_id):
         if not bridge_id or not bridge_id.startswith(self.bridge_prefix):
@@ -393,10 +400,7 @@ class ConferenceApp:
         room = self.rooms.setdefault(conference_id, RoomState(bridge_id=bridge["id"]))
         room.channels = list(bridge.get("channels") or [])
         if is_helper_channel(channel):
-            if entered:
-                self.helper_channels.add(channel_id)
-            else:
-                self.helper_channels.discard(channel_id)
+            pass
         elif entered:
             await self._joined(conference_id, channel)
         else:
@@ -411,15 +415,18 @@ class ConferenceApp:
             return
         caller = channel.get("caller") or {}
         role = admission.role if admission else Participant.Role.PARTICIPANT
-        await db(services.participant_join)(
+        participant, _created = await db(services.participant_join)(
             conference=conference,
             channel_id=channel_id,
             caller_number=caller.get("number", ""),
             caller_name=caller.get("name", ""),
             role=role,
         )
+        if participant.left_at is None and participant.conference_id == conference_id:
+            self.present[channel_id] = conference_id
 
     async def _left(self, channel_id, reason=None):
+        self.present.pop(channel_id, None)
         participant = await db(_participant_by_channel)(self.server_id, channel_id)
         if participant is None or participant.left_at is not None:
             return
@@ -446,7 +453,6 @@ class ConferenceApp:
         channel_id = (event.get("channel") or {}).get("id")
         self.admissions.pop(channel_id, None)
         self.kicking.pop(channel_id, None)
-        self.helper_channels.discard(channel_id)
 
     async def on_ChannelTalkingStarted(self, event):
         await self._talking(event, True)
@@ -468,15 +474,16 @@ class ConferenceApp:
 
     # --- music on hold --------------------------------------------------------------
 
-    def participant_channels(self, room):
-        return [channel_id for channel_id in room.channels if channel_id not in self.helper_channels]
+    def participant_channels(self, conference_id, room):
+        """The room's participants that are in its bridge right now."""
+        return [channel_id for channel_id in room.channels if self.present.get(channel_id) == conference_id]
 
     async def apply_moh(self, conference_id):
         """Music on hold when exactly one participant is in the bridge, derived from the bridge itself."""
         room = self.rooms.get(conference_id)
         if room is None:
             return
-        present = self.participant_channels(room)
+        present = self.participant_channels(conference_id, room)
         want = len(present) == 1
         conference = await db(_conference)(conference_id)
         if conference is None:
@@ -592,16 +599,14 @@ class ConferenceApp:
         bridges = [bridge for bridge in await self.ari.bridges() if self.conference_id_of_bridge(bridge["id"])]
         conferences = await db(_conferences_by_id)(self.server_id)
 
-        self.helper_channels = {cid for cid, channel in channels.items() if is_helper_channel(channel)}
         self.rooms = {}
-        in_bridge = {}  # channel id -> conference id
+        in_bridge = {}  # channel id -> conference id, participants only
         for bridge in bridges:
             conference_id = self.conference_id_of_bridge(bridge["id"])
             members = [cid for cid in bridge.get("channels") or [] if cid in channels]
-            helpers = [cid for cid in members if cid in self.helper_channels]
-            self.rooms[conference_id] = RoomState(bridge_id=bridge["id"], moh=bool(helpers) or None, channels=members)
+            self.rooms[conference_id] = RoomState(bridge_id=bridge["id"], channels=members)
             for channel_id in members:
-                if channel_id not in self.helper_channels:
+                if not is_helper_channel(channels[channel_id]):
                     in_bridge[channel_id] = conference_id
 
         # Participants whose channel is no longer in their room's bridge were lost meanwhile.
@@ -640,9 +645,11 @@ class ConferenceApp:
                 pass
             added += 1
 
+        self.present = {p.channel_id: p.conference_id for p in await db(_present_on_server)(self.server_id)}
+
         # Music on hold by the rule; empty leftover bridges go.
         for conference_id, room in list(self.rooms.items()):
-            if conference_id not in conferences or not self.participant_channels(room):
+            if conference_id not in conferences or not self.participant_channels(conference_id, room):
                 await self._remove_bridge(room)
                 self.rooms.pop(conference_id, None)
                 continue
@@ -676,10 +683,6 @@ class ConferenceApp:
 
     async def _remove_bridge(self, room):
         try:
-            for channel_id in room.channels:
-                if channel_id in self.helper_channels:
-                    await self.ari.stop_bridge_moh(room.bridge_id)
-                    break
             await self.ari.destroy_bridge(room.bridge_id)
         except AriNotFound:
             pass
