@@ -1,0 +1,115 @@
+"""Worker pieces without Asterisk: backoff, the lease, link status and its broadcast."""
+
+import asyncio
+import os
+import random
+import socket
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from conferences import services
+from conferences.ari import lease
+from conferences.ari.worker import AriWorker, backoff_delay
+from conferences.models import AsteriskServer
+from tests.live import RoomWatcher, db
+from tests.sandbox import eventually
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_cap():
+    rng = random.Random(1)
+    for attempt in range(12):
+        delay = backoff_delay(attempt, rng=rng)
+        full = min(30.0, 0.5 * 2**attempt)
+        assert full / 2 <= delay <= full
+    assert backoff_delay(1000, rng=rng) <= 30.0
+    # Jitter: two workers restarting together do not retry in lockstep.
+    assert len({round(backoff_delay(5), 6) for _ in range(20)}) > 1
+
+
+@pytest.mark.django_db
+def test_lease_one_holder_at_a_time(server):
+    first, second = lease.new_owner(), lease.new_owner()
+    assert lease.acquire(server.pk, first) == (True, first)
+    assert lease.acquire(server.pk, second) == (False, first)
+    assert lease.renew(server.pk, first)
+    assert not lease.renew(server.pk, second)
+    lease.release(server.pk, first)
+    assert lease.acquire(server.pk, second) == (True, second)
+
+
+@pytest.mark.django_db
+def test_lease_of_a_dead_local_process_is_taken_over_at_once(server):
+    dead = f"{socket.gethostname()}:{2**22 + 12345}:deadbeef"  # beyond pid_max: never alive
+    AsteriskServer.objects.filter(pk=server.pk).update(
+        worker_owner=dead, worker_lease_until=timezone.now() + timedelta(seconds=60)
+    )
+    mine = lease.new_owner()
+    assert lease.acquire(server.pk, mine) == (True, mine)
+
+
+@pytest.mark.django_db
+def test_lease_of_another_host_is_respected_until_it_expires(server):
+    other = "other-host:4242:cafe"
+    AsteriskServer.objects.filter(pk=server.pk).update(
+        worker_owner=other, worker_lease_until=timezone.now() + timedelta(seconds=60)
+    )
+    assert lease.acquire(server.pk, lease.new_owner()) == (False, other)
+    AsteriskServer.objects.filter(pk=server.pk).update(worker_lease_until=timezone.now() - timedelta(seconds=1))
+    assert lease.acquire(server.pk, lease.new_owner())[0]
+
+
+@pytest.mark.django_db
+def test_lease_owner_names_this_process():
+    host, pid, token = lease.new_owner().rsplit(":", 2)
+    assert host == socket.gethostname() and pid == str(os.getpid()) and len(token) == 8
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_link_status_is_stored_and_pushed_to_every_room_of_the_server(server, make_conference, fresh_layer):
+    rooms = [await db(make_conference)(str(n)) for n in (10, 11)]
+    async with RoomWatcher(fresh_layer, rooms[0].pk) as first, RoomWatcher(fresh_layer, rooms[1].pk) as second:
+        await db(services.server_set_link_status)(server=server, connected=True)
+        await db(services.server_set_link_status)(server=server, connected=True)  # no change: no frame
+        await db(services.server_set_link_status)(server=server, connected=False, error="connection refused")
+        await eventually(lambda: len(first.frames) == 2 and len(second.frames) == 2)
+    assert (
+        first.frames
+        == second.frames
+        == [
+            {"type": "asterisk.status", "connected": True},
+            {"type": "asterisk.status", "connected": False},
+        ]
+    )
+    state = await db(AsteriskServer.objects.get)(pk=server.pk)
+    assert (state.connected, state.last_error) == (False, "connection refused")
+    assert state.status_since is not None and state.last_seen_at is not None
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "url,password,error",
+    [
+        ("http://127.0.0.1:1/ari", "conference", "connection refused"),
+        (None, "wrong-password", "ARI refused the credentials (HTTP 401)"),
+    ],
+)
+async def test_worker_keeps_retrying_while_it_cannot_connect(ari, make_server, fresh_layer, url, password, error):
+    server = await db(make_server)("unreachable", ari_url=url or ari.url, username="conference", password=password)
+    worker = AriWorker(server)
+    task = asyncio.create_task(worker.run())
+    try:
+        await eventually(
+            lambda: db(lambda: AsteriskServer.objects.get(pk=server.pk).last_error == error)(),
+            timeout=10,
+            message="link error recorded",
+        )
+        await asyncio.sleep(1.5)
+        assert not task.done()  # no retry limit: it keeps trying
+        state = await db(AsteriskServer.objects.get)(pk=server.pk)
+        assert state.connected is False
+        assert "wrong-password" not in state.last_error
+    finally:
+        worker.stopping.set()
+        await asyncio.wait_for(task, 10)
