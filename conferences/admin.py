@@ -1,9 +1,49 @@
+from asgiref.sync import async_to_sync
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import Count, Q
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
+from conferences import access, moderation
 from conferences.models import AsteriskServer, Conference, ConferenceAccess, ConferenceEvent, Participant
+
+
+def _moderate(request, action, conference, participant=None):
+    """Ask the room's worker to act, like the live page does; report the outcome as a message."""
+    target = str(participant) if participant else str(conference)
+    if not access.can_moderate(request.user, conference):
+        messages.error(request, gettext("%(target)s: you are not a moderator of this room.") % {"target": target})
+        return
+    ok, error = async_to_sync(moderation.request)(
+        server_id=conference.server_id,
+        conference_id=conference.pk,
+        action=action,
+        participant_id=participant.pk if participant else None,
+        actor_id=request.user.pk,
+    )
+    if ok:
+        messages.success(request, gettext("%(target)s: done.") % {"target": target})
+    else:
+        messages.error(request, gettext("%(target)s: %(error)s") % {"target": target, "error": error})
+
+
+def _room_action(action, description):
+    def run(modeladmin, request, queryset):
+        for conference in queryset.select_related("server"):
+            _moderate(request, action, conference)
+
+    run.__name__ = action
+    return admin.action(description=description)(run)
+
+
+def _participant_action(action, description):
+    def run(modeladmin, request, queryset):
+        for participant in queryset.select_related("conference"):
+            _moderate(request, action, participant.conference, participant)
+
+    run.__name__ = action
+    return admin.action(description=description)(run)
 
 
 class AsteriskServerForm(forms.ModelForm):
@@ -61,6 +101,12 @@ class ConferenceAdmin(admin.ModelAdmin):
     prepopulated_fields = {"slug": ["name"]}
     readonly_fields = ["seq", "created_at"]
     inlines = [ConferenceAccessInline]
+    actions = [
+        _room_action("lock", _("Lock the selected rooms")),
+        _room_action("unlock", _("Unlock the selected rooms")),
+        _room_action("mute_all", _("Mute everyone but admins")),
+        _room_action("unmute_all", _("Unmute everyone")),
+    ]
 
     def get_queryset(self, request):
         return (
@@ -90,6 +136,11 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(Participant)
 class ParticipantAdmin(ReadOnlyAdmin):
+    actions = [
+        _participant_action("mute", _("Mute the selected participants")),
+        _participant_action("unmute", _("Unmute the selected participants")),
+        _participant_action("kick", _("Kick the selected participants")),
+    ]
     list_display = [
         "caller_name",
         "caller_number",

@@ -391,3 +391,55 @@ async def test_asterisk_restart_mid_call_ends_every_stay_and_recovers(
     status = await db(AsteriskServer.objects.get)(pk=worker.server.pk)
     assert status.connected and status.last_error
     watcher.assert_seq_contiguous()
+
+
+# --- admin actions go the same way --------------------------------------------------------
+
+
+async def test_admin_actions_use_the_same_moderation_path(worker, sandbox, make_room, client):
+    from asgiref.sync import sync_to_async
+
+    room = await make_room(120)
+    a = await sandbox.caller(120, name="A")
+    b = await sandbox.caller(120, name="B")
+    await wait_roster(sandbox, worker, room, {a.channel_id, b.channel_id})
+    staff = await db(User.objects.create_superuser)(username="boss", password="x", email="")
+    await sync_to_async(client.force_login)(staff)
+    target = await db(participant)(b.channel_id)
+    response = await sync_to_async(client.post)(
+        "/admin/conferences/participant/", {"action": "kick", "_selected_action": [target.pk]}, follow=True
+    )
+    assert response.status_code == 200
+    assert "done" in response.content.decode(), [str(m) for m in response.context["messages"]]
+    await wait_roster(sandbox, worker, room, {a.channel_id})
+    assert (await db(participant)(b.channel_id)).left_reason == "kicked"
+    response = await sync_to_async(client.post)(
+        "/admin/conferences/conference/", {"action": "lock", "_selected_action": [room.pk]}, follow=True
+    )
+    assert (await db(lambda: type(room).objects.get(pk=room.pk).locked)()) is True
+    kinds = [(e["kind"], e["actor_id"]) for e in await db(events_of)(room) if e["actor_id"]]
+    assert kinds == [("kicked", staff.pk), ("locked", staff.pk)]
+
+
+async def test_admin_action_refused_for_staff_without_the_moderator_role(worker, sandbox, make_room, client):
+    from asgiref.sync import sync_to_async
+    from django.contrib.auth.models import Permission
+
+    room = await make_room(121)
+    a = await sandbox.caller(121, name="A")
+    await wait_roster(sandbox, worker, room, {a.channel_id})
+
+    def make_staff():
+        user = User.objects.create_user(username="clerk", password="x", is_staff=True)
+        user.user_permissions.set(Permission.objects.filter(codename__in=["view_participant", "view_conference"]))
+        return user
+
+    clerk = await db(make_staff)()
+    await sync_to_async(client.force_login)(clerk)
+    target = await db(participant)(a.channel_id)
+    response = await sync_to_async(client.post)(
+        "/admin/conferences/participant/", {"action": "kick", "_selected_action": [target.pk]}, follow=True
+    )
+    assert "not a moderator of this room" in response.content.decode()
+    await asyncio.sleep(0.5)
+    assert (await db(participant)(a.channel_id)).left_at is None

@@ -15,8 +15,10 @@ import random
 import time
 
 import websockets
+from asgiref.sync import ThreadSensitiveContext
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from django.db import connections
 
 from conferences import moderation, services
 from conferences.ari import lease
@@ -86,6 +88,16 @@ class AriWorker:
 
     async def run(self):
         """Hold the lease, keep the link up and process until ``stopping`` is set."""
+        # The worker's database calls get a thread of their own: sharing asgiref's
+        # global one with a sync caller that waits for this worker (an admin
+        # action in the same process) would deadlock.
+        async with ThreadSensitiveContext():
+            try:
+                await self._run()
+            finally:
+                await db(connections.close_all)()
+
+    async def _run(self):
         acquired, holder = await db(lease.acquire)(self.server.pk, self.owner)
         if not acquired:
             raise WorkerConflict(
