@@ -151,6 +151,7 @@ class ParticipantAdmin(ReadOnlyAdmin):
         "left_reason",
         "muted",
         "talking",
+        "channel_id",
     ]
     list_filter = [("left_at", admin.EmptyFieldListFilter), "conference", "role", "left_reason", "muted"]
     search_fields = ["caller_name", "caller_number", "channel_id", "conference__name", "conference__number"]

@@ -7,14 +7,20 @@ from django.db import DatabaseError
 logger = logging.getLogger(__name__)
 
 
+_done = []
+
+
 def on_process_start():
     """Create or update the ``default`` Asterisk server from ``ARI_*`` when ARI_URL is set.
 
-    A database that is not migrated yet is logged, not fatal: ``migrate`` runs
-    the same step afterwards.
+    Runs once per process. A database that is not migrated yet is logged, not
+    fatal: ``migrate`` runs the same step afterwards.
     """
     from conferences.models import AsteriskServer
 
+    if _done:
+        return None
+    _done.append(True)
     try:
         server = AsteriskServer.objects.sync_default_from_settings()
     except DatabaseError as exc:
