@@ -59,8 +59,10 @@ class WorkerRunner:
         self.worker = None
         self.task = None
 
-    async def start(self, *, fast_pin=True):
+    async def start(self, *, fast_pin=True, configure=None):
         self.worker = AriWorker(self.server)
+        if configure:
+            configure(self.worker)
         record_to = os.environ.get("ARI_RECORD_EVENTS")
         if record_to:  # a developer's aid: dump every real event, for handler fixtures
             original = self.worker.process_event

@@ -443,3 +443,31 @@ async def test_admin_action_refused_for_staff_without_the_moderator_role(worker,
     assert "not a moderator of this room" in response.content.decode()
     await asyncio.sleep(0.5)
     assert (await db(participant)(a.channel_id)).left_at is None
+
+
+async def test_keepalive_pings_notice_a_frozen_asterisk_and_the_link_comes_back(runner, sandbox, make_room):
+    """A hung Asterisk (SIGSTOP) answers no pings: the worker drops the link, then reconnects."""
+    import os
+    import signal
+
+    from tests.sandbox_control import STATE
+
+    room = await make_room(122)
+
+    def quick_keepalive(worker):
+        worker.ping_interval = worker.ping_timeout = 1.0
+
+    worker = await runner.start(configure=quick_keepalive)
+    pid = int((STATE / "asterisk.pid").read_text().strip())
+    resyncs = worker.resyncs
+    caller = await sandbox.caller(122, name="Before")
+    await wait_roster(sandbox, worker, room, {caller.channel_id})
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        await eventually(lambda: not worker.connected, timeout=30, message="link dropped by keepalive")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    await eventually(lambda: worker.connected and worker.resyncs > resyncs, timeout=40, message="link back")
+    state = await db(AsteriskServer.objects.get)(pk=worker.server.pk)
+    assert state.connected
+    await wait_roster(sandbox, worker, room, {caller.channel_id})

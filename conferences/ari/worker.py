@@ -62,6 +62,8 @@ class AriWorker:
         self.lost_lease = False
         self.asterisk_startup = None
         self.resyncs = 0
+        self.ping_interval = PING_INTERVAL
+        self.ping_timeout = PING_TIMEOUT
 
     def __repr__(self):
         return f"<AriWorker server={self.server.name}>"
@@ -151,8 +153,8 @@ class AriWorker:
                 url,
                 additional_headers=self.ari.auth_header(),
                 open_timeout=10,
-                ping_interval=PING_INTERVAL,
-                ping_timeout=PING_TIMEOUT,
+                ping_interval=self.ping_interval,
+                ping_timeout=self.ping_timeout,
                 close_timeout=2,
                 max_queue=None,  # never stop reading: Asterisk drops a reader that blocks its writes
                 max_size=2**24,
@@ -169,9 +171,9 @@ class AriWorker:
                     if not reader.done():
                         reader.cancel()
                         await socket.close()
+                exc = reader.exception() if reader.done() and not reader.cancelled() else None
                 if self.stopping.is_set():
                     return "stopping"
-                exc = reader.exception() if not reader.cancelled() else None
                 error = describe_error(exc) if exc else "the event socket closed"
         except websockets.InvalidStatus as exc:
             status = exc.response.status_code
