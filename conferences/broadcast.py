@@ -4,6 +4,7 @@ The only module that calls ``group_send``. Services call it after their
 transaction commits; consumers join the groups named here.
 """
 
+import hashlib
 import logging
 
 from asgiref.sync import async_to_sync
@@ -18,6 +19,17 @@ ROOM_EVENT = "room.event"
 def room_group(conference_id):
     """The channel-layer group of one room's watchers."""
     return f"conference.{conference_id}"
+
+
+def user_group(user_id):
+    """Every socket of one user: told when the user's grants change."""
+    return f"user.{user_id}"
+
+
+def session_group(session_key):
+    """Every socket of one login session: closed when it logs out."""
+    digest = hashlib.sha256(session_key.encode()).hexdigest()[:32]
+    return f"session.{digest}"
 
 
 def _iso(value):
@@ -53,14 +65,33 @@ def conference_state(conference, participant_count):
     }
 
 
-def send_to_room(conference_id, frame):
-    """Send one frame to every watcher of a room. Call only after the change committed."""
+def _group_send(group, message):
     layer = get_channel_layer()
     if layer is None:
         return
     try:
-        async_to_sync(layer.group_send)(room_group(conference_id), {"type": ROOM_EVENT, "frame": frame})
+        async_to_sync(layer.group_send)(group, message)
     except Exception:
         # A channel layer outage must not undo a committed change: browsers
         # catch up through seq gaps and resync.
-        logger.exception("conference %s: broadcast of %s failed", conference_id, frame.get("type"))
+        logger.exception("group %s: sending %s failed", group, message.get("type"))
+
+
+def send_to_room(conference_id, frame):
+    """Send one frame to every watcher of a room. Call only after the change committed."""
+    _group_send(room_group(conference_id), {"type": ROOM_EVENT, "frame": frame})
+
+
+def send_room_access_changed(conference_id):
+    """Tell a room's sockets to check their viewer's grants again."""
+    _group_send(room_group(conference_id), {"type": "access.changed"})
+
+
+def send_user_access_changed(user_id):
+    """Tell one user's sockets to check the user's grants again."""
+    _group_send(user_group(user_id), {"type": "access.changed"})
+
+
+def send_session_ended(session_key):
+    """Close the sockets opened with a session that has logged out."""
+    _group_send(session_group(session_key), {"type": "session.ended"})

@@ -1,3 +1,9 @@
-"""WebSocket routes. The room consumer at /ws/conferences/<slug>/ is added here."""
+"""WebSocket routes."""
 
-websocket_urlpatterns = []
+from django.urls import path
+
+from conferences.consumers import ConferenceConsumer
+
+websocket_urlpatterns = [
+    path("ws/conferences/<slug:slug>/", ConferenceConsumer.as_asgi()),
+]

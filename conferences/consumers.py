@@ -1,0 +1,240 @@
+"""The browser edge: one WebSocket per watcher of a room, at /ws/conferences/<slug>/.
+
+Refusals are sent as close codes after accepting (4401 not logged in, 4403
+no access, 4404 no such room): a handshake refused with an HTTP status looks
+like a network error to a browser. The consumer joins the room's group before
+it builds the snapshot, so no event falls between them; events the snapshot
+already contains (seq not above it) are not sent again.
+"""
+
+import asyncio
+import json
+import logging
+import time
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.db import transaction
+
+from conferences import access, broadcast, moderation
+from conferences.models import AsteriskServer, Conference, Participant
+
+logger = logging.getLogger(__name__)
+
+db = database_sync_to_async
+
+CLOSE_NOT_LOGGED_IN = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
+
+MAX_FRAME_BYTES = 4096
+RATE_PER_SECOND = 5.0  # sustained frames per second a browser may send
+RATE_BURST = 20  # frames it may send at once
+REPLY_TIMEOUT = moderation.REQUEST_TTL + 2
+
+
+def _conference(slug):
+    return Conference.objects.select_related("server").filter(slug=slug).first()
+
+
+def _snapshot(conference_id, user):
+    """The room's present state and the seq it corresponds to, read consistently."""
+    with transaction.atomic():
+        # The row lock orders this read with the services, which take the
+        # room's next seq on the same row: seq and roster belong together.
+        conference = Conference.objects.select_for_update().select_related("server").get(pk=conference_id)
+        participants = list(Participant.objects.filter(conference=conference, left_at__isnull=True))
+    return {
+        "type": "snapshot",
+        "seq": conference.seq,
+        "conference": broadcast.conference_state(conference, len(participants)),
+        "participants": [broadcast.participant_state(p) for p in participants],
+        "asterisk": {"connected": conference.server.connected},
+        "can_moderate": access.can_moderate(user, conference),
+    }
+
+
+def _fresh_user(user_id):
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.filter(pk=user_id).first()
+
+
+def _server_connected(server_id):
+    return AsteriskServer.objects.filter(pk=server_id, connected=True).exists()
+
+
+def _present_in_room(conference_id, participant_id):
+    return Participant.objects.filter(pk=participant_id, conference_id=conference_id, left_at__isnull=True).exists()
+
+
+class TokenBucket:
+    """Allows ``burst`` frames at once and ``rate`` per second after that."""
+
+    def __init__(self, rate, burst, clock=time.monotonic):
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self.tokens = float(burst)
+        self.updated = clock()
+
+    def take(self):
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+class ConferenceConsumer(AsyncWebsocketConsumer):
+    """Streams a room's events to one browser and carries its moderator actions to the worker."""
+
+    async def connect(self):
+        self.conference = None
+        self.last_seq = 0
+        self.pending = {}
+        self.bucket = TokenBucket(RATE_PER_SECOND, RATE_BURST)
+        await self.accept()
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(CLOSE_NOT_LOGGED_IN)
+            return
+        conference = await db(_conference)(self.scope["url_route"]["kwargs"]["slug"])
+        if conference is None:
+            await self.close(CLOSE_NOT_FOUND)
+            return
+        if not await db(access.can_view)(user, conference):
+            await self.close(CLOSE_FORBIDDEN)
+            return
+        self.conference = conference
+        self.groups_joined = [broadcast.room_group(conference.pk), broadcast.user_group(user.pk)]
+        session_key = getattr(self.scope.get("session"), "session_key", None)
+        if session_key:
+            self.groups_joined.append(broadcast.session_group(session_key))
+        for group in self.groups_joined:
+            await self.channel_layer.group_add(group, self.channel_name)
+        await self.send_snapshot()
+
+    async def disconnect(self, code):
+        for task, _request_id in self.pending.values():
+            task.cancel()
+        for group in getattr(self, "groups_joined", []):
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def send_snapshot(self):
+        snapshot = await db(_snapshot)(self.conference.pk, self.scope["user"])
+        self.last_seq = snapshot["seq"]
+        await self.send_frame(snapshot)
+
+    async def send_frame(self, frame):
+        await self.send(text_data=json.dumps(frame))
+
+    # --- from the browser -----------------------------------------------------------
+
+    async def receive(self, text_data=None, bytes_data=None):
+        if self.conference is None:
+            return
+        if not self.bucket.take():
+            await self.send_frame({"type": "error", "error": "too many messages; slow down"})
+            return
+        if bytes_data is not None or text_data is None:
+            await self.send_frame({"type": "error", "error": "send JSON text frames"})
+            return
+        if len(text_data.encode()) > MAX_FRAME_BYTES:
+            await self.send_frame({"type": "error", "error": "message too large"})
+            return
+        try:
+            frame = json.loads(text_data)
+        except ValueError:
+            await self.send_frame({"type": "error", "error": "not JSON"})
+            return
+        if not isinstance(frame, dict):
+            await self.send_frame({"type": "error", "error": "expected a JSON object"})
+            return
+        request_id = frame.get("request_id")
+        if not isinstance(request_id, str | int) or isinstance(request_id, bool) or len(str(request_id)) > 64:
+            await self.send_frame({"type": "error", "error": "request_id missing or invalid"})
+            return
+        action = frame.get("action")
+        if action == "resync":
+            await self.send_snapshot()
+            await self.reply(request_id, True)
+            return
+        if action not in moderation.ACTIONS:
+            await self.reply(request_id, False, "unknown action")
+            return
+        await self.moderate(action, request_id, frame.get("participant"))
+
+    async def moderate(self, action, request_id, participant_id):
+        # Permission is checked on every action, not only at connect.
+        if not await db(access.can_moderate)(self.scope["user"], self.conference):
+            await self.reply(request_id, False, "you may not moderate this room")
+            return
+        if action in moderation.PARTICIPANT_ACTIONS:
+            if not isinstance(participant_id, int) or isinstance(participant_id, bool):
+                await self.reply(request_id, False, "participant missing or invalid")
+                return
+            if not await db(_present_in_room)(self.conference.pk, participant_id):
+                await self.reply(request_id, False, "no such participant in this room")
+                return
+        else:
+            participant_id = None
+        key = str(request_id)
+        if key in self.pending:
+            await self.reply(request_id, False, "request_id already in use")
+            return
+        if not await db(_server_connected)(self.conference.server_id):
+            await self.reply(request_id, False, "the link to Asterisk is down")
+            return
+        self.pending[key] = (asyncio.create_task(self._expire(key, request_id)), request_id)
+        await moderation.send_request(
+            server_id=self.conference.server_id,
+            conference_id=self.conference.pk,
+            action=action,
+            participant_id=participant_id,
+            actor_id=self.scope["user"].pk,
+            request_id=key,
+            reply_channel=self.channel_name,
+        )
+
+    async def _expire(self, key, request_id):
+        await asyncio.sleep(REPLY_TIMEOUT)
+        if self.pending.pop(key, None) is not None:
+            await self.reply(request_id, False, moderation.WORKER_DOWN)
+
+    async def reply(self, request_id, ok, error=None):
+        frame = {"type": "reply", "request_id": request_id, "ok": ok}
+        if not ok:
+            frame["error"] = error
+        await self.send_frame(frame)
+
+    # --- from the channel layer -----------------------------------------------------
+
+    async def room_event(self, message):
+        frame = message["frame"]
+        seq = frame.get("seq")
+        if seq is not None:
+            if seq <= self.last_seq:
+                return  # already in the snapshot
+            self.last_seq = seq
+        await self.send_frame(frame)
+
+    async def moderation_reply(self, message):
+        pending = self.pending.pop(str(message.get("request_id")), None)
+        if pending is None:
+            return  # not ours, or already answered by the timeout
+        task, request_id = pending
+        task.cancel()
+        await self.reply(request_id, bool(message.get("ok")), message.get("error"))
+
+    async def access_changed(self, message):
+        """Grants changed (room, user or group): close if no longer allowed, else refresh the role."""
+        user = await db(_fresh_user)(self.scope["user"].pk)
+        if user is None or not await db(access.can_view)(user, self.conference):
+            await self.close(CLOSE_FORBIDDEN)
+            return
+        self.scope["user"] = user
+        await self.send_snapshot()
+
+    async def session_ended(self, message):
+        await self.close(CLOSE_NOT_LOGGED_IN)

@@ -1,0 +1,50 @@
+"""Grant and session changes that open sockets must hear about.
+
+Access rows and users change through the admin (plain model saves), not
+through the services; these receivers tell the affected sockets after the
+transaction commits, and the sockets re-check the rules in conferences.access.
+"""
+
+from functools import partial
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.signals import user_logged_out
+from django.db import transaction
+from django.db.models.signals import m2m_changed, post_delete, post_save
+from django.dispatch import receiver
+
+from conferences import broadcast
+from conferences.models import ConferenceAccess
+
+User = get_user_model()
+
+
+@receiver([post_save, post_delete], sender=ConferenceAccess)
+def _access_row_changed(sender, instance, **kwargs):
+    transaction.on_commit(partial(broadcast.send_room_access_changed, instance.conference_id))
+
+
+@receiver([post_save, post_delete], sender=User)
+def _user_changed(sender, instance, **kwargs):
+    # is_active, is_superuser or the user itself may have changed.
+    transaction.on_commit(partial(broadcast.send_user_access_changed, instance.pk))
+
+
+@receiver(m2m_changed, sender=User.groups.through)
+def _groups_changed(sender, instance, action, reverse, pk_set, **kwargs):
+    # On clear, who was in the group is known only before.
+    if action not in ("post_add", "post_remove", "pre_clear"):
+        return
+    if reverse:  # group.user_set changed: instance is the group
+        user_ids = pk_set or set(instance.user_set.values_list("pk", flat=True))
+    else:
+        user_ids = {instance.pk}
+    for user_id in user_ids:
+        transaction.on_commit(partial(broadcast.send_user_access_changed, user_id))
+
+
+@receiver(user_logged_out)
+def _logged_out(sender, request, user, **kwargs):
+    session_key = getattr(getattr(request, "session", None), "session_key", None)
+    if session_key:
+        transaction.on_commit(partial(broadcast.send_session_ended, session_key))

@@ -1,0 +1,384 @@
+"""The room WebSocket: every protocol rule and refusal, driven with Channels' WebsocketCommunicator."""
+
+import asyncio
+import json
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.layers import channel_layers
+from channels.testing import WebsocketCommunicator
+
+from conferences import consumers, moderation, services
+from conferences.models import AsteriskServer, ConferenceAccess, Participant
+from conferencesite.asgi import application
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+db = sync_to_async
+
+
+@pytest.fixture(autouse=True)
+def fresh_layer():
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
+
+
+@pytest.fixture
+def room(conference):
+    AsteriskServer.objects.filter(pk=conference.server_id).update(connected=True)
+    return conference
+
+
+@pytest.fixture
+def login(client):
+    def login(user):
+        client.force_login(user)
+        return client.cookies["sessionid"].value
+
+    return login
+
+
+@pytest.fixture
+async def connect(login):
+    communicators = []
+
+    async def connect(user=None, slug="sales", origin="http://127.0.0.1"):
+        headers = [(b"origin", origin.encode()), (b"host", b"127.0.0.1")]
+        if user is not None:
+            session_key = await db(login)(user)
+            headers.append((b"cookie", f"sessionid={session_key}".encode()))
+        communicator = WebsocketCommunicator(application, f"/ws/conferences/{slug}/", headers=headers)
+        communicators.append(communicator)
+        connected, _ = await communicator.connect()
+        return communicator, connected
+
+    yield connect
+    for communicator in communicators:
+        if not communicator.future.done():
+            await communicator.disconnect()
+
+
+async def closed_with(communicator):
+    message = await communicator.receive_output(timeout=3)
+    assert message["type"] == "websocket.close"
+    return message["code"]
+
+
+async def frame(communicator, timeout=3):
+    return json.loads(await communicator.receive_from(timeout=timeout))
+
+
+async def send(communicator, payload):
+    await communicator.send_to(text_data=payload if isinstance(payload, str) else json.dumps(payload))
+    return await frame(communicator)
+
+
+@pytest.fixture
+def viewer(room, make_user, grant):
+    user = make_user("viewer")
+    grant(room, user=user)
+    return user
+
+
+@pytest.fixture
+def moderator(room, make_user, grant):
+    user = make_user("moderator")
+    grant(room, user=user, role=ConferenceAccess.Role.MODERATOR)
+    return user
+
+
+# --- refusals ---------------------------------------------------------------------
+
+
+async def test_anonymous_is_accepted_then_closed_4401(connect, room):
+    communicator, connected = await connect(None)
+    assert connected
+    assert await closed_with(communicator) == 4401
+
+
+async def test_unknown_room_closes_4404(connect, viewer):
+    communicator, _ = await connect(viewer, slug="nope")
+    assert await closed_with(communicator) == 4404
+
+
+async def test_no_access_closes_4403(connect, room, make_user):
+    communicator, _ = await connect(await db(make_user)("stranger"))
+    assert await closed_with(communicator) == 4403
+
+
+async def test_inactive_user_closes(connect, viewer):
+    viewer.is_active = False
+    await db(viewer.save)()
+    communicator, _ = await connect(viewer)
+    assert await closed_with(communicator) in (4401, 4403)
+
+
+async def test_foreign_origin_is_refused_at_the_handshake(connect, viewer):
+    _communicator, connected = await connect(viewer, origin="https://evil.example")
+    assert not connected
+
+
+# --- snapshot and events ----------------------------------------------------------
+
+
+async def test_viewer_gets_a_snapshot_without_channel_ids(connect, viewer, room, make_participant):
+    await db(make_participant)(room, "chan-secret-1", caller_name="<b>Alice</b>", caller_number="201")
+    communicator, _ = await connect(viewer)
+    snapshot = await frame(communicator)
+    assert snapshot["type"] == "snapshot"
+    assert snapshot["can_moderate"] is False
+    assert snapshot["asterisk"] == {"connected": True}
+    assert snapshot["conference"] == {
+        "slug": "sales",
+        "name": "Sales",
+        "number": "100",
+        "locked": False,
+        "participant_count": 1,
+    }
+    assert [p["caller_name"] for p in snapshot["participants"]] == ["<b>Alice</b>"]
+    assert "chan-secret-1" not in json.dumps(snapshot)
+
+
+async def test_room_events_carry_seq_and_old_ones_are_not_repeated(connect, viewer, room, make_participant):
+    alice = await db(make_participant)(room, "chan-a")
+    communicator, _ = await connect(viewer)
+    snapshot = await frame(communicator)
+    await db(services.participant_update)(participant=alice, talking=True)
+    event = await frame(communicator)
+    assert event["type"] == "participant.updated" and event["participant"]["talking"] is True
+    assert event["seq"] == snapshot["seq"] + 1
+    # A stale frame (seq already in the snapshot) is not forwarded.
+    from conferences import broadcast
+
+    await db(broadcast.send_to_room)(room.pk, {"type": "participant.updated", "seq": 1, "participant": {}})
+    assert await communicator.receive_nothing(timeout=0.3)
+
+
+async def test_asterisk_status_reaches_the_room(connect, viewer, room):
+    communicator, _ = await connect(viewer)
+    await frame(communicator)
+    server = await db(AsteriskServer.objects.get)(pk=room.server_id)
+    await db(services.server_set_link_status)(server=server, connected=False, error="connection refused")
+    assert await frame(communicator) == {"type": "asterisk.status", "connected": False}
+
+
+async def test_resync_answers_with_a_snapshot_then_the_reply(connect, viewer):
+    communicator, _ = await connect(viewer)
+    await frame(communicator)
+    snapshot = await send(communicator, {"action": "resync", "request_id": "r1"})
+    assert snapshot["type"] == "snapshot"
+    assert await frame(communicator) == {"type": "reply", "request_id": "r1", "ok": True}
+
+
+# --- actions ----------------------------------------------------------------------
+
+
+async def test_viewer_actions_are_refused(connect, viewer, room, make_participant):
+    alice = await db(make_participant)(room)
+    communicator, _ = await connect(viewer)
+    await frame(communicator)
+    for action in moderation.ACTIONS:
+        reply = await send(communicator, {"action": action, "request_id": action, "participant": alice.pk})
+        assert reply == {"type": "reply", "request_id": action, "ok": False, "error": "you may not moderate this room"}
+
+
+async def test_participant_of_another_room_is_refused(connect, moderator, room, make_conference, make_participant):
+    other = await db(make_participant)(await db(make_conference)("200"))
+    gone = await db(make_participant)(room, left_at=None)
+    await db(services.participant_leave)(participant=gone, reason="hangup")
+    communicator, _ = await connect(moderator)
+    await frame(communicator)
+    for target in (other.pk, gone.pk, 999999):
+        reply = await send(communicator, {"action": "kick", "request_id": 1, "participant": target})
+        assert reply == {"type": "reply", "request_id": 1, "ok": False, "error": "no such participant in this room"}
+    reply = await send(communicator, {"action": "mute", "request_id": 2, "participant": "1"})
+    assert reply["error"] == "participant missing or invalid"
+
+
+class FakeWorker:
+    """Answers moderation requests on the worker's channel like the real worker does."""
+
+    def __init__(self, server_id, ok=True, error=None):
+        self.channel = moderation.worker_channel(server_id)
+        self.ok, self.error = ok, error
+        self.requests = []
+
+    async def run(self):
+        layer = channel_layers["default"]
+        while True:
+            request = await layer.receive(self.channel)
+            self.requests.append(request)
+            reply = {"type": moderation.REPLY_TYPE, "request_id": request["request_id"], "ok": self.ok}
+            if not self.ok:
+                reply["error"] = self.error
+            await layer.send(request["reply_channel"], reply)
+
+
+async def test_moderator_action_goes_to_the_worker_and_the_reply_comes_back(connect, moderator, room, make_participant):
+    alice = await db(make_participant)(room)
+    worker = FakeWorker(room.server_id)
+    task = asyncio.create_task(worker.run())
+    try:
+        communicator, _ = await connect(moderator)
+        snapshot = await frame(communicator)
+        assert snapshot["can_moderate"] is True
+        reply = await send(communicator, {"action": "mute", "request_id": 42, "participant": alice.pk})
+        assert reply == {"type": "reply", "request_id": 42, "ok": True}
+        [request] = worker.requests
+        assert (request["action"], request["participant_id"], request["actor_id"]) == ("mute", alice.pk, moderator.pk)
+        assert request["conference_id"] == room.pk
+        reply = await send(communicator, {"action": "lock", "request_id": "x", "participant": alice.pk})
+        assert reply["ok"] and worker.requests[-1]["participant_id"] is None
+        worker.ok, worker.error = False, "the caller has already left"
+        reply = await send(communicator, {"action": "kick", "request_id": "k", "participant": alice.pk})
+        assert reply == {"type": "reply", "request_id": "k", "ok": False, "error": "the caller has already left"}
+    finally:
+        task.cancel()
+
+
+async def test_no_worker_answer_gives_a_clear_reply(connect, moderator, room, monkeypatch):
+    monkeypatch.setattr(consumers, "REPLY_TIMEOUT", 0.3)
+    communicator, _ = await connect(moderator)
+    await frame(communicator)
+    reply = await send(communicator, {"action": "lock", "request_id": "slow"})
+    assert reply == {"type": "reply", "request_id": "slow", "ok": False, "error": moderation.WORKER_DOWN}
+
+
+async def test_link_down_is_refused_before_asking(connect, moderator, room):
+    await db(AsteriskServer.objects.filter(pk=room.server_id).update)(connected=False)
+    communicator, _ = await connect(moderator)
+    await frame(communicator)
+    reply = await send(communicator, {"action": "unlock", "request_id": "u"})
+    assert reply["error"] == "the link to Asterisk is down"
+
+
+async def test_permission_is_checked_on_every_action(connect, moderator, room):
+    communicator, _ = await connect(moderator)
+    await frame(communicator)
+    # The role is lowered while the socket is open: the room's sockets get a fresh snapshot.
+    await db(ConferenceAccess.objects.filter(user=moderator).update)(role="viewer")
+    reply = await send(communicator, {"action": "lock", "request_id": "l"})
+    assert reply["error"] == "you may not moderate this room"
+
+
+# --- bad input ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "payload,error",
+    [
+        ("not json", "not JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        ('"text"', "expected a JSON object"),
+        ('{"action": "mute"}', "request_id missing or invalid"),
+        ('{"action": "mute", "request_id": true}', "request_id missing or invalid"),
+        ('{"action": "mute", "request_id": {"a": 1}}', "request_id missing or invalid"),
+        (json.dumps({"action": "mute", "request_id": "x" * 65}), "request_id missing or invalid"),
+        (json.dumps({"action": "resync", "request_id": "x", "pad": "y" * 5000}), "message too large"),
+    ],
+)
+async def test_garbage_gets_an_error_and_the_socket_stays_usable(connect, moderator, payload, error):
+    communicator, _ = await connect(moderator)
+    await frame(communicator)
+    assert await send(communicator, payload) == {"type": "error", "error": error}
+    assert (await send(communicator, {"action": "resync", "request_id": "after"}))["type"] == "snapshot"
+
+
+async def test_unknown_action_gets_a_not_ok_reply(connect, moderator):
+    communicator, _ = await connect(moderator)
+    await frame(communicator)
+    reply = await send(communicator, {"action": "hangup_everyone", "request_id": "h"})
+    assert reply == {"type": "reply", "request_id": "h", "ok": False, "error": "unknown action"}
+
+
+async def test_binary_frames_are_refused(connect, moderator):
+    communicator, _ = await connect(moderator)
+    await frame(communicator)
+    await communicator.send_to(bytes_data=b"\x00\x01")
+    assert await frame(communicator) == {"type": "error", "error": "send JSON text frames"}
+
+
+async def test_a_flood_is_rate_limited_and_nothing_changes(connect, moderator, room):
+    communicator, _ = await connect(moderator)
+    await frame(communicator)
+    for i in range(60):
+        await communicator.send_to(text_data=json.dumps({"action": "lock", "request_id": f"f{i}"}))
+    frames = []
+    while True:
+        try:
+            frames.append(await frame(communicator, timeout=1))
+        except TimeoutError:
+            break
+    limited = [f for f in frames if f.get("error") == "too many messages; slow down"]
+    assert len(limited) >= 30
+    assert not (await db(type(room).objects.get)(pk=room.pk)).locked
+
+
+# --- grants and sessions change under an open socket ---------------------------------------
+
+
+async def test_access_removed_in_the_admin_closes_the_socket(connect, viewer, room):
+    communicator, _ = await connect(viewer)
+    await frame(communicator)
+    await db(ConferenceAccess.objects.filter(user=viewer).delete)()
+    assert await closed_with(communicator) == 4403
+
+
+async def test_role_change_sends_a_fresh_snapshot(connect, moderator, room):
+    communicator, _ = await connect(moderator)
+    assert (await frame(communicator))["can_moderate"] is True
+    access_row = await db(ConferenceAccess.objects.get)(user=moderator)
+    access_row.role = "viewer"
+    await db(access_row.save)()
+    snapshot = await frame(communicator)
+    assert snapshot["type"] == "snapshot" and snapshot["can_moderate"] is False
+
+
+async def test_removal_from_a_group_closes_the_socket(connect, room, make_user, grant, group):
+    member = await db(make_user)("member", groups=[group])
+    await db(grant)(room, group=group)
+    communicator, _ = await connect(member)
+    await frame(communicator)
+    await db(member.groups.remove)(group)
+    assert await closed_with(communicator) == 4403
+
+
+async def test_deactivated_user_is_disconnected(connect, viewer):
+    communicator, _ = await connect(viewer)
+    await frame(communicator)
+    viewer.is_active = False
+    await db(viewer.save)()
+    assert await closed_with(communicator) == 4403
+
+
+async def test_logout_closes_that_sessions_sockets(connect, viewer, client):
+    communicator, _ = await connect(viewer)
+    await frame(communicator)
+    await db(client.post)("/accounts/logout/")
+    assert await closed_with(communicator) == 4401
+
+
+async def test_present_participants_only_in_snapshot(connect, viewer, room, make_participant):
+    await db(make_participant)(room, "here")
+    gone = await db(make_participant)(room, "gone")
+    await db(services.participant_leave)(participant=gone, reason=Participant.LeftReason.HANGUP)
+    communicator, _ = await connect(viewer)
+    snapshot = await frame(communicator)
+    assert len(snapshot["participants"]) == 1 and snapshot["conference"]["participant_count"] == 1
+
+
+@pytest.mark.integration
+async def test_socket_idles_past_redis_timeout_on_the_redis_layer(connect, viewer, room, settings, redis_url):
+    from conferencesite.env import channel_layers_for
+
+    settings.CHANNEL_LAYERS = channel_layers_for(redis_url)
+    channel_layers.backends.clear()
+    communicator, _ = await connect(viewer)
+    await frame(communicator)
+    await asyncio.sleep(7)  # longer than redis-py 8's default 5 s socket timeout
+    server = await db(AsteriskServer.objects.get)(pk=room.server_id)
+    await db(services.server_set_link_status)(server=server, connected=False)
+    assert await frame(communicator, timeout=5) == {"type": "asterisk.status", "connected": False}
+    await communicator.disconnect()
+    await channel_layers["default"].flush()
