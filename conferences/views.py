@@ -27,12 +27,94 @@ def conference_detail(request, slug):
     if role is None:
         raise PermissionDenied
     participants = conference.participants.present()
+    can_moderate = role == access.MODERATOR
+
+    # The live page's settings and every string its script shows, for json_script.
+    from urllib.parse import urlencode
+
+    from django.urls import reverse
+    from django.utils.translation import gettext as _
+    from django.utils.translation import gettext_noop
+
+    strings = {
+        "room_number": _("room %(number)s"),
+        "unknown": _("unknown"),
+        "nobody": _("Nobody is in this room."),
+        "no_events": _("No events yet."),
+        "talking": _("talking"),
+        "muted": _("muted"),
+        "admin": _("admin"),
+        "moh": _("music on hold"),
+        "asterisk_connected": _("connected"),
+        "asterisk_down": _("down"),
+        "socket_connecting": _("connecting…"),
+        "socket_live": _("live"),
+        "socket_reconnecting": _("reconnecting in %(seconds)s s"),
+        "socket_refused": _("refused: %(reason)s"),
+        "refused_4401": _("you are not logged in"),
+        "refused_4403": _("you have no access to this room"),
+        "refused_4404": _("this room does not exist"),
+        "log_in": _("Log in again"),
+        "actions": _("Actions"),
+        "mute": _("Mute"),
+        "unmute": _("Unmute"),
+        "kick": _("Kick"),
+        "mute_label": _("Mute %(name)s"),
+        "unmute_label": _("Unmute %(name)s"),
+        "kick_label": _("Kick %(name)s"),
+        "mute_all": _("Mute all"),
+        "unmute_all": _("Unmute all"),
+        "lock": _("Lock room"),
+        "unlock": _("Unlock room"),
+        "kick_confirm": _("Kick %(name)s out of the room?"),
+        "cancel": _("Cancel"),
+        "pending": _("Waiting for the server…"),
+        "no_answer": _("The server did not answer in time."),
+        "not_connected": _("Not connected to the server; try again in a moment."),
+        "connection_lost": _("The connection was lost before the server answered."),
+        "event_joined": _("%(name)s joined"),
+        "event_left_hangup": _("%(name)s hung up"),
+        "event_left_kicked": _("%(name)s was kicked"),
+        "event_left_lost": _("%(name)s was lost (the call dropped)"),
+        "event_left": _("%(name)s left"),
+        "event_muted": _("%(name)s was muted"),
+        "event_unmuted": _("%(name)s was unmuted"),
+        "event_locked": _("The room was locked"),
+        "event_unlocked": _("The room was unlocked"),
+        "event_link_up": _("The link to Asterisk is up"),
+        "event_link_down": _("The link to Asterisk is down"),
+    }
+    # Reply errors arrive as stable English text; translated here when known.
+    known_errors = [
+        gettext_noop("no such participant in this room"),
+        gettext_noop("participant missing or invalid"),
+        gettext_noop("the caller has already left"),
+        gettext_noop("you may not moderate this room"),
+        gettext_noop("the link to Asterisk is down"),
+        gettext_noop("the Asterisk worker did not answer; try again when the link is up"),
+        gettext_noop("too many messages; slow down"),
+        gettext_noop("unknown action"),
+        gettext_noop("no such room"),
+        gettext_noop("Asterisk refused the request"),
+        gettext_noop("request_id already in use"),
+    ]
+    room_config = {
+        "ws_path": f"/ws/conferences/{conference.slug}/",
+        "slug": conference.slug,
+        "can_moderate": can_moderate,
+        "login_url": f"{reverse('login')}?{urlencode({'next': request.get_full_path()})}",
+        "timeline_limit": 100,
+        "strings": strings,
+        "errors": {error: _(error) for error in known_errors},
+    }
     return render(
         request,
         "conferences/conference_detail.html",
         {
             "conference": conference,
             "participants": participants,
-            "can_moderate": role == access.MODERATOR,
+            "can_moderate": can_moderate,
+            "asterisk_connected": conference.server.connected,
+            "room_config": room_config,
         },
     )

@@ -1,0 +1,236 @@
+"""End to end in real headless Chromium: daphne + ARI worker + the sandbox Asterisk + Redis.
+
+A moderator and a viewer watch one room in two browser contexts while real
+(Local channel) callers come and go; the web server and the worker are
+restarted under them.
+"""
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
+from django.contrib.auth.models import User
+
+from conferences.models import AsteriskServer, Conference, ConferenceAccess
+from tests.live import db, present_channels
+from tests.sandbox import eventually
+from tests.test_worker_process import ROOT, database_url
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Services:
+    """The web server and the worker as real processes sharing Redis and the test database."""
+
+    def __init__(self, env, port, server_name):
+        self.env, self.port, self.server_name = env, port, server_name
+        self.web = self.worker = None
+        self.logs = []
+
+    def _spawn(self, *args):
+        log = open(ROOT / "var" / f"e2e-{args[0].replace('/', '_')}-{len(self.logs)}.log", "w")  # noqa: SIM115
+        self.logs.append(log)
+        return subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def start_web(self):
+        # daphne without the worker (the worker is its own process, as in production);
+        # --insecure serves the static files that nginx would serve in production.
+        self.web = self._spawn(
+            sys.executable, "manage.py", "serve", "--no-worker", "--insecure", f"127.0.0.1:{self.port}"
+        )
+
+    def start_worker(self):
+        self.worker = self._spawn(sys.executable, "manage.py", "ari_worker", "--server", self.server_name)
+
+    @staticmethod
+    def _stop(process, sig=signal.SIGTERM):
+        if process is not None and process.poll() is None:
+            process.send_signal(sig)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+
+    def stop_web(self):
+        self._stop(self.web)
+
+    def stop_worker(self):
+        self._stop(self.worker)
+
+    def close(self):
+        self.stop_web()
+        self.stop_worker()
+        for log in self.logs:
+            log.close()
+
+    async def web_up(self):
+        def probe():
+            with socket.socket() as sock:
+                sock.settimeout(0.5)
+                return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+        await eventually(lambda: asyncio.to_thread(probe), timeout=30, message="daphne listening")
+
+
+@pytest.fixture
+async def stack(pbx, sandbox, redis_url):
+    (ROOT / "var").mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "ARI_", "DATABASE_URL", "REDIS_URL"))}
+    env.update(DATABASE_URL=database_url(), REDIS_URL=redis_url, PYTHONUNBUFFERED="1")
+    services = Services(env, free_port(), pbx.name)
+    services.start_web()
+    services.start_worker()
+    await services.web_up()
+    await eventually(
+        lambda: db(lambda: AsteriskServer.objects.get(pk=pbx.pk).connected)(), timeout=30, message="worker up"
+    )
+    yield services
+    await asyncio.to_thread(services.close)
+
+
+@pytest.fixture
+async def browser():
+    from playwright.async_api import async_playwright
+
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: scripts/setup --dev installs Debian's chromium")
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"],
+        )
+        yield browser
+        await browser.close()
+
+
+async def logged_in_page(browser, base, username, password="pw-Tr0ub4dor"):
+    context = await browser.new_context(locale="en-US", viewport={"width": 1100, "height": 800})
+    page = await context.new_page()
+    await page.goto(f"{base}/accounts/login/")
+    await page.fill("input[name=username]", username)
+    await page.fill("input[name=password]", password)
+    await page.click("main button[type=submit]")
+    await page.wait_for_url(f"{base}/")
+    return page
+
+
+def row(page, participant_id):
+    return page.locator(f"[data-participant-id='{participant_id}']")
+
+
+async def participant_id(channel_id):
+    from conferences.models import Participant
+
+    return await db(lambda: Participant.objects.get(channel_id=channel_id).pk)()
+
+
+async def live(page):
+    await page.wait_for_function(
+        "() => document.querySelector('[data-role=socket-status]')?.dataset.state === 'live'", timeout=20000
+    )
+
+
+async def test_moderator_and_viewer_watch_a_real_room(stack, browser, pbx, sandbox):
+    room = await db(Conference.objects.create)(server=pbx, number="150", slug="daily", name="Daily stand-up")
+
+    def users():
+        # The web process knows the production hashers only (tests use MD5 for speed).
+        password = PBKDF2PasswordHasher().encode("pw-Tr0ub4dor", "e2e-salt-123456", iterations=100_000)
+        moderator = User.objects.create(username="mod", password=password)
+        viewer = User.objects.create(username="view", password=password)
+        ConferenceAccess.objects.create(conference=room, user=moderator, role="moderator")
+        ConferenceAccess.objects.create(conference=room, user=viewer, role="viewer")
+
+    await db(users)()
+    base = f"http://127.0.0.1:{stack.port}"
+    moderator = await logged_in_page(browser, base, "mod")
+    viewer = await logged_in_page(browser, base, "view")
+    for page in (moderator, viewer):
+        await page.goto(f"{base}/conferences/daily/")
+        await live(page)
+
+    # A real caller joins and appears on both pages; the talking indicator lights.
+    talker = await sandbox.caller(150, far="talk", name="Alice <script>x</script>", number="201")
+    await eventually(lambda: db(lambda: talker.channel_id in present_channels(room))(), timeout=15)
+    talker_id = await participant_id(talker.channel_id)
+    for page in (moderator, viewer):
+        await row(page, talker_id).wait_for(timeout=10000)
+        assert "Alice <script>x</script>" in await row(page, talker_id).inner_text()
+    await viewer.wait_for_selector(f"[data-participant-id='{talker_id}'][data-talking='true']", timeout=15000)
+
+    quiet = await sandbox.caller(150, name="Bob", number="202")
+    await eventually(lambda: db(lambda: quiet.channel_id in present_channels(room))(), timeout=15)
+    quiet_id = await participant_id(quiet.channel_id)
+    await row(viewer, quiet_id).wait_for(timeout=10000)
+    assert await viewer.locator("[data-role=count]").inner_text() == "2"
+
+    # The viewer has no controls at all.
+    assert await viewer.locator("[data-action]").count() == 0
+
+    # The moderator mutes the talker: the viewer sees the badge.
+    await row(moderator, talker_id).locator("[data-action=mute]").click()
+    await row(viewer, talker_id).locator("[data-badge=muted]").wait_for(timeout=10000)
+
+    # Kick asks for confirmation, then the row goes everywhere.
+    moderator.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await row(moderator, quiet_id).locator("[data-action=kick]").click()
+    confirm = moderator.locator("dialog[open] [data-confirm]")
+    if await confirm.count():
+        await confirm.click()
+    for page in (moderator, viewer):
+        await row(page, quiet_id).wait_for(state="detached", timeout=10000)
+
+    # A forged action from the viewer's page is refused by the server.
+    reply = await viewer.evaluate(
+        """(target) => new Promise((resolve) => {
+            const ws = new WebSocket(`ws://${location.host}/ws/conferences/daily/`);
+            ws.onmessage = (event) => {
+                const frame = JSON.parse(event.data);
+                if (frame.type === "snapshot") {
+                    ws.send(JSON.stringify({action: "kick", request_id: "forged", participant: target}));
+                } else if (frame.type === "reply") { resolve(frame); ws.close(); }
+            };
+        })""",
+        talker_id,
+    )
+    assert reply == {"type": "reply", "request_id": "forged", "ok": False, "error": "you may not moderate this room"}
+    assert await sandbox.channel_exists(talker.channel_id)
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await moderator.screenshot(path=str(SCREENSHOTS / "room-moderator.png"), full_page=True)
+
+    # The web server restarts: pages reconnect and resync; a caller who came meanwhile is there.
+    await asyncio.to_thread(stack.stop_web)
+    late = await sandbox.caller(150, name="Carol", number="203")
+    await eventually(lambda: db(lambda: late.channel_id in present_channels(room))(), timeout=15)
+    stack.start_web()
+    await stack.web_up()
+    late_id = await participant_id(late.channel_id)
+    for page in (moderator, viewer):
+        await row(page, late_id).wait_for(timeout=40000)
+        await live(page)
+
+    # The worker restarts: the roster stays right (one row per caller, nobody lost).
+    await asyncio.to_thread(stack.stop_worker)
+    await sandbox.hangup(talker)
+    stack.start_worker()
+    await eventually(lambda: db(lambda: talker.channel_id not in present_channels(room))(), timeout=30)
+    for page in (moderator, viewer):
+        await row(page, talker_id).wait_for(state="detached", timeout=20000)
+        ids = await page.eval_on_selector_all("[data-participant-id]", "rows => rows.map(r => r.dataset.participantId)")
+        assert sorted(ids) == [str(late_id)]

@@ -1,0 +1,158 @@
+"""The live room page: its markup, the json config for room.js, and room.js's own Node tests."""
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conferences.models import ConferenceAccess
+
+pytestmark = pytest.mark.django_db
+
+ROOT = Path(__file__).resolve().parent.parent
+URL = "/conferences/sales/"
+
+
+def _config(response):
+    pattern = r'<script id="room-config" type="application/json">(.*?)</script>'
+    match = re.search(pattern, response.content.decode(), re.S)
+    assert match, "the json_script config is missing"
+    return json.loads(match.group(1))
+
+
+@pytest.fixture
+def viewer(conference, make_user, grant):
+    user = make_user()
+    grant(conference, user=user)
+    return user
+
+
+@pytest.fixture
+def moderator(conference, make_user, grant):
+    user = make_user()
+    grant(conference, user=user, role=ConferenceAccess.Role.MODERATOR)
+    return user
+
+
+def test_viewer_page_has_config_and_no_controls(client, conference, viewer, make_participant):
+    make_participant(conference, caller_name="Alice", caller_number="201")
+    client.force_login(viewer)
+    response = client.get(URL)
+    assert response.status_code == 200
+    content = response.content.decode()
+    config = _config(response)
+    assert config["ws_path"] == "/ws/conferences/sales/"
+    assert config["slug"] == "sales"
+    assert config["can_moderate"] is False
+    assert config["strings"]["event_joined"] == "%(name)s joined"
+    assert config["errors"]["the link to Asterisk is down"] == "the link to Asterisk is down"
+    assert response.context["can_moderate"] is False
+    assert "data-action=" not in content
+    assert 'data-role="count">1<' in content
+    assert "Alice" in content and 'data-participant-id="' in content
+    assert 'src="/static/conferences/room.js"' in content and "defer" in content
+    assert 'href="/static/conferences/room.css"' in content
+
+
+def test_moderator_page_has_room_controls(client, conference, moderator):
+    client.force_login(moderator)
+    response = client.get(URL)
+    assert response.status_code == 200
+    assert _config(response)["can_moderate"] is True
+    content = response.content.decode()
+    for action in ("mute_all", "unmute_all", "lock"):
+        assert f'data-action="{action}"' in content
+    assert 'data-role="room-controls"' in content
+
+
+def test_locked_room_offers_unlock(client, conference, superuser):
+    conference.locked = True
+    conference.save()
+    client.force_login(superuser)
+    content = client.get(URL).content.decode()
+    assert 'data-action="unlock"' in content and 'data-action="lock"' not in content
+    assert re.search(r'data-role="locked"(?! hidden)', content)
+
+
+def test_hooks_for_browser_tests(client, conference, superuser):
+    client.force_login(superuser)
+    content = client.get(URL).content.decode()
+    for role in (
+        "count",
+        "asterisk-status",
+        "socket-status",
+        "timeline",
+        "message",
+        "room-controls",
+        "roster-body",
+        "announcer",
+    ):
+        assert f'data-role="{role}"' in content, role
+    assert re.search(r'aria-live="polite"[^>]*data-role="announcer"', content)
+
+
+def test_hostile_caller_name_is_escaped(client, conference, superuser, make_participant):
+    make_participant(conference, caller_name='<img src=x onerror="alert(1)">', caller_number='"><script>x</script>')
+    client.force_login(superuser)
+    content = client.get(URL).content.decode()
+    assert "<img src=x" not in content
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in content
+    assert "<script>x</script>" not in content
+
+
+def test_no_inline_script_or_handlers(client, conference, superuser, make_participant):
+    make_participant(conference, caller_name="Bob")
+    client.force_login(superuser)
+    content = client.get(URL).content.decode()
+    scripts = re.findall(r"<script\b([^>]*)>(.*?)</script>", content, re.S)
+    assert scripts
+    for attributes, body in scripts:
+        if 'id="room-config"' in attributes:
+            assert 'type="application/json"' in attributes
+            json.loads(body)
+        else:
+            assert "src=" in attributes and body.strip() == "", attributes
+    assert not re.search(r"\son[a-z]+\s*=", content, re.I)
+    assert "javascript:" not in content.lower()
+
+
+def test_history_link_only_when_the_url_exists(client, conference, superuser):
+    from django.urls import NoReverseMatch, reverse
+
+    client.force_login(superuser)
+    content = client.get(URL).content.decode()
+    try:
+        history = reverse("conference-history", args=["sales"])
+    except NoReverseMatch:
+        assert 'data-role="history-link"' not in content
+    else:
+        assert f'href="{history}"' in content
+
+
+def test_access_rules_unchanged(client, conference, make_user):
+    client.force_login(make_user())
+    assert client.get(URL).status_code == 403
+    assert client.get("/conferences/nope/").status_code == 404
+
+
+def test_russian_page_sends_translated_config(client, conference, superuser):
+    client.force_login(superuser)
+    response = client.get(URL, headers={"accept-language": "ru"})
+    assert response.status_code == 200
+    assert '<html lang="ru">' in response.content.decode()
+    config = _config(response)
+    assert config["strings"]["muted"] != "muted"  # an existing catalogue entry
+
+
+def test_room_js_node_tests():
+    node = shutil.which("node")
+    assert node, "Node.js is needed for tests/js (room.js helpers)"
+    files = sorted(str(path) for path in (ROOT / "tests" / "js").glob("*.test.js"))
+    assert files
+    check = subprocess.run([node, "--check", str(ROOT / "static" / "conferences" / "room.js")], capture_output=True)
+    assert check.returncode == 0, check.stderr.decode()
+    result = subprocess.run([node, "--test", *files], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
