@@ -15,6 +15,7 @@ import time
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.db import transaction
+from django.db.models import Count
 
 from conferences import access, broadcast, moderation
 from conferences.models import AsteriskServer, Conference, Participant
@@ -235,6 +236,66 @@ class ConferenceConsumer(AsyncWebsocketConsumer):
             return
         self.scope["user"] = user
         await self.send_snapshot()
+
+    async def session_ended(self, message):
+        await self.close(CLOSE_NOT_LOGGED_IN)
+
+
+def _visible_rooms(user):
+    rooms = access.conferences_visible_to(user).order_by("name")
+    counts = dict(
+        Participant.objects.filter(conference__in=rooms, left_at__isnull=True)
+        .values_list("conference_id")
+        .annotate(n=Count("id"))
+    )
+    return [(room.pk, broadcast.conference_state(room, counts.get(room.pk, 0))) for room in rooms]
+
+
+class RoomListConsumer(AsyncWebsocketConsumer):
+    """Live counts for the room list: the rooms a user may see, and their conference.updated frames only."""
+
+    async def connect(self):
+        self.groups_joined = []
+        await self.accept()
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(CLOSE_NOT_LOGGED_IN)
+            return
+        await self._join(broadcast.user_group(user.pk))
+        session_key = getattr(self.scope.get("session"), "session_key", None)
+        if session_key:
+            await self._join(broadcast.session_group(session_key))
+        await self.send_rooms()
+
+    async def _join(self, group):
+        await self.channel_layer.group_add(group, self.channel_name)
+        self.groups_joined.append(group)
+
+    async def send_rooms(self):
+        user = await db(_fresh_user)(self.scope["user"].pk)
+        rooms = await db(_visible_rooms)(user) if user is not None else []
+        wanted = {broadcast.room_group(pk) for pk, _state in rooms}
+        for group in [g for g in self.groups_joined if g.startswith("conference.") and g not in wanted]:
+            await self.channel_layer.group_discard(group, self.channel_name)
+            self.groups_joined.remove(group)
+        for group in sorted(wanted - set(self.groups_joined)):
+            await self._join(group)
+        await self.send(text_data=json.dumps({"type": "rooms", "rooms": [state for _pk, state in rooms]}))
+
+    async def disconnect(self, code):
+        for group in self.groups_joined:
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def receive(self, text_data=None, bytes_data=None):
+        pass  # nothing to say: this socket only listens
+
+    async def room_event(self, message):
+        frame = message["frame"]
+        if frame.get("type") == "conference.updated":
+            await self.send(text_data=json.dumps({"type": "conference.updated", "conference": frame["conference"]}))
+
+    async def access_changed(self, message):
+        await self.send_rooms()
 
     async def session_ended(self, message):
         await self.close(CLOSE_NOT_LOGGED_IN)

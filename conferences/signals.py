@@ -21,7 +21,15 @@ User = get_user_model()
 
 @receiver([post_save, post_delete], sender=ConferenceAccess)
 def _access_row_changed(sender, instance, **kwargs):
+    # The room's sockets re-check (a grant may be gone); the grantees' room lists
+    # re-read (a room may have appeared for them).
     transaction.on_commit(partial(broadcast.send_room_access_changed, instance.conference_id))
+    if instance.user_id:
+        user_ids = [instance.user_id]
+    else:
+        user_ids = list(User.objects.filter(groups=instance.group_id).values_list("pk", flat=True))
+    for user_id in user_ids:
+        transaction.on_commit(partial(broadcast.send_user_access_changed, user_id))
 
 
 @receiver([post_save, post_delete], sender=User)

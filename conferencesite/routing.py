@@ -2,8 +2,9 @@
 
 from django.urls import path
 
-from conferences.consumers import ConferenceConsumer
+from conferences.consumers import ConferenceConsumer, RoomListConsumer
 
 websocket_urlpatterns = [
+    path("ws/conferences/", RoomListConsumer.as_asgi()),
     path("ws/conferences/<slug:slug>/", ConferenceConsumer.as_asgi()),
 ]

@@ -24,7 +24,8 @@ from tests.test_worker_process import ROOT, database_url
 pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 CHROMIUM = "/usr/bin/chromium"
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+# Screenshots land in var/ (ignored); docs/screenshots holds the ones chosen for the README.
+SCREENSHOTS = ROOT / "var" / "screenshots"
 
 
 def free_port():
@@ -163,6 +164,12 @@ async def test_moderator_and_viewer_watch_a_real_room(stack, browser, pbx, sandb
     for page in (moderator, viewer):
         await page.goto(f"{base}/conferences/daily/")
         await live(page)
+    # The viewer also keeps the room list open in a second tab: its count is live.
+    rooms = await viewer.context.new_page()
+    await rooms.goto(f"{base}/")
+    await rooms.wait_for_selector("table.rooms[data-live=true]", timeout=10000)
+    count_in_list = rooms.locator("tr[data-slug=daily] [data-role=count]")
+    assert await count_in_list.inner_text() == "0"
 
     # A real caller joins and appears on both pages; the talking indicator lights.
     talker = await sandbox.caller(150, far="talk", name="Alice <script>x</script>", number="201")
@@ -178,6 +185,9 @@ async def test_moderator_and_viewer_watch_a_real_room(stack, browser, pbx, sandb
     quiet_id = await participant_id(quiet.channel_id)
     await row(viewer, quiet_id).wait_for(timeout=10000)
     assert await viewer.locator("[data-role=count]").inner_text() == "2"
+    await rooms.wait_for_function(
+        "() => document.querySelector('tr[data-slug=daily] [data-role=count]').textContent === '2'", timeout=10000
+    )
 
     # The viewer has no controls at all.
     assert await viewer.locator("[data-action]").count() == 0

@@ -382,3 +382,55 @@ async def test_socket_idles_past_redis_timeout_on_the_redis_layer(connect, viewe
     assert await frame(communicator, timeout=5) == {"type": "asterisk.status", "connected": False}
     await communicator.disconnect()
     await channel_layers["default"].flush()
+
+
+# --- the room list's live counts --------------------------------------------------------
+
+
+async def list_socket(login, user, origin="http://127.0.0.1"):
+    headers = [(b"origin", origin.encode()), (b"host", b"127.0.0.1")]
+    if user is not None:
+        headers.append((b"cookie", f"sessionid={await db(login)(user)}".encode()))
+    communicator = WebsocketCommunicator(application, "/ws/conferences/", headers=headers)
+    connected, _ = await communicator.connect()
+    assert connected
+    return communicator
+
+
+async def test_room_list_socket_refuses_anonymous(login):
+    communicator = await list_socket(login, None)
+    assert await closed_with(communicator) == 4401
+
+
+async def test_room_list_gets_counts_of_visible_rooms_only(login, viewer, room, make_conference, make_participant):
+    hidden = await db(make_conference)("300", slug="hidden", name="Hidden")
+    alice = await db(make_participant)(room)
+    communicator = await list_socket(login, viewer)
+    try:
+        rooms = await frame(communicator)
+        assert rooms == {
+            "type": "rooms",
+            "rooms": [{"slug": "sales", "name": "Sales", "number": "100", "locked": False, "participant_count": 1}],
+        }
+        # A leave in the visible room: only the room's new state comes, no caller details.
+        await db(services.participant_leave)(participant=alice, reason="hangup")
+        update = await frame(communicator)
+        assert update == {"type": "conference.updated", "conference": {**rooms["rooms"][0], "participant_count": 0}}
+        # Nothing from a room the user may not see.
+        await db(services.conference_set_locked)(conference=hidden, locked=True)
+        assert await communicator.receive_nothing(timeout=0.3)
+    finally:
+        await communicator.disconnect()
+
+
+async def test_room_list_follows_new_grants(login, room, make_user, grant):
+    user = await db(make_user)("late")
+    communicator = await list_socket(login, user)
+    try:
+        assert (await frame(communicator))["rooms"] == []
+        await db(grant)(room, user=user)
+        assert [r["slug"] for r in (await frame(communicator))["rooms"]] == ["sales"]
+        await db(services.conference_set_locked)(conference=room, locked=True)
+        assert (await frame(communicator))["conference"]["locked"] is True
+    finally:
+        await communicator.disconnect()
