@@ -5,6 +5,7 @@ transaction commits; consumers join the groups named here.
 """
 
 import hashlib
+import json
 import logging
 
 from asgiref.sync import async_to_sync
@@ -77,9 +78,23 @@ def _group_send(group, message):
         logger.exception("group %s: sending %s failed", group, message.get("type"))
 
 
+def room_message(frame):
+    """The channel-layer message of a room frame, serialised once for every watcher.
+
+    ``text`` is what goes to browsers as is (no per-socket JSON encoding);
+    ``kind`` and ``seq`` are what consumers need to decide without parsing it.
+    """
+    return {
+        "type": ROOM_EVENT,
+        "kind": frame["type"],
+        "seq": frame.get("seq"),
+        "text": json.dumps(frame, separators=(",", ":")),
+    }
+
+
 def send_to_room(conference_id, frame):
     """Send one frame to every watcher of a room. Call only after the change committed."""
-    _group_send(room_group(conference_id), {"type": ROOM_EVENT, "frame": frame})
+    _group_send(room_group(conference_id), room_message(frame))
 
 
 def send_room_access_changed(conference_id):

@@ -212,13 +212,12 @@ class ConferenceConsumer(AsyncWebsocketConsumer):
     # --- from the channel layer -----------------------------------------------------
 
     async def room_event(self, message):
-        frame = message["frame"]
-        seq = frame.get("seq")
+        seq = message.get("seq")
         if seq is not None:
             if seq <= self.last_seq:
                 return  # already in the snapshot
             self.last_seq = seq
-        await self.send_frame(frame)
+        await self.send(text_data=message["text"])
 
     async def moderation_reply(self, message):
         pending = self.pending.pop(str(message.get("request_id")), None)
@@ -290,8 +289,8 @@ class RoomListConsumer(AsyncWebsocketConsumer):
         pass  # nothing to say: this socket only listens
 
     async def room_event(self, message):
-        frame = message["frame"]
-        if frame.get("type") == "conference.updated":
+        if message.get("kind") == "conference.updated":
+            frame = json.loads(message["text"])
             await self.send(text_data=json.dumps({"type": "conference.updated", "conference": frame["conference"]}))
 
     async def access_changed(self, message):

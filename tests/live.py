@@ -131,7 +131,7 @@ class RoomWatcher:
     async def _read(self):
         while True:
             message = await self.layer.receive(self.channel)
-            self.frames.append(message["frame"])
+            self.frames.append(json.loads(message["text"]))
 
     def of_type(self, kind):
         return [frame for frame in self.frames if frame["type"] == kind]
