@@ -32,6 +32,9 @@ MAX_FRAME_BYTES = 4096
 RATE_PER_SECOND = 5.0  # sustained frames per second a browser may send
 RATE_BURST = 20  # frames it may send at once
 REPLY_TIMEOUT = moderation.REQUEST_TTL + 2
+# How often an open socket checks that its login session still exists and
+# has not expired (logout is pushed at once; expiry is found by looking).
+SESSION_CHECK_SECONDS = 30.0
 
 
 def _conference(slug):
@@ -59,6 +62,19 @@ def _fresh_user(user_id):
     from django.contrib.auth import get_user_model
 
     return get_user_model().objects.filter(pk=user_id).first()
+
+
+def _session_alive(session_key, user_id):
+    from django.contrib.auth import get_user_model
+    from django.contrib.sessions.models import Session
+    from django.utils import timezone
+
+    if not session_key:
+        return False
+    session = Session.objects.filter(session_key=session_key, expire_date__gt=timezone.now()).first()
+    if session is None or str(session.get_decoded().get("_auth_user_id")) != str(user_id):
+        return False
+    return get_user_model().objects.filter(pk=user_id, is_active=True).exists()
 
 
 def _server_connected(server_id):
@@ -108,6 +124,7 @@ class ConferenceConsumer(AsyncWebsocketConsumer):
             await self.close(CLOSE_FORBIDDEN)
             return
         self.conference = conference
+        self.session_watch = asyncio.create_task(self._watch_session())
         self.groups_joined = [broadcast.room_group(conference.pk), broadcast.user_group(user.pk)]
         session_key = getattr(self.scope.get("session"), "session_key", None)
         if session_key:
@@ -117,10 +134,20 @@ class ConferenceConsumer(AsyncWebsocketConsumer):
         await self.send_snapshot()
 
     async def disconnect(self, code):
+        if getattr(self, "session_watch", None):
+            self.session_watch.cancel()
         for task, _request_id in self.pending.values():
             task.cancel()
         for group in getattr(self, "groups_joined", []):
             await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def _watch_session(self):
+        session_key = getattr(self.scope.get("session"), "session_key", None)
+        while True:
+            await asyncio.sleep(SESSION_CHECK_SECONDS)
+            if not await db(_session_alive)(session_key, self.scope["user"].pk):
+                await self.close(CLOSE_NOT_LOGGED_IN)
+                return
 
     async def send_snapshot(self):
         snapshot = await db(_snapshot)(self.conference.pk, self.scope["user"])

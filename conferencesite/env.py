@@ -137,6 +137,19 @@ def channel_layers_for(redis_url):
     }
 
 
+def caches_for(redis_url):
+    """Return CACHES: Redis when a URL is given, else process memory."""
+    if not redis_url:
+        return {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    return {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": redis_url,
+            "KEY_PREFIX": "conferences",
+        }
+    }
+
+
 def dev_secret_key(path):
     """Return the development secret key kept in ``path``, creating it once."""
     path = Path(path)

@@ -32,6 +32,8 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3") and DATABASES["default"]["
 _redis_url = env.env_str("REDIS_URL")
 REDIS_URL = env.parse_redis_url("REDIS_URL", _redis_url) if _redis_url else None
 CHANNEL_LAYERS = env.channel_layers_for(REDIS_URL)
+# Shared by all web processes when there is Redis (login throttling counts).
+CACHES = env.caches_for(REDIS_URL)
 
 _ari_url = env.env_str("ARI_URL")
 ARI_URL = env.parse_http_url("ARI_URL", _ari_url) if _ari_url else None
@@ -53,6 +55,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "conferencesite.middleware.SecurityHeadersMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",

@@ -113,3 +113,71 @@ async def test_worker_keeps_retrying_while_it_cannot_connect(ari, make_server, f
     finally:
         worker.stopping.set()
         await asyncio.wait_for(task, 10)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_database_outage_holds_the_event_until_it_passes(server, make_conference, monkeypatch, caplog):
+    """An unreachable or locked database neither loses the event nor kills the worker."""
+    from django.db import OperationalError
+
+    from conferences import services as services_module
+    from conferences.ari import worker as worker_module
+    from tests.test_handlers_recorded import FakeAri, load
+
+    monkeypatch.setattr(worker_module, "DB_RETRY_FIRST", 0.01)
+    room = await db(make_conference)("100")
+    worker = AriWorker(server)
+    worker.app.ari = FakeAri()
+    real_join = services_module.participant_join
+    failures = []
+
+    def flaky_join(**kwargs):
+        if len(failures) < 3:
+            failures.append(1)
+            raise OperationalError("could not connect to server: Connection refused")
+        return real_join(**kwargs)
+
+    monkeypatch.setattr(services_module, "participant_join", flaky_join)
+    for event in load("join_and_hangup", room)[:2]:  # StasisStart, ChannelEnteredBridge
+        await worker._process_item("event", event)
+    assert len(failures) == 3
+    participants = await db(lambda: list(room.participants.all()))()
+    assert len(participants) == 1 and participants[0].left_at is None
+    assert "database unavailable" in caplog.text
+    worker.ari.close()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "failure,error",
+    [
+        ("AriNotFound", "the caller has already left"),
+        ("AriConflict", "Asterisk refused the request"),
+        ("AriError500", "Asterisk refused the request"),
+        ("timeout", "Asterisk refused the request"),
+    ],
+)
+async def test_ari_errors_to_commands_give_clear_replies_and_change_nothing(
+    server, make_conference, make_participant, failure, error
+):
+    from conferences.ari.client import AriConflict, AriError, AriNotFound
+    from conferences.ari.handlers import ConferenceApp
+    from tests.test_handlers_recorded import FakeAri
+
+    room = await db(make_conference)("100")
+    target = await db(make_participant)(room, "chan-x")
+    ari = FakeAri()
+    ari.fail["mute"] = {
+        "AriNotFound": AriNotFound("gone", status=404),
+        "AriConflict": AriConflict("not in Stasis", status=409),
+        "AriError500": AriError("boom", status=500),
+        "timeout": AriError("POST /channels/x/mute: timed out after 5.0 s"),
+    }[failure]
+    app = ConferenceApp(server_id=server.pk, app_name="conference", ari=ari, schedule=lambda d, e: None)
+    ok, message = await app.handle_command(
+        {"action": "mute", "conference_id": room.pk, "participant_id": target.pk, "actor_id": None}
+    )
+    assert (ok, message) == (False, error)
+    target = await db(type(target).objects.get)(pk=target.pk)
+    assert target.muted is False
+    assert (await db(type(room).objects.get)(pk=room.pk)).seq == 0

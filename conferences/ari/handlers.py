@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 
 from channels.db import database_sync_to_async
+from django.db import InterfaceError, OperationalError
 
 from conferences import services
 from conferences.ari.client import AriError, AriNotFound
@@ -31,6 +32,13 @@ PIN_FIRST_TIMEOUT = 12.0  # seconds to start typing after the prompt began
 PIN_DIGIT_TIMEOUT = 6.0  # seconds between digits
 PROMPT_HANGUP_TIMEOUT = 15.0  # hang up even when PlaybackFinished never comes
 MAX_PIN_DIGITS = 32
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached or was locked: the same event must be tried again."""
+
+
+TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
 
 
 class Refusal(services.ServiceError):
@@ -198,6 +206,8 @@ class ConferenceApp:
             return
         try:
             await handler(event)
+        except TRANSIENT_DB_ERRORS as exc:
+            raise DatabaseUnavailable(str(exc)) from exc
         except AriNotFound as exc:
             logger.info("server %s: %s: object gone meanwhile (%s)", self.server_id, kind, exc)
         except AriError as exc:
@@ -511,12 +521,15 @@ class ConferenceApp:
         handler = getattr(self, "do_" + str(action), None)
         if handler is None:
             return False, "unknown action"
-        conference = await db(_conference)(command.get("conference_id"))
-        if conference is None or conference.server_id != self.server_id:
-            return False, "no such room"
-        actor = await db(_user)(command.get("actor_id"))
         try:
+            conference = await db(_conference)(command.get("conference_id"))
+            if conference is None or conference.server_id != self.server_id:
+                return False, "no such room"
+            actor = await db(_user)(command.get("actor_id"))
             await handler(conference, command, actor)
+        except TRANSIENT_DB_ERRORS:
+            logger.warning("server %s: %s: database unavailable", self.server_id, action)
+            return False, "the database is unavailable; try again"
         except Refusal as exc:
             return False, str(exc)
         except AriNotFound:

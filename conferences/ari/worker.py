@@ -23,7 +23,7 @@ from django.db import connections
 from conferences import moderation, services
 from conferences.ari import lease
 from conferences.ari.client import AriClient, AriError
-from conferences.ari.handlers import ConferenceApp
+from conferences.ari.handlers import TRANSIENT_DB_ERRORS, ConferenceApp, DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,8 @@ STABLE_AFTER = 10.0  # a connection that lasted this long resets the backoff
 HEARTBEAT_EVERY = 5.0
 PING_INTERVAL = 10.0
 PING_TIMEOUT = 10.0
+DB_RETRY_FIRST = 0.2
+DB_RETRY_MAX = 5.0
 
 
 class WorkerConflict(Exception):
@@ -209,6 +211,12 @@ class AriWorker:
                 return
             if self.stopping.is_set():
                 continue  # stopping: what is still queued is left to the next start's resync
+            await self._process_item(kind, item)
+
+    async def _process_item(self, kind, item):
+        """Process one queued item; a database outage holds it (and the queue) until it passes."""
+        attempt = 0
+        while not self.stopping.is_set():
             try:
                 if kind == "event":
                     await self.process_event(item)
@@ -216,8 +224,23 @@ class AriWorker:
                     await self.resync()
                 elif kind == "command":
                     await self.handle_command(item)
+                return
+            except (DatabaseUnavailable, *TRANSIENT_DB_ERRORS) as exc:
+                # Skipping would lose the event; crashing would lose the queue.
+                delay = min(DB_RETRY_MAX, DB_RETRY_FIRST * 2**attempt)
+                attempt += 1
+                logger.warning(
+                    "server %s: database unavailable (%s); retrying %s in %.1f s",
+                    self.server.name,
+                    str(exc).strip()[:200],
+                    kind,
+                    delay,
+                )
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), delay)
             except Exception:
                 logger.exception("server %s: %s failed; skipped", self.server.name, kind)
+                return
 
     async def resync(self):
         """Reconcile with Asterisk; detects an Asterisk restart on the way."""
