@@ -103,6 +103,12 @@ class Processes:
                 process.kill()
                 process.wait(5)
 
+    def stop_web(self):
+        self.stop(self.web)
+
+    def stop_worker(self):
+        self.stop(self.worker)
+
     def close(self):
         self.stop(self.web)
         self.stop(self.worker)

@@ -7,10 +7,6 @@ restarted under them.
 
 import asyncio
 import os
-import signal
-import socket
-import subprocess
-import sys
 
 import pytest
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
@@ -19,7 +15,8 @@ from django.contrib.auth.models import User
 from conferences.models import AsteriskServer, Conference, ConferenceAccess
 from tests.live import db, present_channels
 from tests.sandbox import eventually
-from tests.test_worker_process import ROOT, database_url
+from tests.stack import ROOT, Processes, base_env
+from tests.test_worker_process import database_url
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -28,72 +25,10 @@ CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = ROOT / "var" / "screenshots"
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Services:
-    """The web server and the worker as real processes sharing Redis and the test database."""
-
-    def __init__(self, env, port, server_name):
-        self.env, self.port, self.server_name = env, port, server_name
-        self.web = self.worker = None
-        self.logs = []
-
-    def _spawn(self, *args):
-        log = open(ROOT / "var" / f"e2e-{args[0].replace('/', '_')}-{len(self.logs)}.log", "w")  # noqa: SIM115
-        self.logs.append(log)
-        return subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-
-    def start_web(self):
-        # daphne without the worker (the worker is its own process, as in production);
-        # --insecure serves the static files that nginx would serve in production.
-        self.web = self._spawn(
-            sys.executable, "manage.py", "serve", "--no-worker", "--insecure", f"127.0.0.1:{self.port}"
-        )
-
-    def start_worker(self):
-        self.worker = self._spawn(sys.executable, "manage.py", "ari_worker", "--server", self.server_name)
-
-    @staticmethod
-    def _stop(process, sig=signal.SIGTERM):
-        if process is not None and process.poll() is None:
-            process.send_signal(sig)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
-
-    def stop_web(self):
-        self._stop(self.web)
-
-    def stop_worker(self):
-        self._stop(self.worker)
-
-    def close(self):
-        self.stop_web()
-        self.stop_worker()
-        for log in self.logs:
-            log.close()
-
-    async def web_up(self):
-        def probe():
-            with socket.socket() as sock:
-                sock.settimeout(0.5)
-                return sock.connect_ex(("127.0.0.1", self.port)) == 0
-
-        await eventually(lambda: asyncio.to_thread(probe), timeout=30, message="daphne listening")
-
-
 @pytest.fixture
 async def stack(pbx, sandbox, redis_url):
-    (ROOT / "var").mkdir(exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "ARI_", "DATABASE_URL", "REDIS_URL"))}
-    env.update(DATABASE_URL=database_url(), REDIS_URL=redis_url, PYTHONUNBUFFERED="1")
-    services = Services(env, free_port(), pbx.name)
+    # daphne and the worker as separate processes sharing Redis, as in production.
+    services = Processes(base_env(database_url(), redis_url), pbx.name, ROOT / "var" / "e2e")
     services.start_web()
     services.start_worker()
     await services.web_up()

@@ -166,7 +166,10 @@ async def test_soak(pbx, sandbox, tmp_path):
 
     # Memory flat: from the first third of the run to the end.
     third = samples[len(samples) // 3]
-    growth = {name: (end_sample[name] - third[name]) / 1024 for name in ("web_rss_kib", "worker_rss_kib")}
+    growth = {
+        f"{name}_mib": round((end_sample[f"{name}_rss_kib"] - third[f"{name}_rss_kib"]) / 1024, 1)
+        for name in ("web", "worker")
+    }
     result = {
         "seconds": SOAK_SECONDS,
         "counts": counts,

@@ -61,6 +61,15 @@ class Admission:
 
 
 @dataclass
+class PresentCaller:
+    """A participant in a room's bridge, as the worker last recorded it."""
+
+    conference_id: int
+    participant_id: int
+    moh: bool = False
+
+
+@dataclass
 class RoomState:
     """What the worker knows of a room's bridge between events."""
 
@@ -170,7 +179,7 @@ class ConferenceApp:
         # Present participants' channels -> their room. Bridge snapshots also list
         # Asterisk's own Announcer channel (music on hold), whose events never reach
         # the application: only channels recorded here count as participants.
-        self.present: dict[str, int] = {}
+        self.present: dict[str, PresentCaller] = {}
         self._playback_counter = 0
         self.pin_first_timeout = PIN_FIRST_TIMEOUT
         self.pin_digit_timeout = PIN_DIGIT_TIMEOUT
@@ -433,7 +442,7 @@ class ConferenceApp:
             role=role,
         )
         if participant.left_at is None and participant.conference_id == conference_id:
-            self.present[channel_id] = conference_id
+            self.present[channel_id] = PresentCaller(conference_id, participant.pk, participant.moh)
 
     async def _left(self, channel_id, reason=None):
         self.present.pop(channel_id, None)
@@ -471,11 +480,10 @@ class ConferenceApp:
         await self._talking(event, False)
 
     async def _talking(self, event, talking):
-        channel_id = (event.get("channel") or {}).get("id")
-        participant = await db(_participant_by_channel)(self.server_id, channel_id)
-        if participant is None or participant.left_at is not None:
+        caller = self.present.get((event.get("channel") or {}).get("id"))
+        if caller is None:
             return
-        await db(services.participant_update)(participant=participant, talking=talking)
+        await db(services.participant_update)(participant=Participant(pk=caller.participant_id), talking=talking)
 
     async def on_BridgeDestroyed(self, event):
         conference_id = self.conference_id_of_bridge((event.get("bridge") or {}).get("id"))
@@ -486,7 +494,11 @@ class ConferenceApp:
 
     def participant_channels(self, conference_id, room):
         """The room's participants that are in its bridge right now."""
-        return [channel_id for channel_id in room.channels if self.present.get(channel_id) == conference_id]
+        return [
+            channel_id
+            for channel_id in room.channels
+            if channel_id in self.present and self.present[channel_id].conference_id == conference_id
+        ]
 
     async def apply_moh(self, conference_id):
         """Music on hold when exactly one participant is in the bridge, derived from the bridge itself."""
@@ -495,10 +507,10 @@ class ConferenceApp:
             return
         present = self.participant_channels(conference_id, room)
         want = len(present) == 1
-        conference = await db(_conference)(conference_id)
-        if conference is None:
-            return
         if want and room.moh is not True:
+            conference = await db(_conference)(conference_id)
+            if conference is None:
+                return
             await self.ari.start_bridge_moh(room.bridge_id, conference.moh_class or "default")
             room.moh = True
         elif not want and room.moh is not False:
@@ -508,10 +520,14 @@ class ConferenceApp:
                 if exc.status not in (404, 409):
                     raise
             room.moh = False
-        for participant in await db(_present_participants)(conference_id):
-            hears = want and participant.channel_id in present
-            if participant.moh != hears:
-                await db(services.participant_update)(participant=participant, moh=hears)
+        # The moh flag of each present participant follows; only changes touch the database.
+        for channel_id, caller in list(self.present.items()):
+            if caller.conference_id != conference_id:
+                continue
+            hears = want and channel_id in present
+            if caller.moh != hears:
+                await db(services.participant_update)(participant=Participant(pk=caller.participant_id), moh=hears)
+                caller.moh = hears
 
     # --- moderation -------------------------------------------------------------------
 
@@ -658,7 +674,10 @@ class ConferenceApp:
                 pass
             added += 1
 
-        self.present = {p.channel_id: p.conference_id for p in await db(_present_on_server)(self.server_id)}
+        self.present = {
+            p.channel_id: PresentCaller(p.conference_id, p.pk, p.moh)
+            for p in await db(_present_on_server)(self.server_id)
+        }
 
         # Music on hold by the rule; empty leftover bridges go.
         for conference_id, room in list(self.rooms.items()):

@@ -4,6 +4,7 @@ import sys
 from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.utils import timezone
 
 from conferences import checks
@@ -16,6 +17,20 @@ FRESH_SECONDS = 30
 # Exit status when another ARI client took the application: a supervisor should
 # not restart into a fight (systemd: RestartPreventExitStatus=3).
 EXIT_REPLACED = 3
+
+
+def keep_database_connection():
+    """Keep the worker's database connection open between calls (health-checked before reuse).
+
+    All of the worker's database calls run in one thread of its own, so one
+    persistent connection serves them; with Django's default (a new connection
+    for every call) each event paid for a connection set-up before its
+    broadcast. Web processes keep the default: under ASGI their threads come
+    and go.
+    """
+    settings = connections.settings[DEFAULT_DB_ALIAS]
+    settings["CONN_MAX_AGE"] = None
+    settings["CONN_HEALTH_CHECKS"] = True
 
 
 class Command(BaseCommand):
@@ -37,6 +52,7 @@ class Command(BaseCommand):
             return self.health(server, all)
         checks.set_process_role("worker")
         self.check(display_num_errors=False, fail_level=40)  # errors (e.g. E003) stop the worker here
+        keep_database_connection()
         on_process_start()
         servers = self.servers(server, all)
         code = asyncio.run(self.run_workers(servers))
