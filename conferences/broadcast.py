@@ -7,6 +7,8 @@ transaction commits; consumers join the groups named here.
 import hashlib
 import json
 import logging
+import threading
+from contextlib import contextmanager
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -66,7 +68,40 @@ def conference_state(conference, participant_count):
     }
 
 
+_outbox = threading.local()
+
+
+@contextmanager
+def collecting():
+    """Collect, instead of sending, what this thread broadcasts (after commit) inside the block.
+
+    The worker runs service functions in a database thread and sends what they
+    collected from its event loop: no hop back into the loop for every frame.
+    """
+    _outbox.messages = []
+    try:
+        yield _outbox.messages
+    finally:
+        del _outbox.messages
+
+
+async def send_collected(messages):
+    """Send collected messages in order, from async code."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    for group, message in messages:
+        try:
+            await layer.group_send(group, message)
+        except Exception:
+            logger.exception("group %s: sending %s failed", group, message.get("type"))
+
+
 def _group_send(group, message):
+    collected = getattr(_outbox, "messages", None)
+    if collected is not None:
+        collected.append((group, message))
+        return
     layer = get_channel_layer()
     if layer is None:
         return

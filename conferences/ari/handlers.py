@@ -16,13 +16,26 @@ from dataclasses import dataclass, field
 from channels.db import database_sync_to_async
 from django.db import InterfaceError, OperationalError
 
-from conferences import services
+from conferences import broadcast, services
 from conferences.ari.client import AriError, AriNotFound
 from conferences.models import Conference, ConferenceEvent, Participant
 
 logger = logging.getLogger(__name__)
 
 db = database_sync_to_async
+
+
+async def call_service(func, /, **kwargs):
+    """Run a service function in the database thread, then send what it broadcast from here."""
+
+    def run():
+        with broadcast.collecting() as outbox:
+            return func(**kwargs), list(outbox)
+
+    result, outbox = await db(run)()
+    await broadcast.send_collected(outbox)
+    return result
+
 
 # Channels Asterisk itself puts into bridges: never participants.
 HELPER_CHANNEL = re.compile(r"^(Announcer|Recorder|Snoop)/")
@@ -434,7 +447,8 @@ class ConferenceApp:
             return
         caller = channel.get("caller") or {}
         role = admission.role if admission else Participant.Role.PARTICIPANT
-        participant, _created = await db(services.participant_join)(
+        participant, _created = await call_service(
+            services.participant_join,
             conference=conference,
             channel_id=channel_id,
             caller_number=caller.get("number", ""),
@@ -457,7 +471,7 @@ class ConferenceApp:
             else:
                 reason = Participant.LeftReason.HANGUP
         actor = await db(_user)(actor_id)
-        await db(services.participant_leave)(participant=participant, reason=reason, actor=actor)
+        await call_service(services.participant_leave, participant=participant, reason=reason, actor=actor)
 
     async def on_StasisEnd(self, event):
         channel_id = (event.get("channel") or {}).get("id")
@@ -483,7 +497,9 @@ class ConferenceApp:
         caller = self.present.get((event.get("channel") or {}).get("id"))
         if caller is None:
             return
-        await db(services.participant_update)(participant=Participant(pk=caller.participant_id), talking=talking)
+        await call_service(
+            services.participant_update, participant=Participant(pk=caller.participant_id), talking=talking
+        )
 
     async def on_BridgeDestroyed(self, event):
         conference_id = self.conference_id_of_bridge((event.get("bridge") or {}).get("id"))
@@ -526,7 +542,9 @@ class ConferenceApp:
                 continue
             hears = want and channel_id in present
             if caller.moh != hears:
-                await db(services.participant_update)(participant=Participant(pk=caller.participant_id), moh=hears)
+                await call_service(
+                    services.participant_update, participant=Participant(pk=caller.participant_id), moh=hears
+                )
                 caller.moh = hears
 
     # --- moderation -------------------------------------------------------------------
@@ -569,12 +587,12 @@ class ConferenceApp:
     async def do_mute(self, conference, command, actor):
         participant = await self._target(conference, command)
         await self.ari.mute(participant.channel_id, "in")
-        await db(services.participant_update)(participant=participant, muted=True, actor=actor)
+        await call_service(services.participant_update, participant=participant, muted=True, actor=actor)
 
     async def do_unmute(self, conference, command, actor):
         participant = await self._target(conference, command)
         await self.ari.unmute(participant.channel_id, "in")
-        await db(services.participant_update)(participant=participant, muted=False, actor=actor)
+        await call_service(services.participant_update, participant=participant, muted=False, actor=actor)
 
     async def do_kick(self, conference, command, actor):
         participant = await self._target(conference, command)
@@ -602,9 +620,11 @@ class ConferenceApp:
                 failed += 1
                 logger.info("conference %s: participant %s: %s", conference.pk, participant.pk, exc)
                 continue
-            await db(services.participant_update)(participant=participant, muted=muted, actor=actor, audit=False)
+            await call_service(
+                services.participant_update, participant=participant, muted=muted, actor=actor, audit=False
+            )
         kind = ConferenceEvent.Kind.MUTED_ALL if muted else ConferenceEvent.Kind.UNMUTED_ALL
-        await db(services.conference_record)(conference=conference, kind=kind, actor=actor)
+        await call_service(services.conference_record, conference=conference, kind=kind, actor=actor)
         if failed:
             raise Refusal(f"{failed} caller(s) could not be changed")
 
@@ -615,10 +635,10 @@ class ConferenceApp:
         await self._set_all_muted(conference, actor, False)
 
     async def do_lock(self, conference, command, actor):
-        await db(services.conference_set_locked)(conference=conference, locked=True, actor=actor)
+        await call_service(services.conference_set_locked, conference=conference, locked=True, actor=actor)
 
     async def do_unlock(self, conference, command, actor):
-        await db(services.conference_set_locked)(conference=conference, locked=False, actor=actor)
+        await call_service(services.conference_set_locked, conference=conference, locked=False, actor=actor)
 
     # --- resync -----------------------------------------------------------------------
 
@@ -643,10 +663,12 @@ class ConferenceApp:
         for participant in await db(_present_on_server)(self.server_id):
             if in_bridge.get(participant.channel_id) != participant.conference_id:
                 self.kicking.pop(participant.channel_id, None)
-                await db(services.participant_leave)(participant=participant, reason=Participant.LeftReason.LOST)
+                await call_service(
+                    services.participant_leave, participant=participant, reason=Participant.LeftReason.LOST
+                )
                 lost += 1
             elif participant.talking:
-                await db(services.participant_update)(participant=participant, talking=False)
+                await call_service(services.participant_update, participant=participant, talking=False)
 
         # Callers in a room's bridge that the database does not know.
         added = 0
@@ -661,7 +683,8 @@ class ConferenceApp:
             _number, role = parse_room_args(stasis_args(channel, self.app_name) or [])
             caller = channel.get("caller") or {}
             self.admissions.pop(channel_id, None)
-            await db(services.participant_join)(
+            await call_service(
+                services.participant_join,
                 conference=conference,
                 channel_id=channel_id,
                 caller_number=caller.get("number", ""),

@@ -23,7 +23,7 @@ from django.db import connections
 from conferences import moderation, services
 from conferences.ari import lease
 from conferences.ari.client import AriClient, AriError
-from conferences.ari.handlers import TRANSIENT_DB_ERRORS, ConferenceApp, DatabaseUnavailable
+from conferences.ari.handlers import TRANSIENT_DB_ERRORS, ConferenceApp, DatabaseUnavailable, call_service
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ class AriWorker:
     async def _set_link(self, connected, error=""):
         self.connected = connected
         try:
-            await db(services.server_set_link_status)(server=self.server, connected=connected, error=error)
+            await call_service(services.server_set_link_status, server=self.server, connected=connected, error=error)
         except Exception:
             logger.exception("server %s: could not record the link status", self.server.name)
 
@@ -300,7 +300,7 @@ class AriWorker:
                     self.stopping.set()
                     return
                 if self.connected:
-                    await db(services.server_heartbeat)(server=self.server)
+                    await call_service(services.server_heartbeat, server=self.server)
             except asyncio.CancelledError:
                 raise
             except Exception:
