@@ -445,18 +445,23 @@ class ConferenceApp:
         conference = await db(_conference)(conference_id)
         if conference is None:
             return
-        caller = channel.get("caller") or {}
         role = admission.role if admission else Participant.Role.PARTICIPANT
+        participant = await self._record_join(conference, channel, role)
+        if participant.left_at is None and participant.conference_id == conference_id:
+            self.present[channel_id] = PresentCaller(conference_id, participant.pk, participant.moh)
+
+    async def _record_join(self, conference, channel, role):
+        """The participant row (and broadcast) of a channel found in the room's bridge."""
+        caller = channel.get("caller") or {}
         participant, _created = await call_service(
             services.participant_join,
             conference=conference,
-            channel_id=channel_id,
+            channel_id=channel["id"],
             caller_number=caller.get("number", ""),
             caller_name=caller.get("name", ""),
             role=role,
         )
-        if participant.left_at is None and participant.conference_id == conference_id:
-            self.present[channel_id] = PresentCaller(conference_id, participant.pk, participant.moh)
+        return participant
 
     async def _left(self, channel_id, reason=None):
         self.present.pop(channel_id, None)
@@ -681,16 +686,8 @@ class ConferenceApp:
                 continue
             channel = channels[channel_id]
             _number, role = parse_room_args(stasis_args(channel, self.app_name) or [])
-            caller = channel.get("caller") or {}
             self.admissions.pop(channel_id, None)
-            await call_service(
-                services.participant_join,
-                conference=conference,
-                channel_id=channel_id,
-                caller_number=caller.get("number", ""),
-                caller_name=caller.get("name", ""),
-                role=role,
-            )
+            await self._record_join(conference, channel, role)
             try:
                 await self.ari.set_variable(channel_id, "TALK_DETECT(set)", "")
             except AriNotFound:
