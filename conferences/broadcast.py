@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import threading
+from collections import deque
 from contextlib import contextmanager
 
 from asgiref.sync import async_to_sync
@@ -85,16 +86,38 @@ def collecting():
         del _outbox.messages
 
 
+# Messages the channel layer refused (Redis down), kept in order and sent again
+# before anything newer: browsers get every event once the layer is back.
+_backlog = deque(maxlen=10_000)
+
+
 async def send_collected(messages):
-    """Send collected messages in order, from async code."""
+    """Send collected messages in order, from async code; what fails waits in the backlog."""
+    _backlog.extend(messages)
+    await flush_backlog()
+
+
+async def flush_backlog():
+    """Send what waits in the backlog, oldest first; stop at the first failure. Returns what is left."""
     layer = get_channel_layer()
     if layer is None:
-        return
-    for group, message in messages:
+        _backlog.clear()
+        return 0
+    while _backlog:
+        group, message = _backlog[0]
         try:
             await layer.group_send(group, message)
-        except Exception:
-            logger.exception("group %s: sending %s failed", group, message.get("type"))
+        except Exception as exc:
+            logger.warning(
+                "group %s: the channel layer refused %s (%s); %s message(s) wait",
+                group,
+                message.get("kind") or message.get("type"),
+                exc.__class__.__name__,
+                len(_backlog),
+            )
+            return len(_backlog)
+        _backlog.popleft()
+    return 0
 
 
 def _group_send(group, message):

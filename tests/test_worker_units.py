@@ -181,3 +181,23 @@ async def test_ari_errors_to_commands_give_clear_replies_and_change_nothing(
     target = await db(type(target).objects.get)(pk=target.pk)
     assert target.muted is False
     assert (await db(type(room).objects.get)(pk=room.pk)).seq == 0
+
+
+async def test_messages_the_layer_refuses_wait_and_go_out_in_order(monkeypatch, fresh_layer):
+    from conferences import broadcast
+
+    sent, fail = [], [True]
+
+    async def group_send(group, message):
+        if fail[0]:
+            raise ConnectionError("Redis is down")
+        sent.append(message["seq"])
+
+    monkeypatch.setattr(fresh_layer, "group_send", group_send)
+    frames = [broadcast.room_message({"type": "participant.updated", "seq": n}) for n in (1, 2, 3)]
+    await broadcast.send_collected([("conference.1", frames[0]), ("conference.1", frames[1])])
+    assert sent == [] and await broadcast.flush_backlog() == 2
+    fail[0] = False
+    await broadcast.send_collected([("conference.1", frames[2])])
+    assert sent == [1, 2, 3]
+    assert await broadcast.flush_backlog() == 0

@@ -20,7 +20,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connections
 
-from conferences import moderation, services
+from conferences import broadcast, moderation, services
 from conferences.ari import lease
 from conferences.ari.client import AriClient, AriError
 from conferences.ari.handlers import TRANSIENT_DB_ERRORS, ConferenceApp, DatabaseUnavailable, call_service
@@ -301,6 +301,7 @@ class AriWorker:
                     return
                 if self.connected:
                     await call_service(services.server_heartbeat, server=self.server)
+                await broadcast.flush_backlog()  # events the channel layer refused earlier
             except asyncio.CancelledError:
                 raise
             except Exception:
