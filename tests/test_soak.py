@@ -55,6 +55,7 @@ async def moderate(port, slug, session_key, action, participant=None):
                     return frame
 
 
+@pytest.mark.timeout(SOAK_SECONDS + 300)
 async def test_soak(pbx, sandbox, tmp_path):
     rng = random.Random(2026)
     own_redis = OwnRedis()
