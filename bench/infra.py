@@ -1,0 +1,400 @@
+"""Set-up and process plumbing for bench/run.py: services, the sandbox PBX, our own processes.
+
+Everything here is bounded in time; every process started is remembered and
+stopped by its own process group id (they are started in new sessions).
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_PY = str(ROOT / ".venv" / "bin" / "python")
+DAPHNE = str(ROOT / ".venv" / "bin" / "daphne")
+
+DB_NAME = "conference_bench"
+DATABASE_URL = f"postgres://postgres@127.0.0.1:5432/{DB_NAME}"
+REDIS_URL = "redis://127.0.0.1:6379/13"
+SECRET_KEY = "bench-only-fixed-key-never-used-in-production-7c1e9a52d4b84f0e9d3a"
+ARI_USER = ARI_PASSWORD = "conference"
+PROJECT_APP = "conference"
+
+# Variables of the project that must not leak from the caller's shell into the bench.
+PROJECT_VARS = (
+    "DJANGO_DEBUG DJANGO_HTTPS DJANGO_ALLOWED_HOSTS DJANGO_SECRET_KEY DATABASE_URL REDIS_URL "
+    "ARI_URL ARI_USERNAME ARI_PASSWORD ARI_APP DJANGO_SETTINGS_MODULE"
+).split()
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def log(message):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def base_env(settings="conferencesite.settings"):
+    env = {k: v for k, v in os.environ.items() if k not in PROJECT_VARS}
+    env.update(
+        DATABASE_URL=DATABASE_URL,
+        REDIS_URL=REDIS_URL,
+        DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
+        DJANGO_SECRET_KEY=SECRET_KEY,
+        DJANGO_SETTINGS_MODULE=settings,
+        PYTHONPATH=str(ROOT),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def worker_env(ari_url, settings="conferencesite.settings"):
+    env = base_env(settings)
+    env.update(ARI_URL=ari_url, ARI_USERNAME=ARI_USER, ARI_PASSWORD=ARI_PASSWORD)
+    return env
+
+
+def run(cmd, *, env=None, timeout=300, check=True):
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and result.returncode != 0:
+        raise BenchError(f"{' '.join(cmd)} failed ({result.returncode}): {result.stderr.strip()[-800:]}")
+    return result
+
+
+# --- services ---------------------------------------------------------------------------
+
+
+def start_services():
+    """Sandbox Asterisk, Redis, PostgreSQL; returns (ARI URL, whether we started Asterisk)."""
+    sandbox = str(ROOT / "scripts" / "asterisk-sandbox")
+    was_running = run([sandbox, "status"], check=False, timeout=30).returncode == 0
+    out = run([sandbox, "start"], timeout=900).stdout.strip().splitlines()
+    ari_url = out[-1].strip() if out else "http://127.0.0.1:8088/ari"
+    if not ari_url.startswith("http"):
+        ari_url = "http://127.0.0.1:8088/ari"
+    run([str(ROOT / "scripts" / "ensure-redis")], env={**os.environ, "REDIS_URL": REDIS_URL}, timeout=300)
+    run([str(ROOT / "scripts" / "ensure-postgres")], timeout=300)
+    return ari_url, not was_running
+
+
+def stop_sandbox():
+    run([str(ROOT / "scripts" / "asterisk-sandbox"), "stop"], check=False, timeout=120)
+
+
+def create_and_migrate_db():
+    exists = run(
+        [
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-Atqc",
+            "select 1 from pg_database where datname='conference_bench'",
+        ],
+        timeout=30,
+    ).stdout.strip()
+    if exists != "1":
+        run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"create database {DB_NAME}"], timeout=60)
+    run([VENV_PY, "manage.py", "migrate", "--noinput", "-v0"], env=base_env(), timeout=300)
+
+
+def flush_redis():
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+
+
+def port_open(port):
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_port(port, timeout, proc=None):
+    end = time.time() + timeout
+    while time.time() < end:
+        if port_open(port):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise BenchError(f"the process for port {port} exited ({proc.returncode})")
+        time.sleep(0.2)
+    raise BenchError(f"nothing answers on 127.0.0.1:{port} after {timeout} s")
+
+
+# --- who else is using the sandbox --------------------------------------------------------
+
+FOREIGN_MARKERS = ("pytest", "ari_worker", "manage.py serve", "bench/run.py")
+
+
+def ancestors():
+    """This process and the processes that started it (the shell running the bench, ...)."""
+    pids, pid = set(), os.getpid()
+    while pid > 1 and pid not in pids:
+        pids.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat[stat.rindex(")") + 2 :].split()[1])
+    return pids
+
+
+def foreign_users(own_pids):
+    """Other processes that would share the sandbox PBX and app name with us (tests, workers)."""
+    found = []
+    mine = set(own_pids) | ancestors()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        if pid in mine:
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(marker in cmdline for marker in FOREIGN_MARKERS) and "worker_probe" not in cmdline:
+            found.append(f"{pid}: {cmdline[:120]}")
+    return found
+
+
+def wait_for_sandbox_free(own_pids, timeout, quiet=10.0):
+    """Wait until no other sandbox user has been seen for ``quiet`` seconds; returns the seconds waited."""
+    started = time.time()
+    end = started + timeout
+    free_since = None
+    said = 0.0
+    while True:
+        others = foreign_users(own_pids)
+        now = time.time()
+        if others:
+            free_since = None
+            if now > end:
+                raise BenchError(
+                    "other processes use the sandbox Asterisk (the test suite or a worker): "
+                    + "; ".join(others[:3])
+                    + " -- run the benchmark when they are done"
+                )
+            if now - said > 30:
+                log(f"waiting for {len(others)} other sandbox user(s) to finish: {others[0]}")
+                said = now
+        else:
+            free_since = free_since or now
+            if now - free_since >= quiet:
+                return now - started
+        time.sleep(1)
+
+
+class Watcher:
+    """Looks for other sandbox users every second while a configuration runs."""
+
+    def __init__(self, own_pids):
+        self.own_pids = own_pids  # a callable: our pids right now
+        self.seen = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-watcher", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(1.0):
+            others = foreign_users(self.own_pids())
+            if others and self.seen is None:
+                self.seen = others[0]
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(5)
+
+
+# --- the sandbox PBX --------------------------------------------------------------------
+
+
+class Ari:
+    """Blocking ARI REST helpers (callers, hang-ups, clean-up), for the orchestrator's threads."""
+
+    def __init__(self, url):
+        self.url = url.rstrip("/")
+        self.session = requests.Session()
+        self.session.auth = (ARI_USER, ARI_PASSWORD)
+        adapter = requests.adapters.HTTPAdapter(pool_connections=2, pool_maxsize=16)
+        self.session.mount("http://", adapter)
+
+    def call(self, method, path, *, params=None, ok=(200, 204), timeout=5):
+        response = self.session.request(method, f"{self.url}{path}", params=params, timeout=timeout)
+        if response.status_code not in ok:
+            raise BenchError(f"ARI {method} {path} -> {response.status_code} {response.text[:200]}")
+        return response.json() if response.content else None
+
+    def info(self):
+        return self.call("GET", "/asterisk/info")
+
+    def caller(self, room_number, *, far, name, number):
+        """A simulated caller: Local/<room>@conferences (the participant, ;2) with a far end (;1)."""
+        token = uuid.uuid4().hex
+        participant_id, far_id = f"bp{token}", f"bf{token}"
+        self.call(
+            "POST",
+            "/channels",
+            params={
+                "endpoint": f"Local/{room_number}@conferences",
+                "context": "test-farend",
+                "extension": far,
+                "priority": 1,
+                "channelId": far_id,
+                "otherChannelId": participant_id,
+                "callerId": f'"{name}" <{number}>',
+            },
+        )
+        return participant_id, far_id
+
+    def hangup(self, channel_id):
+        self.call("DELETE", f"/channels/{channel_id}", ok=(200, 204, 404))
+
+    def channels(self):
+        return self.call("GET", "/channels")
+
+    def cleanup(self, timeout=20):
+        """Hang up every sandbox channel and destroy every bridge (as tests/sandbox.py does)."""
+        for channel in self.channels():
+            self.call("DELETE", f"/channels/{channel['id']}", ok=(200, 204, 404))
+        for bridge in self.call("GET", "/bridges"):
+            self.call("DELETE", f"/bridges/{bridge['id']}", ok=(200, 204, 404))
+        end = time.time() + timeout
+        while self.channels():
+            if time.time() > end:
+                raise BenchError("sandbox channels did not hang up")
+            time.sleep(0.2)
+
+
+# --- our processes ----------------------------------------------------------------------
+
+
+class Processes:
+    """The processes this run started; each in its own session, stopped by its own group id."""
+
+    def __init__(self, log_dir):
+        self.log_dir = Path(log_dir)
+        self.procs = {}  # name -> Popen
+
+    def start(self, name, cmd, env):
+        logfile = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        proc.logfile = logfile
+        self.procs[name] = proc
+        log(f"started {name} (pid {proc.pid})")
+        return proc
+
+    def pids(self):
+        return {proc.pid for proc in self.procs.values()}
+
+    def log_text(self, name):
+        try:
+            return (self.log_dir / f"{name}.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, name, timeout=15):
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log(f"{name} did not stop in {timeout} s: killing it")
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(10)
+        proc.logfile.close()
+        return proc.returncode
+
+    def stop_all(self):
+        for name in list(self.procs):
+            self.stop(name)
+
+
+# --- /proc ----------------------------------------------------------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process (its threads included), in seconds; None when gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def status_kb(pid, key):
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def pids_named(comm):
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if Path(f"/proc/{entry}/comm").read_text().strip() == comm:
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def sandbox_asterisk_pids():
+    """The sandbox's Asterisk (its pid file), not other Asterisk instances on this machine."""
+    state = Path(os.environ.get("ASTERISK_SANDBOX_DIR", "/var/tmp/conference-asterisk"))  # noqa: S108 (the sandbox's own default)
+    try:
+        pid = int((state / "asterisk.pid").read_text().strip())
+    except (OSError, ValueError):
+        return []
+    return [pid] if Path(f"/proc/{pid}").exists() else []
+
+
+def busy_seconds():
+    """CPU time the whole machine spent busy (all cores), from /proc/stat."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def machine():
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kb = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kb = int(line.split()[1])
+    return {"nproc": os.cpu_count(), "memory_gb": round(mem_kb / 1024 / 1024, 1), "cpu": cpu}

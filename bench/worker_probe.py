@@ -1,0 +1,157 @@
+"""``manage.py ari_worker`` with timing probes, for bench/run.py.
+
+Runs exactly the project's worker command (same code path, same arguments),
+after wrapping two functions at import time, without changing product code:
+
+- ``AriWorker.process_event``: when each ARI event's processing started and how
+  long it took (the processor handles one item at a time, so this is the
+  worker's service time per event);
+- ``conferences.broadcast.send_to_room``: when a service produced each room
+  frame (after its transaction committed);
+- the channel layer's ``group_send`` (RedisChannelLayer, RedisPubSubLoopLayer,
+  InMemoryChannelLayer): when each frame was handed to the layer and how long
+  that took.
+
+The records are written as JSON to ``$BENCH_PROBE_OUT`` when the process exits
+(SIGTERM stops the worker cleanly). Missing attributes (the code under
+measurement changed) only disable that probe.
+"""
+
+import atexit
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "conferencesite.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+events = []  # [type, channel id, asterisk timestamp, started (epoch s), duration (s), has a handler]
+sends = []  # [conference id, frame type, seq, participant caller number, started (epoch s), duration (s)]
+group_sends = []  # [group, message type, frame type, seq, started (epoch s), duration (s)]
+probes = []
+
+
+def _wrap_process_event():
+    from conferences.ari import worker
+
+    original = getattr(worker.AriWorker, "process_event", None)
+    if original is None:
+        return
+
+    async def process_event(self, event):
+        started, clock = time.time(), time.perf_counter()
+        try:
+            return await original(self, event)
+        finally:
+            channel = event.get("channel") or {}
+            handled = hasattr(getattr(self, "app", None), f"on_{event.get('type')}")
+            events.append(
+                [
+                    event.get("type"),
+                    channel.get("id"),
+                    event.get("timestamp"),
+                    started,
+                    time.perf_counter() - clock,
+                    handled,
+                ]
+            )
+
+    worker.AriWorker.process_event = process_event
+    probes.append("AriWorker.process_event")
+
+
+def _wrap_send_to_room():
+    from conferences import broadcast
+
+    original = getattr(broadcast, "send_to_room", None)
+    if original is None:
+        return
+
+    def send_to_room(conference_id, frame, *args, **kwargs):
+        started, clock = time.time(), time.perf_counter()
+        try:
+            return original(conference_id, frame, *args, **kwargs)
+        finally:
+            participant = (frame.get("participant") or {}) if isinstance(frame, dict) else {}
+            sends.append(
+                [
+                    conference_id,
+                    frame.get("type") if isinstance(frame, dict) else None,
+                    frame.get("seq") if isinstance(frame, dict) else None,
+                    participant.get("caller_number"),
+                    started,
+                    time.perf_counter() - clock,
+                ]
+            )
+
+    broadcast.send_to_room = send_to_room
+    probes.append("broadcast.send_to_room")
+
+
+def _wrap_group_send():
+    """Time the channel layer's own group_send, whichever layer class the settings chose."""
+    classes = []
+    try:
+        from channels_redis.core import RedisChannelLayer
+
+        classes.append(RedisChannelLayer)
+    except ImportError:
+        pass
+    try:
+        from channels_redis.pubsub import RedisPubSubLoopLayer
+
+        classes.append(RedisPubSubLoopLayer)
+    except ImportError:
+        pass
+    from channels.layers import InMemoryChannelLayer
+
+    classes.append(InMemoryChannelLayer)
+    for cls in classes:
+        original = cls.__dict__.get("group_send")
+        if original is None:
+            continue
+
+        async def group_send(self, group, message, _original=original):
+            started, clock = time.time(), time.perf_counter()
+            try:
+                return await _original(self, group, message)
+            finally:
+                frame = message.get("frame") or {}
+                group_sends.append(
+                    [
+                        group,
+                        message.get("type"),
+                        message.get("kind") or frame.get("type"),
+                        message.get("seq") if message.get("seq") is not None else frame.get("seq"),
+                        started,
+                        time.perf_counter() - clock,
+                    ]
+                )
+
+        cls.group_send = group_send
+        probes.append(f"{cls.__name__}.group_send")
+
+
+def _dump():
+    path = os.environ.get("BENCH_PROBE_OUT")
+    if path:
+        Path(path).write_text(
+            json.dumps({"probes": probes, "events": events, "sends": sends, "group_sends": group_sends})
+        )
+
+
+if __name__ == "__main__":
+    _wrap_process_event()
+    _wrap_send_to_room()
+    _wrap_group_send()
+    atexit.register(_dump)
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line(["manage.py", "ari_worker", *sys.argv[1:]])
