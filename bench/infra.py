@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 
@@ -79,6 +80,7 @@ def start_services():
     ari_url = out[-1].strip() if out else "http://127.0.0.1:8088/ari"
     if not ari_url.startswith("http"):
         ari_url = "http://127.0.0.1:8088/ari"
+    ARI_PORT["port"] = urlsplit(ari_url).port or 80
     run([str(ROOT / "scripts" / "ensure-redis")], env={**os.environ, "REDIS_URL": REDIS_URL}, timeout=300)
     run([str(ROOT / "scripts" / "ensure-postgres")], timeout=300)
     return ari_url, not was_running
@@ -135,7 +137,11 @@ def wait_port(port, timeout, proc=None):
 
 # --- who else is using the sandbox --------------------------------------------------------
 
-FOREIGN_MARKERS = ("pytest", "ari_worker", "manage.py serve", "bench/run.py")
+# Another benchmark run would share our ports, database and sandbox.
+FOREIGN_MARKERS = ("bench/run.py",)
+# The sandbox's ARI port (set by start_services from the URL it prints).
+ARI_PORT = {"port": 8088}
+HARMLESS = {"curl"}  # scripts/asterisk-sandbox status probes
 
 
 def ancestors():
@@ -151,22 +157,64 @@ def ancestors():
     return pids
 
 
-def foreign_users(own_pids):
-    """Other processes that would share the sandbox PBX and app name with us (tests, workers)."""
-    found = []
-    mine = set(own_pids) | ancestors()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        pid = int(entry)
-        if pid in mine:
-            continue
+def _connections_to(port):
+    """Socket inodes of established TCP connections to 127.0.0.1:<port> (the client ends)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            lines = Path(table).read_text().splitlines()[1:]
         except OSError:
             continue
-        if any(marker in cmdline for marker in FOREIGN_MARKERS) and "worker_probe" not in cmdline:
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "01" and int(fields[2].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    return inodes
+
+
+def _cmdline(pid):
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def foreign_users(own_pids):
+    """Other processes that use the sandbox's ARI (a test run, another worker) or run the bench.
+
+    Found by their established TCP connections to the sandbox's ARI port
+    (/proc/net/tcp and /proc/<pid>/fd), so tests against another sandbox do not count.
+    """
+    found = []
+    mine = set(own_pids) | ancestors()
+    inodes = _connections_to(ARI_PORT["port"])
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in mine:
+            continue
+        pid = int(entry)
+        cmdline = _cmdline(pid)
+        if any(marker in cmdline for marker in FOREIGN_MARKERS):
             found.append(f"{pid}: {cmdline[:120]}")
+            continue
+        if not inodes:
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link in inodes:
+                try:
+                    comm = Path(f"/proc/{pid}/comm").read_text().strip()
+                except OSError:
+                    comm = "?"
+                if comm not in HARMLESS:
+                    found.append(f"{pid} uses ARI on port {ARI_PORT['port']}: {cmdline[:120]}")
+                break
     return found
 
 

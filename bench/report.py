@@ -106,8 +106,10 @@ def render(results, *, command, previous=""):
         "which wraps `AriWorker.process_event` and `broadcast.send_to_room` with timers and changes nothing "
         "else), and two client processes (`bench/clients.py`). All sandbox channels are hung up before and "
         "after every configuration. `--quick` runs 1 and 200 viewers and one burst on the default "
-        "configuration only. Never run it at the same time as the test suite: both use the sandbox and "
-        "its `conference` application (the bench waits for, and refuses to run beside, other users).\n"
+        "configuration only. Never run it at the same time as the test suite on the same sandbox: both use "
+        "its `conference` application. The bench waits until no other process holds a connection to the "
+        "sandbox's ARI port and redoes a configuration when one appeared meanwhile; other work on the "
+        "machine (tests against another sandbox, …) shows as *other* CPU below.\n"
     )
 
     add("## What is measured and how\n")
