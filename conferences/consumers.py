@@ -14,7 +14,7 @@ import time
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Count
 
 from conferences import access, broadcast, moderation
@@ -33,8 +33,12 @@ RATE_PER_SECOND = 5.0  # sustained frames per second a browser may send
 RATE_BURST = 20  # frames it may send at once
 REPLY_TIMEOUT = moderation.REQUEST_TTL + 2
 # How often an open socket checks that its login session still exists and
-# has not expired (logout is pushed at once; expiry is found by looking).
+# has not expired (logout is pushed at once; expiry is found by looking), and
+# that it has not missed the room's last event (see _catch_up).
 SESSION_CHECK_SECONDS = 30.0
+# How long an event the database already counts may still be on its way
+# through the channel layer before the socket counts it as lost.
+IN_FLIGHT_GRACE_SECONDS = 2.0
 
 
 def _conference(slug):
@@ -75,6 +79,10 @@ def _session_alive(session_key, user_id):
     if session is None or str(session.get_decoded().get("_auth_user_id")) != str(user_id):
         return False
     return get_user_model().objects.filter(pk=user_id, is_active=True).exists()
+
+
+def _room_seq(conference_id):
+    return Conference.objects.filter(pk=conference_id).values_list("seq", flat=True).first()
 
 
 def _server_connected(server_id):
@@ -145,9 +153,39 @@ class ConferenceConsumer(AsyncWebsocketConsumer):
         session_key = getattr(self.scope.get("session"), "session_key", None)
         while True:
             await asyncio.sleep(SESSION_CHECK_SECONDS)
-            if not await db(_session_alive)(session_key, self.scope["user"].pk):
+            try:
+                alive = await db(_session_alive)(session_key, self.scope["user"].pk)
+                if alive:
+                    await self._catch_up()
+            except DatabaseError as exc:
+                # The database is briefly unavailable: look again next time.
+                logger.warning("room socket check failed: %s", exc)
+                continue
+            if not alive:
                 await self.close(CLOSE_NOT_LOGGED_IN)
                 return
+
+    async def _catch_up(self):
+        """Send a fresh snapshot when the room's last event never arrived.
+
+        A gap in seq makes the page ask for a snapshot, but only when a later
+        event arrives: an event the channel layer dropped (over capacity, Redis
+        restarted) at the end of a burst would leave the roster wrong until the
+        room's next event. The database's seq says what the socket should have
+        seen; what is still missing after a grace for events in flight was lost.
+        """
+        room_seq = await db(_room_seq)(self.conference.pk)
+        if room_seq is None or room_seq <= self.last_seq:
+            return
+        await asyncio.sleep(IN_FLIGHT_GRACE_SECONDS)
+        if self.last_seq < room_seq:
+            logger.info(
+                "room %s: socket at seq %s missed events up to %s, sending a snapshot",
+                self.conference.pk,
+                self.last_seq,
+                room_seq,
+            )
+            await self.send_snapshot()
 
     async def send_snapshot(self):
         snapshot = await db(_snapshot)(self.conference.pk, self.scope["user"])

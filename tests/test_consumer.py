@@ -7,9 +7,10 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
+from django.db.models import F
 
 from conferences import consumers, moderation, services
-from conferences.models import AsteriskServer, ConferenceAccess, Participant
+from conferences.models import AsteriskServer, Conference, ConferenceAccess, Participant
 from conferencesite.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -366,6 +367,42 @@ async def test_present_participants_only_in_snapshot(connect, viewer, room, make
     communicator, _ = await connect(viewer)
     snapshot = await frame(communicator)
     assert len(snapshot["participants"]) == 1 and snapshot["conference"]["participant_count"] == 1
+
+
+async def test_a_lost_last_event_is_repaired_by_a_fresh_snapshot(connect, viewer, room, make_participant, monkeypatch):
+    """The room's last event never reaches the socket (dropped by the layer): the periodic check sends a snapshot."""
+    monkeypatch.setattr(consumers, "SESSION_CHECK_SECONDS", 0.2)
+    monkeypatch.setattr(consumers, "IN_FLIGHT_GRACE_SECONDS", 0.2)
+    communicator, _ = await connect(viewer)
+    snapshot = await frame(communicator)
+    assert snapshot["participants"] == []
+    # A join the database holds but whose broadcast was lost: no frame was sent.
+    await db(make_participant)(room, "chan-lost", caller_name="Late Larry")
+    await db(Conference.objects.filter(pk=room.pk).update)(seq=F("seq") + 1)
+    repaired = await frame(communicator, timeout=5)
+    assert repaired["type"] == "snapshot" and repaired["seq"] == snapshot["seq"] + 1
+    assert [p["caller_name"] for p in repaired["participants"]] == ["Late Larry"]
+    # Caught up: no more snapshots while the room stays quiet.
+    assert await communicator.receive_nothing(timeout=1.0)
+
+
+async def test_an_event_in_flight_is_not_taken_for_lost(connect, viewer, room, make_participant, monkeypatch):
+    monkeypatch.setattr(consumers, "SESSION_CHECK_SECONDS", 0.2)
+    monkeypatch.setattr(consumers, "IN_FLIGHT_GRACE_SECONDS", 1.0)
+    communicator, _ = await connect(viewer)
+    snapshot = await frame(communicator)
+    alice = await db(make_participant)(room, "chan-a")
+    # The seq is taken in the database first; the frame arrives within the grace.
+    await db(Conference.objects.filter(pk=room.pk).update)(seq=F("seq") + 1)
+    await asyncio.sleep(0.4)
+    from conferences import broadcast
+
+    await db(broadcast.send_to_room)(
+        room.pk, {"type": "participant.joined", "seq": snapshot["seq"] + 1, "participant": {"id": alice.pk}}
+    )
+    event = await frame(communicator)
+    assert event["type"] == "participant.joined"
+    assert await communicator.receive_nothing(timeout=1.5)
 
 
 @pytest.mark.integration
