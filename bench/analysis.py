@@ -356,3 +356,73 @@ def analyze_worker(probe, phase, project_viewers=None):
         parts["total_median_viewer"].append((got[len(got) // 2] - stamp) * 1000)
     result["join_breakdown"] = {k: summary(v) for k, v in parts.items()}
     return result
+
+
+# --- the web process under cProfile ----------------------------------------------------------------
+
+# Where a function's own time is counted, by the path of its file (first match wins).
+PROFILE_AREAS = [
+    ("autobahn", "autobahn (WebSocket framing)"),
+    ("twisted", "twisted (reactor, transports)"),
+    ("daphne", "daphne (ASGI server)"),
+    ("channels_redis", "channels_redis (layer)"),
+    ("redis", "redis-py"),
+    ("msgpack", "msgpack"),
+    ("channels", "channels (consumers, dispatch)"),
+    ("asgiref", "asgiref"),
+    ("django", "django"),
+    ("asyncio", "asyncio (event loop, tasks)"),
+    ("conferences", "the project (conferences/)"),
+    ("json", "json"),
+]
+# Entry points whose cumulative time shows what the process spent it on.
+PROFILE_ENTRIES = [
+    ("consumers.py", "room_event", "ConferenceConsumer.room_event (a room frame to one socket)"),
+    ("consumer.py", "dispatch", "AsyncConsumer.dispatch (every channel-layer message)"),
+    ("core.py", "receive", "RedisChannelLayer.receive"),
+    ("server.py", "handle_reply", "daphne Server.handle_reply (ASGI send → protocol)"),
+    ("ws_protocol.py", "handle_reply", "daphne WebSocketProtocol.handle_reply"),
+    ("protocol.py", "sendMessage", "autobahn sendMessage"),
+    ("ws_protocol.py", "onConnect", "daphne WebSocketProtocol.onConnect (handshakes)"),
+    ("consumers.py", "connect", "ConferenceConsumer.connect"),
+    ("base_events.py", "_run_once", "asyncio loop iterations"),
+]
+
+
+def web_profile(path, top=25):
+    """Own time by area, the main entry points' cumulative time, and the top functions, from a cProfile dump."""
+    import pstats
+
+    if path is None:
+        return None
+    try:
+        stats = pstats.Stats(str(path))
+    except (OSError, TypeError, EOFError) as exc:
+        return {"error": f"no profile ({exc})"}
+    total = stats.total_tt
+    areas = defaultdict(float)
+    functions = []
+    entries = {}
+    for (filename, line, name), (_cc, nc, tt, ct, _callers) in stats.stats.items():
+        area = "other (Python built-ins, C calls)"
+        if name == "<method 'poll' of 'select.epoll' objects>":
+            area = "idle (waiting in epoll)"
+        for needle, label in PROFILE_AREAS:
+            if f"/{needle}/" in filename or filename.endswith(f"/{needle}.py"):
+                area = label
+                break
+        areas[area] += tt
+        short = filename.split("site-packages/")[-1].split("/work/")[-1]
+        functions.append({"function": f"{short}:{line}({name})", "calls": nc, "own_s": tt, "cum_s": ct})
+        for file_end, func, label in PROFILE_ENTRIES:
+            if name == func and filename.endswith("/" + file_end):
+                entry = entries.setdefault(label, {"calls": 0, "cum_s": 0.0})
+                entry["calls"] += nc
+                entry["cum_s"] = max(entry["cum_s"], ct)
+    functions.sort(key=lambda f: f["own_s"], reverse=True)
+    return {
+        "total_s": total,
+        "areas": sorted(({"area": k, "own_s": v} for k, v in areas.items()), key=lambda a: a["own_s"], reverse=True),
+        "entries": [{"entry": label, **entries[label]} for _f, _n, label in PROFILE_ENTRIES if label in entries],
+        "top": functions[:top],
+    }

@@ -157,6 +157,14 @@ def ancestors():
     return pids
 
 
+def _parent(pid):
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
 def _connections_to(port):
     """Socket inodes of established TCP connections to 127.0.0.1:<port> (the client ends)."""
     inodes = set()
@@ -192,6 +200,8 @@ def foreign_users(own_pids):
         if not entry.isdigit() or int(entry) in mine:
             continue
         pid = int(entry)
+        if _parent(pid) == os.getpid():
+            continue  # ours: e.g. a client process of the previous configuration still exiting
         cmdline = _cmdline(pid)
         if any(marker in cmdline for marker in FOREIGN_MARKERS):
             found.append(f"{pid}: {cmdline[:120]}")

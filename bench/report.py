@@ -10,6 +10,7 @@ import time
 PROSE = {
     "choices": "_Placeholder: why the configuration kept is the one the numbers favour (engineers' prose)._",
     "findings": "_Placeholder: what the figures mean, where time goes, what was changed (engineers' prose)._",
+    "profile": "_Placeholder: what the profile says and what would reach the targets (engineers' prose)._",
 }
 
 
@@ -48,6 +49,8 @@ def scenario_name(phase):
         return f"one room, {phase['count']:,} viewers"
     if phase["kind"] == "rooms":
         return f"20 rooms, {phase['count']:,} viewers ({phase['count'] // 20} per room)"
+    if phase["kind"] == "alone":
+        return f"burst of 50 callers, {phase['count']:,} project viewers alone (no relay viewers)"
     return f"burst of 50 callers, {phase['count']:,} viewers"
 
 
@@ -435,6 +438,8 @@ def render(results, *, command, previous=""):
     )
     add("")
 
+    add(render_profile(results.get("profile"), previous))
+
     add("## Choices\n")
     add(
         "The variants of issue 5, point 5, measured in this run: the channel layer "
@@ -502,6 +507,12 @@ def render(results, *, command, previous=""):
             "ms",
         ),
         (
+            "burst (200 viewers, project alone) complete within 3 s",
+            "alone-200",
+            lambda p: (p["burst"]["project"]["max"], 3000.0),
+            "ms",
+        ),
+        (
             "burst (1,000 viewers) complete within 3 s",
             "burst-1000",
             lambda p: (p["burst"]["project"]["max"], 3000.0),
@@ -559,4 +570,55 @@ def render(results, *, command, previous=""):
     add("## Notes from this run\n")
     add("\n".join(f"- {n}" for n in notes) if notes else "- none: every viewer connected, every scenario settled.")
     add("")
+    return "\n".join(out)
+
+
+def render_profile(config, previous=""):
+    """The web process under cProfile during the 1,000-viewer scenario: where its time goes."""
+    out = ["## Where the web process's time goes (profile)\n"]
+    if not config:
+        out.append("Not run (`--quick`).\n")
+        return "\n".join(out)
+    prof = config.get("profile") or {}
+    phase = config["phases"][0] if config.get("phases") else None
+    if not prof or prof.get("error") or not phase:
+        out.append(f"No profile in this run: {prof.get('error') if prof else 'no data'}.\n")
+        return "\n".join(out)
+    frames = phase["viewers"] * phase["project"]["frames_per_viewer"]
+    out.append(
+        f"One daphne process run as `python -m cProfile -o … -m daphne …` (configuration `profile`: the default "
+        f"layer, one web process) for its whole life: {phase['viewers']:,} viewers connecting (handshake, "
+        f"session, snapshot), then the one-room scenario ({phase['room_events']:,} room events, about "
+        f"{frames:,.0f} frames delivered). cProfile slows Python code down, so this configuration's latencies "
+        f"are not reported; its shares are what counts. Profiled time in the event loop's thread: "
+        f"{prof['total_s']:.1f} s (database calls run in threads and are not in it).\n"
+    )
+    total = prof["total_s"] or 1.0
+    out.append("Own time by area:\n")
+    out.append(
+        table(
+            ["area", "own s", "share"],
+            [[a["area"], fmt(a["own_s"], 2), f"{100 * a['own_s'] / total:.0f} %"] for a in prof["areas"]],
+        )
+    )
+    out.append("\nEntry points (cumulative time, including what they call):\n")
+    out.append(
+        table(
+            ["entry point", "calls", "cumulative s", "µs per call"],
+            [
+                [e["entry"], f"{e['calls']:,}", fmt(e["cum_s"], 2), fmt(1e6 * e["cum_s"] / max(1, e["calls"]))]
+                for e in prof["entries"]
+            ],
+        )
+    )
+    out.append("\n<details><summary>The 25 functions with the most own time</summary>\n")
+    out.append(
+        table(
+            ["function", "calls", "own s", "cumulative s"],
+            [[f"`{f['function']}`", f"{f['calls']:,}", fmt(f["own_s"], 2), fmt(f["cum_s"], 2)] for f in prof["top"]],
+        )
+    )
+    out.append("\n</details>\n")
+    out.append(keep_prose(previous, "profile"))
+    out.append("")
     return "\n".join(out)

@@ -58,13 +58,23 @@ CONFIGS = {
     "pubsub-1": {"settings": "bench.settings_pubsub", "webs": 1, "label": "RedisPubSubChannelLayer, 1 daphne"},
     "core-2": {"settings": "conferencesite.settings", "webs": 2, "label": "RedisChannelLayer, 2 daphne"},
     "pubsub-2": {"settings": "bench.settings_pubsub", "webs": 2, "label": "RedisPubSubChannelLayer, 2 daphne"},
+    # Not a variant: the default configuration with daphne under cProfile, for where the web process's time goes.
+    "profile": {
+        "settings": "conferencesite.settings",
+        "webs": 1,
+        "profile": True,
+        "label": "RedisChannelLayer, 1 daphne under cProfile",
+    },
 }
 QUICK_PLAN = [("core-1", ["one-1", "one-200", "burst-200"])]
+# "alone": the burst again with the project's viewers only (the relay keeps its clock, no viewers), so
+# the relay's own fan-out of every raw ARI frame does not compete for the cores.
 FULL_PLAN = [
-    ("core-1", ["one-1", "one-50", "one-200", "burst-200", "one-1000", "burst-1000", "rooms-200"]),
+    ("core-1", ["one-1", "one-50", "one-200", "burst-200", "one-1000", "burst-1000", "rooms-200", "alone-200"]),
     ("pubsub-1", ["one-200", "burst-200", "one-1000", "burst-1000"]),
-    ("core-2", ["one-200", "burst-200", "one-1000", "burst-1000"]),
+    ("core-2", ["one-200", "burst-200", "one-1000", "burst-1000", "alone-200"]),
     ("pubsub-2", ["one-200", "burst-200", "one-1000", "burst-1000"]),
+    ("profile", ["one-200"]),
 ]
 
 
@@ -137,6 +147,8 @@ class Bench:
         self.args = args
         self.quick = args.quick
         self.plan = QUICK_PLAN if args.quick else FULL_PLAN
+        if getattr(args, "only", None):
+            self.plan = [(item.split(":")[0], item.split(":")[1].split(",")) for item in args.only]
         self.log_dir = Path(tempfile.mkdtemp(prefix="conference-bench-"))
         self.procs = infra.Processes(self.log_dir)
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bench-ari")
@@ -149,6 +161,7 @@ class Bench:
         self.waited = 0.0
         self.watcher = None
         self.web_names, self.ports, self.worker_name = [], [], None
+        self.profile_path = None
 
     def own_pids(self):
         return self.procs.pids() | {client.pid for client in self.clients if client.pid}
@@ -271,11 +284,11 @@ class Bench:
             port = WEB_PORT + i
             if infra.port_open(port):
                 raise BenchError(f"port {port} is taken")
-            proc = self.procs.start(
-                f"web{i + 1}-{name}",
-                [infra.DAPHNE, "-b", "127.0.0.1", "-p", str(port), "conferencesite.asgi:application"],
-                infra.base_env(config["settings"]),
-            )
+            command = [infra.DAPHNE, "-b", "127.0.0.1", "-p", str(port), "conferencesite.asgi:application"]
+            if config.get("profile"):
+                self.profile_path = self.log_dir / f"web{i + 1}-{name}.prof"
+                command = [infra.VENV_PY, "-m", "cProfile", "-o", str(self.profile_path), "-m", "daphne", *command[1:]]
+            proc = self.procs.start(f"web{i + 1}-{name}", command, infra.base_env(config["settings"]))
             self.web_names.append(f"web{i + 1}-{name}")
             self.ports.append(port)
             infra.wait_port(port, 60, proc)
@@ -357,7 +370,8 @@ class Bench:
                     "origin": f"http://127.0.0.1:{port}",
                 }
             )
-            relay_specs.append(self.relay_spec("relay", f"r{i}"))
+            if layout != "alone":
+                relay_specs.append(self.relay_spec("relay", f"r{i}"))
         started = time.time()
         relay_reply, project_reply = both(
             [
@@ -495,7 +509,7 @@ class Bench:
         self.notes_for_phase = []
         if self.ari.channels():
             self.ari.cleanup()
-        layout = "rooms" if kind == "rooms" else "one"
+        layout = kind if kind in ("rooms", "alone") else "one"
         connect = self.ensure_viewers(layout, count)
         rooms = self.rooms if kind == "rooms" else [self.rooms[0]]
         start_seqs, _ = self.room_state(rooms)
@@ -504,7 +518,7 @@ class Bench:
         cpu_before = self.cpu_snapshot()
         t_start = time.time()
         log(f"{config_name} {phase_name}: calls")
-        if kind == "burst":
+        if kind in ("burst", "alone"):
             callers, hold, burst = self.script_burst(rooms[0])
         else:
             callers, hold, burst = self.script_calls(
@@ -600,7 +614,11 @@ class Bench:
                     self.results["notes"].append(note)
             else:
                 raise BenchError(f"{config_name}: disturbed {MAX_ATTEMPTS} times by other sandbox users")
-            self.results["configs"].append(config)
+            if CONFIGS[config_name].get("profile"):
+                config["profile"] = analysis.web_profile(self.profile_path)
+                self.results["profile"] = config
+            else:
+                self.results["configs"].append(config)
         self.results["seconds"] = time.time() - self.started_at
         self.results["waited"] = self.waited
 
@@ -655,6 +673,13 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="1 and 200 viewers and a burst, no variants (< 3 min)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "performance.md"), help="the report to write")
     parser.add_argument("--keep-asterisk", action="store_true", help="leave a sandbox this run started running")
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="CONFIG:PHASE,PHASE",
+        help="run just these phases (repeatable), e.g. --only core-1:one-200,alone-200 --only profile:one-1000; "
+        "for trying changes, not for the report",
+    )
     args = parser.parse_args(argv)
 
     # Waiting for other sandbox users included: the run itself takes < 3 (quick) or ~15 minutes.
@@ -671,6 +696,8 @@ def main(argv=None):
     signal.alarm(limit)
     bench = Bench(args)
     command = ".venv/bin/python bench/run.py" + (" --quick" if args.quick else "")
+    if args.only:
+        command += "".join(f" --only {item}" for item in args.only)
     ok = False
     try:
         bench.run()

@@ -34,11 +34,8 @@ RATE_BURST = 20  # frames it may send at once
 REPLY_TIMEOUT = moderation.REQUEST_TTL + 2
 # How often an open socket checks that its login session still exists and
 # has not expired (logout is pushed at once; expiry is found by looking), and
-# that it has not missed the room's last event (see _catch_up).
+# that it has not lost the room's last event (see _watch_session).
 SESSION_CHECK_SECONDS = 30.0
-# How long an event the database already counts may still be on its way
-# through the channel layer before the socket counts it as lost.
-IN_FLIGHT_GRACE_SECONDS = 2.0
 
 
 def _conference(slug):
@@ -81,8 +78,11 @@ def _session_alive(session_key, user_id):
     return get_user_model().objects.filter(pk=user_id, is_active=True).exists()
 
 
-def _room_seq(conference_id):
-    return Conference.objects.filter(pk=conference_id).values_list("seq", flat=True).first()
+def _session_alive_and_room_seq(session_key, user_id, conference_id):
+    """One thread hop and one connection for the periodic check of an open socket."""
+    if not _session_alive(session_key, user_id):
+        return False, None
+    return True, Conference.objects.filter(pk=conference_id).values_list("seq", flat=True).first()
 
 
 def _server_connected(server_id):
@@ -111,7 +111,25 @@ class TokenBucket:
         return True
 
 
-class ConferenceConsumer(AsyncWebsocketConsumer):
+class FanOutConsumer(AsyncWebsocketConsumer):
+    """Room events skip Channels' per-message thread hop.
+
+    ``AsyncConsumer.dispatch`` runs ``close_old_connections`` in a thread
+    (``aclose_old_connections``) before every handler. A room event reaches
+    every socket watching the room, and its handler only forwards text: in
+    the profile of the 1,000-viewer benchmark that hop was the largest single
+    cost of the fan-out (docs/performance.md). Handlers that read the database
+    go through ``database_sync_to_async``, which closes stale connections itself.
+    """
+
+    async def dispatch(self, message):
+        if message.get("type") == broadcast.ROOM_EVENT:
+            await self.room_event(message)
+            return
+        await super().dispatch(message)
+
+
+class ConferenceConsumer(FanOutConsumer):
     """Streams a room's events to one browser and carries its moderator actions to the worker."""
 
     async def connect(self):
@@ -150,13 +168,25 @@ class ConferenceConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_discard(group, self.channel_name)
 
     async def _watch_session(self):
+        """Every SESSION_CHECK_SECONDS: is the login still valid, and was the room's last event lost?
+
+        A gap in seq makes the page ask for a snapshot, but only when a later
+        event arrives: an event the channel layer dropped (over capacity, Redis
+        restarted) at the end of a burst would leave the roster wrong until the
+        room's next event. So the check also reads the room's seq: when the
+        socket is behind it and has received nothing since the previous check,
+        the missing events are not merely queued behind others (a socket that
+        lags under load keeps advancing) but lost, and a fresh snapshot repairs
+        the roster, within two check periods.
+        """
         session_key = getattr(self.scope.get("session"), "session_key", None)
+        seq_at_last_check = None
         while True:
             await asyncio.sleep(SESSION_CHECK_SECONDS)
             try:
-                alive = await db(_session_alive)(session_key, self.scope["user"].pk)
-                if alive:
-                    await self._catch_up()
+                alive, room_seq = await db(_session_alive_and_room_seq)(
+                    session_key, self.scope["user"].pk, self.conference.pk
+                )
             except DatabaseError as exc:
                 # The database is briefly unavailable: look again next time.
                 logger.warning("room socket check failed: %s", exc)
@@ -164,28 +194,15 @@ class ConferenceConsumer(AsyncWebsocketConsumer):
             if not alive:
                 await self.close(CLOSE_NOT_LOGGED_IN)
                 return
-
-    async def _catch_up(self):
-        """Send a fresh snapshot when the room's last event never arrived.
-
-        A gap in seq makes the page ask for a snapshot, but only when a later
-        event arrives: an event the channel layer dropped (over capacity, Redis
-        restarted) at the end of a burst would leave the roster wrong until the
-        room's next event. The database's seq says what the socket should have
-        seen; what is still missing after a grace for events in flight was lost.
-        """
-        room_seq = await db(_room_seq)(self.conference.pk)
-        if room_seq is None or room_seq <= self.last_seq:
-            return
-        await asyncio.sleep(IN_FLIGHT_GRACE_SECONDS)
-        if self.last_seq < room_seq:
-            logger.info(
-                "room %s: socket at seq %s missed events up to %s, sending a snapshot",
-                self.conference.pk,
-                self.last_seq,
-                room_seq,
-            )
-            await self.send_snapshot()
+            if room_seq is not None and room_seq > self.last_seq and self.last_seq == seq_at_last_check:
+                logger.info(
+                    "room %s: socket stuck at seq %s while the room is at %s, sending a snapshot",
+                    self.conference.pk,
+                    self.last_seq,
+                    room_seq,
+                )
+                await self.send_snapshot()
+            seq_at_last_check = self.last_seq
 
     async def send_snapshot(self):
         snapshot = await db(_snapshot)(self.conference.pk, self.scope["user"])
@@ -315,7 +332,7 @@ def _visible_rooms(user):
     return [(room.pk, broadcast.conference_state(room, counts.get(room.pk, 0))) for room in rooms]
 
 
-class RoomListConsumer(AsyncWebsocketConsumer):
+class RoomListConsumer(FanOutConsumer):
     """Live counts for the room list: the rooms a user may see, and their conference.updated frames only."""
 
     async def connect(self):
