@@ -352,13 +352,14 @@ class Bench:
         if self.layout != layout:
             if self.layout is not None:
                 both([(relay_client, ("close",)), (project_client, ("close",))], 120)
+                self.wait_web_quiet()
             relay_client.call("connect", [self.relay_spec("clock")], 1, 20, timeout=60)
             self.layout, self.connected = layout, 0
         if count <= self.connected:
             return None
         project_specs, relay_specs = [], []
         for i in range(self.connected, count):
-            room = self.rooms[0] if layout == "one" else self.rooms[i % ROOMS]
+            room = self.rooms[i % ROOMS] if layout == "rooms" else self.rooms[0]
             port = self.ports[i % len(self.ports)]
             project_specs.append(
                 {
@@ -391,6 +392,16 @@ class Bench:
         )
         self.connected = count
         return project_reply
+
+    def wait_web_quiet(self, timeout=60.0):
+        """Let the web processes finish closing the sockets of the previous layout before new ones connect."""
+        pids = [self.procs.procs[n].pid for n in self.web_names]
+        end = time.time() + timeout
+        while time.time() < end:
+            before = sum(infra.cpu_seconds(pid) or 0.0 for pid in pids)
+            time.sleep(1.0)
+            if sum(infra.cpu_seconds(pid) or 0.0 for pid in pids) - before < 0.05 * len(pids):
+                return
 
     def relay_spec(self, kind, ident="clock"):
         return {"kind": kind, "id": ident, "url": f"ws://127.0.0.1:{RELAY_PORT}/"}
@@ -564,6 +575,8 @@ class Bench:
             "relay": relay_results,
             "project": project_results,
         }
+        if os.environ.get("BENCH_DUMP_PHASES"):
+            (self.log_dir / f"phase-{config_name}-{phase_name}.json").write_text(json.dumps(phase, default=str))
         metrics = analysis.analyze_phase(phase)
         metrics.update(
             name=phase_name,
