@@ -440,6 +440,7 @@ def render(results, *, command, previous=""):
 
     add(render_profile(results.get("profile"), previous))
 
+    variants = [c for c in configs if c.get("variant", True)]
     add("## Choices\n")
     add(
         "The variants of issue 5, point 5, measured in this run: the channel layer "
@@ -448,7 +449,7 @@ def render(results, *, command, previous=""):
         "bench.settings_pubsub`) and one against two daphne processes sharing Redis (viewers split evenly).\n"
     )
     rows = []
-    for config in configs:
+    for config in variants:
         cells = [f"`{config['name']}`", config["label"]]
         for name in ("one-200", "one-1000"):
             p = phase_of(config, name)
@@ -493,7 +494,7 @@ def render(results, *, command, previous=""):
 
     add("## Findings\n")
     add("The targets of issue 5 against this run (✅ met, ❌ not met, – not measured):\n")
-    header = ["target"] + [f"`{c['name']}`" for c in configs]
+    header = ["target"] + [f"`{c['name']}`" for c in variants]
     targets = [
         ("200 viewers: project p50 ≤ 2× relay", "one-200", lambda p: (p["ratio"]["p50"], 2.0), "ratio"),
         ("200 viewers: project p99 ≤ 1.5× relay", "one-200", lambda p: (p["ratio"]["p99"], 1.5), "ratio"),
@@ -528,7 +529,7 @@ def render(results, *, command, previous=""):
     rows = []
     for label, phase_name, pick, unit in targets:
         cells = [label]
-        for config in configs:
+        for config in variants:
             p = phase_of(config, phase_name)
             if p is None:
                 cells.append("–")

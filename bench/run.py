@@ -58,6 +58,13 @@ CONFIGS = {
     "pubsub-1": {"settings": "bench.settings_pubsub", "webs": 1, "label": "RedisPubSubChannelLayer, 1 daphne"},
     "core-2": {"settings": "conferencesite.settings", "webs": 2, "label": "RedisChannelLayer, 2 daphne"},
     "pubsub-2": {"settings": "bench.settings_pubsub", "webs": 2, "label": "RedisPubSubChannelLayer, 2 daphne"},
+    # Not a variant: the default layer with capacity 10, so that a burst overflows it and viewers must resync.
+    "drops": {
+        "settings": "bench.settings_small_capacity",
+        "webs": 1,
+        "variant": False,
+        "label": "RedisChannelLayer with capacity 10 (forced drops), 1 daphne",
+    },
     # Not a variant: the default configuration with daphne under cProfile, for where the web process's time goes.
     "profile": {
         "settings": "conferencesite.settings",
@@ -74,6 +81,7 @@ FULL_PLAN = [
     ("pubsub-1", ["one-200", "burst-200", "one-1000", "burst-1000"]),
     ("core-2", ["one-200", "burst-200", "one-1000", "burst-1000", "alone-200"]),
     ("pubsub-2", ["one-200", "burst-200", "one-1000", "burst-1000"]),
+    ("drops", ["burst-200"]),
     ("profile", ["one-200"]),
 ]
 
