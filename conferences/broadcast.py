@@ -136,7 +136,7 @@ def _group_send(group, message):
         logger.exception("group %s: sending %s failed", group, message.get("type"))
 
 
-def room_message(frame):
+def room_message(frame, conference_id=None):
     """The channel-layer message of a room frame, serialised once for every watcher.
 
     ``text`` is what goes to browsers as is (no per-socket JSON encoding);
@@ -144,6 +144,7 @@ def room_message(frame):
     """
     return {
         "type": ROOM_EVENT,
+        "conference": conference_id,
         "kind": frame["type"],
         "seq": frame.get("seq"),
         "text": json.dumps(frame, separators=(",", ":")),
@@ -152,12 +153,12 @@ def room_message(frame):
 
 def send_to_room(conference_id, frame):
     """Send one frame to every watcher of a room. Call only after the change committed."""
-    _group_send(room_group(conference_id), room_message(frame))
+    _group_send(room_group(conference_id), room_message(frame, conference_id))
 
 
 def send_room_access_changed(conference_id):
     """Tell a room's sockets to check their viewer's grants again."""
-    _group_send(room_group(conference_id), {"type": "access.changed"})
+    _group_send(room_group(conference_id), {"type": "access.changed", "conference": conference_id})
 
 
 def send_user_access_changed(user_id):

@@ -2,9 +2,10 @@
 
 Refusals are sent as close codes after accepting (4401 not logged in, 4403
 no access, 4404 no such room): a handshake refused with an HTTP status looks
-like a network error to a browser. The consumer joins the room's group before
-it builds the snapshot, so no event falls between them; events the snapshot
-already contains (seq not above it) are not sent again.
+like a network error to a browser. Room events reach a socket through its
+process's hub (conferences/fanout.py), which it joins before it builds the
+snapshot, so no event falls between them: events that arrive meanwhile wait,
+and those the snapshot already contains (seq not above it) are not sent again.
 """
 
 import asyncio
@@ -17,7 +18,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.db import DatabaseError, transaction
 from django.db.models import Count
 
-from conferences import access, broadcast, moderation
+from conferences import access, broadcast, fanout, moderation
 from conferences.models import AsteriskServer, Conference, Participant
 
 logger = logging.getLogger(__name__)
@@ -112,14 +113,16 @@ class TokenBucket:
 
 
 class FanOutConsumer(AsyncWebsocketConsumer):
-    """Room events skip Channels' per-message thread hop.
+    """Room events that come through the socket's own channel skip Channels' per-message thread hop.
 
     ``AsyncConsumer.dispatch`` runs ``close_old_connections`` in a thread
     (``aclose_old_connections``) before every handler. A room event reaches
     every socket watching the room, and its handler only forwards text: in
-    the profile of the 1,000-viewer benchmark that hop was the largest single
-    cost of the fan-out (docs/performance.md). Handlers that read the database
-    go through ``database_sync_to_async``, which closes stale connections itself.
+    a profile of the benchmark that hop was the largest single cost of the
+    fan-out (docs/performance.md). Handlers that read the database go through
+    ``database_sync_to_async``, which closes stale connections itself. (The
+    room page's sockets get room events from the hub, which calls
+    ``room_event`` directly; the room list's sockets get them here.)
     """
 
     async def dispatch(self, message):
@@ -134,6 +137,9 @@ class ConferenceConsumer(FanOutConsumer):
 
     async def connect(self):
         self.conference = None
+        self.hub = None
+        self.snapshot_pending = False
+        self.waiting_events = []
         self.last_seq = 0
         self.pending = {}
         self.bucket = TokenBucket(RATE_PER_SECOND, RATE_BURST)
@@ -151,15 +157,21 @@ class ConferenceConsumer(FanOutConsumer):
             return
         self.conference = conference
         self.session_watch = asyncio.create_task(self._watch_session())
-        self.groups_joined = [broadcast.room_group(conference.pk), broadcast.user_group(user.pk)]
+        self.groups_joined = [broadcast.user_group(user.pk)]
         session_key = getattr(self.scope.get("session"), "session_key", None)
         if session_key:
             self.groups_joined.append(broadcast.session_group(session_key))
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
+        # Room events come through the process's hub; they wait while the snapshot is built.
+        self.snapshot_pending = True
+        self.hub = fanout.hub_for(self.channel_layer)
+        await self.hub.join(conference.pk, self)
         await self.send_snapshot()
 
     async def disconnect(self, code):
+        if getattr(self, "hub", None) is not None:
+            await self.hub.leave(self.conference.pk, self)
         if getattr(self, "session_watch", None):
             self.session_watch.cancel()
         for task, _request_id in self.pending.values():
@@ -205,9 +217,16 @@ class ConferenceConsumer(FanOutConsumer):
             seq_at_last_check = self.last_seq
 
     async def send_snapshot(self):
-        snapshot = await db(_snapshot)(self.conference.pk, self.scope["user"])
-        self.last_seq = snapshot["seq"]
-        await self.send_frame(snapshot)
+        self.snapshot_pending = True
+        try:
+            snapshot = await db(_snapshot)(self.conference.pk, self.scope["user"])
+            self.last_seq = snapshot["seq"]
+            await self.send_frame(snapshot)
+        finally:
+            self.snapshot_pending = False
+            waiting, self.waiting_events = self.waiting_events, []
+            for message in waiting:
+                await self.room_event(message)
 
     async def send_frame(self, frame):
         await self.send(text_data=json.dumps(frame))
@@ -294,6 +313,9 @@ class ConferenceConsumer(FanOutConsumer):
     # --- from the channel layer -----------------------------------------------------
 
     async def room_event(self, message):
+        if self.snapshot_pending:
+            self.waiting_events.append(message)
+            return
         seq = message.get("seq")
         if seq is not None:
             if seq <= self.last_seq:

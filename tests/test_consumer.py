@@ -395,6 +395,72 @@ async def test_room_events_are_forwarded_without_a_thread_hop(connect, viewer, r
     assert len(hops) > before
 
 
+async def test_events_that_arrive_while_the_snapshot_is_built_follow_it(connect, viewer, room, monkeypatch):
+    """An event broadcast while the snapshot is read waits and is sent after it, never before."""
+    from conferences import broadcast
+
+    real = consumers._snapshot
+
+    def slow_snapshot(conference_id, user):
+        snapshot = real(conference_id, user)
+        # Committed just after the snapshot's read: the hub hands it over while the socket still waits.
+        broadcast.send_to_room(conference_id, {"type": "participant.updated", "seq": snapshot["seq"] + 1})
+        import time
+
+        time.sleep(0.3)
+        return snapshot
+
+    monkeypatch.setattr(consumers, "_snapshot", slow_snapshot)
+    communicator, _ = await connect(viewer)
+    first, second = await frame(communicator), await frame(communicator)
+    assert first["type"] == "snapshot"
+    assert second == {"type": "participant.updated", "seq": first["seq"] + 1}
+
+
+async def test_one_group_membership_per_process_and_room(connect, viewer, room, make_user, grant):
+    """The room's group holds the process's hub, not every socket; it is left with the last socket."""
+    from conferences import broadcast
+
+    other = await db(make_user)("other-viewer")
+    await db(grant)(room, user=other)
+    layer = channel_layers["default"]
+    first, _ = await connect(viewer)
+    second, _ = await connect(other)
+    await frame(first), await frame(second)
+    group = broadcast.room_group(room.pk)
+    assert len(layer.groups[group]) == 1
+    await db(broadcast.send_to_room)(room.pk, {"type": "participant.updated", "seq": 10**6})
+    assert (await frame(first))["seq"] == 10**6 and (await frame(second))["seq"] == 10**6
+    await first.disconnect()
+    assert len(layer.groups[group]) == 1
+    await second.disconnect()
+    assert not layer.groups.get(group)
+
+
+async def test_a_failing_hub_closes_its_sockets_so_pages_reconnect(connect, viewer, room, monkeypatch):
+    """When the hub's receive fails (Redis gone), its sockets close with 1011 instead of going quiet."""
+    from conferences import broadcast, fanout
+
+    communicator, _ = await connect(viewer)
+    snapshot = await frame(communicator)
+    layer = channel_layers["default"]
+    hub = fanout.hub_for(layer)
+    real = type(layer).receive
+
+    async def failing(self, channel):
+        message = await real(self, channel)
+        if channel == hub.channel and message.get("type") == "test.fail":
+            raise ConnectionError("the channel layer went away")
+        return message
+
+    monkeypatch.setattr(type(layer), "receive", failing)
+    # The hub's receive in progress returns this one; its next receive is the failing one.
+    await db(broadcast.send_to_room)(room.pk, {"type": "participant.updated", "seq": snapshot["seq"] + 1})
+    assert (await frame(communicator))["seq"] == snapshot["seq"] + 1
+    await layer.send(hub.channel, {"type": "test.fail"})
+    assert await closed_with(communicator) == 1011
+
+
 async def test_a_lost_last_event_is_repaired_by_a_fresh_snapshot(connect, viewer, room, make_participant, monkeypatch):
     """The room's last event never reaches the socket (dropped by the layer): the periodic check sends a snapshot."""
     monkeypatch.setattr(consumers, "SESSION_CHECK_SECONDS", 0.2)
