@@ -132,10 +132,11 @@ def channel_layers_for(redis_url):
                 # socket_timeout=None: a consumer's blocking receive waits as long
                 # as the room is quiet (django/channels_redis#422).
                 "hosts": [{"address": redis_url, "socket_timeout": None}],
-                # Room events one web process may have waiting (in Redis, and
-                # per socket in the process). The default of 100 dropped events
-                # when 50 callers joined a room watched by 1,000 sockets of one
-                # process (docs/performance.md); a drop costs a resync.
+                # Messages one channel may have waiting: a web process's room
+                # hub receives every event of the rooms it serves on one. The
+                # default of 100 dropped events when 50 callers joined a room
+                # watched by 1,000 sockets of one slow process
+                # (docs/performance.md); a drop costs a resync.
                 "capacity": 1000,
             },
         }
