@@ -22,6 +22,8 @@ from conferences import broadcast
 logger = logging.getLogger(__name__)
 
 CLOSE_LAYER_FAILED = 1011
+# How often a hub renews its group memberships (channels_redis forgets members after a day).
+REFRESH_SECONDS = 3600.0
 
 _hubs = weakref.WeakKeyDictionary()  # channel layer -> RoomHub
 
@@ -40,6 +42,7 @@ class RoomHub:
         self.loop = loop
         self.channel = None
         self.task = None
+        self.refresher = None
         self.rooms = defaultdict(set)  # conference id -> consumers
         self.lock = asyncio.Lock()
 
@@ -51,9 +54,24 @@ class RoomHub:
                 # leave the hub waiting behind the sockets' receive.
                 self.channel = await self.layer.new_channel()
                 self.task = self.loop.create_task(self._run(self.channel))
-            if not self.rooms[conference_id]:
-                await self.layer.group_add(broadcast.room_group(conference_id), self.channel)
+                self.refresher = self.loop.create_task(self._refresh(self.channel))
+            # Every join also renews the membership's age: the layer forgets members
+            # older than its group_expiry (a day), and a wall display stays for longer.
+            await self.layer.group_add(broadcast.room_group(conference_id), self.channel)
             self.rooms[conference_id].add(consumer)
+
+    async def _refresh(self, channel):
+        """Renew the hub's memberships while it serves rooms, well inside the layer's group expiry."""
+        while True:
+            await asyncio.sleep(REFRESH_SECONDS)
+            async with self.lock:
+                if self.channel != channel:
+                    return  # this hub's channel failed; a new one renews its own
+                for conference_id in list(self.rooms):
+                    try:
+                        await self.layer.group_add(broadcast.room_group(conference_id), channel)
+                    except Exception as exc:  # noqa: BLE001 (retried at the next round)
+                        logger.warning("room %s: renewing the group membership failed: %s", conference_id, exc)
 
     async def leave(self, conference_id, consumer):
         async with self.lock:

@@ -437,6 +437,23 @@ async def test_one_group_membership_per_process_and_room(connect, viewer, room, 
     assert not layer.groups.get(group)
 
 
+async def test_the_hub_renews_its_group_membership_before_the_layer_forgets_it(connect, viewer, room, monkeypatch):
+    """A room watched for longer than the layer's group expiry (a day: wall displays) keeps getting events."""
+    from conferences import broadcast, fanout
+
+    monkeypatch.setattr(fanout, "REFRESH_SECONDS", 0.2)
+    layer = channel_layers["default"]
+    communicator, _ = await connect(viewer)
+    snapshot = await frame(communicator)
+    group = broadcast.room_group(room.pk)
+    hub_channel = fanout.hub_for(layer).channel
+    first_added = layer.groups[group][hub_channel]
+    await asyncio.sleep(0.6)
+    assert layer.groups[group][hub_channel] > first_added
+    await db(broadcast.send_to_room)(room.pk, {"type": "participant.updated", "seq": snapshot["seq"] + 1})
+    assert (await frame(communicator))["seq"] == snapshot["seq"] + 1
+
+
 async def test_a_failing_hub_closes_its_sockets_so_pages_reconnect(connect, viewer, room, monkeypatch):
     """When the hub's receive fails (Redis gone), its sockets close with 1011 instead of going quiet."""
     from conferences import broadcast, fanout
