@@ -132,6 +132,21 @@ def rss_kib(pid):
     return 0
 
 
+def database_url():
+    """The test database's URL, for processes that share it with the test (PostgreSQL only)."""
+    import pytest
+    from django.db import connection
+
+    settings = connection.settings_dict
+    if connection.vendor != "postgresql":
+        pytest.fail("process tests share the test database with a subprocess: run them on PostgreSQL")
+    user = settings["USER"]
+    password = f":{settings['PASSWORD']}" if settings["PASSWORD"] else ""
+    return (
+        f"postgres://{user}{password}@{settings['HOST'] or '127.0.0.1'}:{settings['PORT'] or 5432}/{settings['NAME']}"
+    )
+
+
 def base_env(database_url, redis_url):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "ARI_", "DATABASE_URL", "REDIS_URL"))}
     env.update(DATABASE_URL=database_url, REDIS_URL=redis_url, PYTHONUNBUFFERED="1")

@@ -15,8 +15,7 @@ from django.contrib.auth.models import User
 from conferences.models import AsteriskServer, Conference, ConferenceAccess
 from tests.live import db, present_channels
 from tests.sandbox import eventually
-from tests.stack import ROOT, Processes, base_env
-from tests.test_worker_process import database_url
+from tests.stack import ROOT, Processes, base_env, database_url
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

@@ -11,8 +11,7 @@ from django.db import connection, connections
 from conferences.models import AsteriskServer, Conference
 from tests.live import db, present_channels, roster_matches_bridge, wait_roster
 from tests.sandbox import eventually
-from tests.stack import OwnRedis, Processes, Viewer, base_env, make_sessions
-from tests.test_worker_process import database_url
+from tests.stack import OwnRedis, Processes, Viewer, base_env, database_url, make_sessions
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 

@@ -12,7 +12,7 @@ import requests
 from conferences.models import AsteriskServer, Conference
 from tests.live import db, present_channels
 from tests.sandbox import eventually
-from tests.test_worker_process import ROOT, database_url
+from tests.stack import ROOT, database_url
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 

@@ -21,8 +21,7 @@ from django.contrib.auth.models import User
 from conferences.models import AsteriskServer, Conference
 from tests.live import db, roster_matches_bridge
 from tests.sandbox import eventually
-from tests.stack import ROOT, OwnRedis, Processes, Viewer, base_env, make_sessions, rss_kib
-from tests.test_worker_process import database_url
+from tests.stack import ROOT, OwnRedis, Processes, Viewer, base_env, database_url, make_sessions, rss_kib
 
 pytestmark = [pytest.mark.integration, pytest.mark.soak, pytest.mark.django_db(transaction=True)]
 

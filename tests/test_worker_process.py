@@ -9,26 +9,15 @@ from pathlib import Path
 
 import pytest
 import websockets
-from django.db import connection
 
 from conferences.models import AsteriskServer, Participant
 from tests.live import db, present_channels, roster_matches_bridge
 from tests.sandbox import eventually
+from tests.stack import database_url
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def database_url():
-    settings = connection.settings_dict
-    if connection.vendor != "postgresql":
-        pytest.fail("worker process tests share the test database with a subprocess: run them on PostgreSQL")
-    user = settings["USER"]
-    password = f":{settings['PASSWORD']}" if settings["PASSWORD"] else ""
-    return (
-        f"postgres://{user}{password}@{settings['HOST'] or '127.0.0.1'}:{settings['PORT'] or 5432}/{settings['NAME']}"
-    )
 
 
 @pytest.fixture
