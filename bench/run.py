@@ -641,6 +641,7 @@ class Bench:
             else:
                 self.results["configs"].append(config)
         self.results["seconds"] = time.time() - self.started_at
+        self.results["finished_at"] = time.time()
         self.results["waited"] = self.waited
 
     def run_config(self, config_name, phases):
@@ -695,6 +696,11 @@ def main(argv=None):
     parser.add_argument("--out", default=str(ROOT / "docs" / "performance.md"), help="the report to write")
     parser.add_argument("--keep-asterisk", action="store_true", help="leave a sandbox this run started running")
     parser.add_argument(
+        "--render",
+        metavar="RESULTS_JSON",
+        help="write the report again from a finished run's results.json (after changing only its wording)",
+    )
+    parser.add_argument(
         "--only",
         action="append",
         metavar="CONFIG:PHASE,PHASE",
@@ -702,6 +708,14 @@ def main(argv=None):
         "for trying changes, not for the report",
     )
     args = parser.parse_args(argv)
+
+    if args.render:
+        results = json.loads(Path(args.render).read_text())
+        out = Path(args.out)
+        command = results.get("command") or ".venv/bin/python bench/run.py"
+        out.write_text(report.render(results, command=command, previous=out.read_text() if out.exists() else ""))
+        log(f"wrote {out} from {args.render}")
+        return 0
 
     # Waiting for other sandbox users included: the run itself takes < 3 (quick) or ~15 minutes.
     limit = 15 * 60 if args.quick else 40 * 60
@@ -719,6 +733,7 @@ def main(argv=None):
     command = ".venv/bin/python bench/run.py" + (" --quick" if args.quick else "")
     if args.only:
         command += "".join(f" --only {item}" for item in args.only)
+    bench.results["command"] = command
     ok = False
     try:
         bench.run()
