@@ -4,10 +4,12 @@ The only module that calls ``group_send``. Services call it after their
 transaction commits; consumers join the groups named here.
 """
 
+import asyncio
 import hashlib
 import json
 import logging
 import threading
+import weakref
 from collections import deque
 from contextlib import contextmanager
 
@@ -97,8 +99,23 @@ async def send_collected(messages):
     await flush_backlog()
 
 
+# One flush at a time per event loop: the worker's event processing and its
+# heartbeat both flush, and two flushes of one deque would send its head twice
+# and then pop a message neither sent.
+_flush_locks = weakref.WeakKeyDictionary()
+
+
 async def flush_backlog():
     """Send what waits in the backlog, oldest first; stop at the first failure. Returns what is left."""
+    loop = asyncio.get_running_loop()
+    lock = _flush_locks.get(loop)
+    if lock is None:
+        lock = _flush_locks[loop] = asyncio.Lock()
+    async with lock:
+        return await _flush_backlog()
+
+
+async def _flush_backlog():
     layer = get_channel_layer()
     if layer is None:
         _backlog.clear()

@@ -201,3 +201,23 @@ async def test_messages_the_layer_refuses_wait_and_go_out_in_order(monkeypatch, 
     await broadcast.send_collected([("conference.1", frames[2])])
     assert sent == [1, 2, 3]
     assert await broadcast.flush_backlog() == 0
+
+
+async def test_concurrent_flushes_send_each_message_once_in_order(monkeypatch, fresh_layer):
+    """The worker's events and its heartbeat flush at the same time: nothing twice, nothing lost."""
+    from conferences import broadcast
+
+    sent = []
+
+    async def group_send(group, message):
+        await asyncio.sleep(0.01)  # a round trip to Redis: the other flush runs meanwhile
+        sent.append(message["seq"])
+
+    monkeypatch.setattr(fresh_layer, "group_send", group_send)
+    frames = [("conference.1", broadcast.room_message({"type": "participant.updated", "seq": n})) for n in range(1, 6)]
+    broadcast._backlog.extend(frames[:3])
+    results = await asyncio.gather(
+        broadcast.flush_backlog(), broadcast.send_collected(frames[3:]), broadcast.flush_backlog()
+    )
+    assert sent == [1, 2, 3, 4, 5]
+    assert results[0] == 0 and results[2] == 0
