@@ -144,25 +144,22 @@ ARI_PORT = {"port": 8088}
 HARMLESS = {"curl"}  # scripts/asterisk-sandbox status probes
 
 
-def ancestors():
-    """This process and the processes that started it (the shell running the bench, ...)."""
-    pids, pid = set(), os.getpid()
-    while pid > 1 and pid not in pids:
-        pids.add(pid)
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            break
-        pid = int(stat[stat.rindex(")") + 2 :].split()[1])
-    return pids
-
-
 def _parent(pid):
+    """The parent pid of ``pid`` (from /proc/<pid>/stat), or None when it is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+def ancestors():
+    """This process and the processes that started it (the shell running the bench, ...)."""
+    pids, pid = set(), os.getpid()
+    while pid is not None and pid > 1 and pid not in pids:
+        pids.add(pid)
+        pid = _parent(pid)
+    return pids
 
 
 def _connections_to(port):
