@@ -125,6 +125,12 @@ class FanOutConsumer(AsyncWebsocketConsumer):
     ``room_event`` directly; the room list's sockets get them here.)
     """
 
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            fanout.forget_channel(getattr(self, "channel_layer", None), getattr(self, "channel_name", None))
+
     async def dispatch(self, message):
         if message.get("type") == broadcast.ROOM_EVENT:
             await self.room_event(message)

@@ -12,6 +12,8 @@ import time
 
 from channels.layers import get_channel_layer
 
+from conferences import fanout
+
 ACTIONS = ("mute", "unmute", "kick", "mute_all", "unmute_all", "lock", "unlock")
 PARTICIPANT_ACTIONS = ("mute", "unmute", "kick")
 
@@ -68,4 +70,6 @@ async def request(*, server_id, conference_id, action, participant_id=None, acto
         reply = await asyncio.wait_for(layer.receive(reply_channel), timeout)
     except TimeoutError:
         return False, WORKER_DOWN
+    finally:
+        fanout.forget_channel(layer, reply_channel)
     return bool(reply.get("ok")), reply.get("error")

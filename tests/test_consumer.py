@@ -9,7 +9,7 @@ from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
 from django.db.models import F
 
-from conferences import consumers, moderation, services
+from conferences import broadcast, consumers, fanout, moderation, services
 from conferences.models import AsteriskServer, Conference, ConferenceAccess, Participant
 from conferencesite.asgi import application
 
@@ -150,7 +150,6 @@ async def test_room_events_carry_seq_and_old_ones_are_not_repeated(connect, view
     assert event["type"] == "participant.updated" and event["participant"]["talking"] is True
     assert event["seq"] == snapshot["seq"] + 1
     # A stale frame (seq already in the snapshot) is not forwarded.
-    from conferences import broadcast
 
     await db(broadcast.send_to_room)(room.pk, {"type": "participant.updated", "seq": 1, "participant": {}})
     assert await communicator.receive_nothing(timeout=0.3)
@@ -525,6 +524,62 @@ async def test_socket_idles_past_redis_timeout_on_the_redis_layer(connect, viewe
     assert await frame(communicator, timeout=5) == {"type": "asterisk.status", "connected": False}
     await communicator.disconnect()
     await channel_layers["default"].flush()
+
+
+@pytest.mark.integration
+async def test_closed_sockets_leave_nothing_in_the_redis_layers_receive_buffer(
+    connect, viewer, room, settings, redis_url
+):
+    """channels_redis keeps a queue per channel it receives on. A socket closed while its receive
+    was the one reading Redis for the whole process left its queue behind for ever (found by the
+    soak: the web process grew by one queue every minute or so)."""
+    from conferencesite.env import channel_layers_for
+
+    settings.CHANNEL_LAYERS = channel_layers_for(redis_url)
+    channel_layers.backends.clear()
+    layer = channel_layers["default"]
+    for _ in range(3):
+        # The first socket of a fresh process is the one reading Redis when it closes.
+        communicator, _ = await connect(viewer)
+        assert (await frame(communicator))["type"] == "snapshot"
+        assert len(layer.receive_buffer) == 2  # the socket's channel and the hub's
+        await communicator.disconnect()
+        assert set(layer.receive_buffer) <= {fanout.hub_for(layer).channel}
+    await layer.flush()
+
+
+@pytest.mark.integration
+async def test_messages_left_for_a_closed_socket_are_dropped_after_a_round(
+    connect, login, viewer, room, settings, redis_url
+):
+    """A message that reaches the process for a socket that has just closed would wait for ever."""
+    from conferencesite.env import channel_layers_for
+
+    settings.CHANNEL_LAYERS = channel_layers_for(redis_url)
+    channel_layers.backends.clear()
+    layer = channel_layers["default"]
+    session_key = await db(login)(viewer)
+    cookie = f"sessionid={session_key}".encode()
+    headers = [(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1"), (b"cookie", cookie)]
+    communicator = WebsocketCommunicator(application, "/ws/conferences/sales/", headers=headers)
+    assert (await communicator.connect())[0]
+    assert (await frame(communicator))["type"] == "snapshot"
+    hub = fanout.hub_for(layer)
+    gone = await layer.new_channel()  # like the channel of a socket that closed before its reply came
+    await layer.send(gone, {"type": "moderation.reply", "ok": True})
+    for _ in range(50):
+        if gone in layer.receive_buffer:
+            break
+        await asyncio.sleep(0.05)
+    assert layer.receive_buffer[gone].qsize() == 1
+    hub.sweep()
+    assert gone in layer.receive_buffer  # one round: its reader may yet come
+    hub.sweep()
+    assert gone not in layer.receive_buffer
+    # The open socket still gets what is sent to its own channel.
+    await db(broadcast.send_session_ended)(session_key)
+    assert await closed_with(communicator) == consumers.CLOSE_NOT_LOGGED_IN
+    await layer.flush()
 
 
 # --- the room list's live counts --------------------------------------------------------
