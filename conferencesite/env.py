@@ -122,12 +122,16 @@ def parse_http_url(name, url):
 
 
 def channel_layers_for(redis_url):
-    """Return CHANNEL_LAYERS: Redis when a URL is given, else the in-process layer."""
+    """Return CHANNEL_LAYERS: Redis when a URL is given, else the in-process layer.
+
+    The Redis layer is channels_redis's with reads a closing socket cannot cut
+    (conferencesite/layers.py).
+    """
     if not redis_url:
         return {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     return {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "conferencesite.layers.RedisChannelLayer",
             "CONFIG": {
                 # socket_timeout=None: a consumer's blocking receive waits as long
                 # as the room is quiet (django/channels_redis#422).

@@ -98,7 +98,7 @@ def test_ari_url_trailing_slash_removed():
 def test_channel_layers():
     assert env.channel_layers_for(None)["default"]["BACKEND"] == "channels.layers.InMemoryChannelLayer"
     redis = env.channel_layers_for("redis://127.0.0.1:6379/3")["default"]
-    assert redis["BACKEND"] == "channels_redis.core.RedisChannelLayer"
+    assert redis["BACKEND"] == "conferencesite.layers.RedisChannelLayer"
     assert redis["CONFIG"]["hosts"] == [{"address": "redis://127.0.0.1:6379/3", "socket_timeout": None}]
 
 

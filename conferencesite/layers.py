@@ -1,0 +1,59 @@
+"""The channel layer: channels_redis's RedisChannelLayer, with reads of Redis that a closing socket cannot cut.
+
+In a process, the receives of all its channels take turns reading Redis for
+all of them: the one holding channels_redis's lock pops the next message of
+the process's inbox and files it under the channel it is for. Redis hands the
+message over when it pops it; channels_redis backs it up only afterwards. So
+when the receive doing the read was cancelled in between (its socket closed),
+the message, usually someone else's, was lost: the benchmark lost about one
+moderator's reply in 400 while sockets came and went
+(tests/test_layer.py reproduces it every time).
+
+Here a read runs in a task of its own that the cancellation of the receive
+that started it does not interrupt; the next receive to read joins it and
+files its message, as channels_redis does with its own reads. Still one read
+of Redis at a time per process.
+"""
+
+import asyncio
+
+from channels_redis.core import RedisChannelLayer as BaseRedisChannelLayer
+
+
+class RedisChannelLayer(BaseRedisChannelLayer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._reads = {}  # the process's inbox -> the read under way (a task of the loop that started it)
+
+    async def receive_single(self, channel):
+        if "!" not in channel:  # a plain channel (the worker's): one reader, nothing shared
+            return await super().receive_single(channel)
+        loop = asyncio.get_running_loop()
+        read = self._reads.get(channel)
+        if read is None or read.get_loop() is not loop:
+            read = self._reads[channel] = loop.create_task(super().receive_single(channel))
+        try:
+            result = await asyncio.shield(read)
+        except asyncio.CancelledError:
+            if read.cancelled():  # the read itself was stopped (close_pools)
+                self._forget(channel, read)
+            # Otherwise the read goes on, or has finished unclaimed: the next receive to read
+            # takes its message.
+            raise
+        except BaseException:
+            self._forget(channel, read)  # its error went to this receive
+            raise
+        self._forget(channel, read)  # its message went to this receive
+        return result
+
+    def _forget(self, channel, read):
+        if self._reads.get(channel) is read:
+            del self._reads[channel]
+
+    async def close_pools(self):
+        loop = asyncio.get_running_loop()
+        for channel, read in list(self._reads.items()):
+            if read.get_loop() is loop:
+                read.cancel()
+                del self._reads[channel]
+        await super().close_pools()
