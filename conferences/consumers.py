@@ -129,7 +129,9 @@ class FanOutConsumer(AsyncWebsocketConsumer):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            fanout.forget_channel(getattr(self, "channel_layer", None), getattr(self, "channel_name", None))
+            forget = getattr(getattr(self, "channel_layer", None), "forget", None)  # conferencesite/layers.py
+            if forget is not None and getattr(self, "channel_name", None):
+                forget(self.channel_name)
 
     async def dispatch(self, message):
         if message.get("type") == broadcast.ROOM_EVENT:

@@ -28,20 +28,6 @@ REFRESH_SECONDS = 3600.0
 _hubs = weakref.WeakKeyDictionary()  # channel layer -> RoomHub
 
 
-def forget_channel(layer, channel):
-    """Drop the queue the channel layer keeps in this process for a channel no one reads any more.
-
-    channels_redis keeps one queue per channel received on in the process
-    (``receive_buffer``) and deletes it when a receive ends, except when the
-    receive is cancelled while it is the one reading Redis for all of them:
-    then the queue stays for ever. A socket closing at that moment left one
-    behind; the soak found them (about one a minute).
-    """
-    buffer = getattr(layer, "receive_buffer", None)  # only channels_redis keeps one
-    if buffer is not None and channel:
-        buffer.pop(channel, None)
-
-
 def hub_for(layer):
     loop = asyncio.get_running_loop()
     hub = _hubs.get(layer)
@@ -59,7 +45,6 @@ class RoomHub:
         self.refresher = None
         self.rooms = defaultdict(set)  # conference id -> consumers
         self.lock = asyncio.Lock()
-        self.unread = {}  # channel -> its queue in the layer's receive buffer, at the last sweep
 
     async def join(self, conference_id, consumer):
         async with self.lock:
@@ -79,7 +64,9 @@ class RoomHub:
         """Renew the hub's memberships while it serves rooms, well inside the layer's group expiry."""
         while True:
             await asyncio.sleep(REFRESH_SECONDS)
-            self.sweep()
+            sweep = getattr(self.layer, "sweep", None)  # the project's Redis layer (conferencesite/layers.py)
+            if sweep is not None:
+                sweep()
             async with self.lock:
                 if self.channel != channel:
                     return  # this hub's channel failed; a new one renews its own
@@ -88,24 +75,6 @@ class RoomHub:
                         await self.layer.group_add(broadcast.room_group(conference_id), channel)
                     except Exception as exc:  # noqa: BLE001 (retried at the next round)
                         logger.warning("room %s: renewing the group membership failed: %s", conference_id, exc)
-
-    def sweep(self):
-        """Drop messages that waited a whole round for a channel whose reader has gone.
-
-        A message can reach the process for a socket that has just closed (a
-        moderation reply, an access change racing the socket's goodbye); the
-        channel layer keeps it for a reader that never comes
-        (django/channels_redis#384). A live socket's queue is emptied as soon as
-        a message arrives, so a queue still holding messages a round later
-        belongs to no one.
-        """
-        buffer = getattr(self.layer, "receive_buffer", None)
-        if buffer is None:
-            return
-        for channel, queue in self.unread.items():
-            if buffer.get(channel) is queue and not queue.empty():
-                del buffer[channel]
-        self.unread = {channel: queue for channel, queue in buffer.items() if not queue.empty()}
 
     async def leave(self, conference_id, consumer):
         async with self.lock:

@@ -12,8 +12,6 @@ import time
 
 from channels.layers import get_channel_layer
 
-from conferences import fanout
-
 ACTIONS = ("mute", "unmute", "kick", "mute_all", "unmute_all", "lock", "unlock")
 PARTICIPANT_ACTIONS = ("mute", "unmute", "kick")
 
@@ -71,5 +69,7 @@ async def request(*, server_id, conference_id, action, participant_id=None, acto
     except TimeoutError:
         return False, WORKER_DOWN
     finally:
-        fanout.forget_channel(layer, reply_channel)
+        forget = getattr(layer, "forget", None)  # conferencesite/layers.py
+        if forget is not None:
+            forget(reply_channel)
     return bool(reply.get("ok")), reply.get("error")

@@ -13,6 +13,10 @@ Here a read runs in a task of its own that the cancellation of the receive
 that started it does not interrupt; the next receive to read joins it and
 files its message, as channels_redis does with its own reads. Still one read
 of Redis at a time per process.
+
+Two more leftovers of channels_redis are cleared here: the queue of a channel
+whose socket has finished (``forget``) and messages that reached the process
+for a socket that had just closed (``sweep``).
 """
 
 import asyncio
@@ -24,6 +28,7 @@ class RedisChannelLayer(BaseRedisChannelLayer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._reads = {}  # the process's inbox -> the read under way (a task of the loop that started it)
+        self._unread = {}  # channel -> its queue in the receive buffer, holding messages at the last sweep
 
     async def receive_single(self, channel):
         if "!" not in channel:  # a plain channel (the worker's): one reader, nothing shared
@@ -49,6 +54,32 @@ class RedisChannelLayer(BaseRedisChannelLayer):
     def _forget(self, channel, read):
         if self._reads.get(channel) is read:
             del self._reads[channel]
+
+    def forget(self, channel):
+        """Drop the queue kept in this process for a channel no one will read again.
+
+        channels_redis keeps a queue per channel that receives in the process
+        (``receive_buffer``) and deletes it when a receive ends, except when the
+        receive is cancelled while it is the one reading Redis: then the queue
+        stays for ever. A socket closing at that moment left one behind (the
+        soak: one every 50 sockets or so). Consumers call this when they finish.
+        """
+        self.receive_buffer.pop(channel, None)
+
+    def sweep(self):
+        """Drop messages that waited a whole round for a channel whose reader has gone.
+
+        A message can reach the process for a socket that has just closed (a
+        moderator's reply, an access change racing the socket's goodbye); it
+        waits for a reader that never comes (django/channels_redis#384). A live
+        channel's queue is emptied as soon as a message arrives, so one still
+        holding messages a round later belongs to no one. The room hub calls
+        this every hour.
+        """
+        for channel, queue in self._unread.items():
+            if self.receive_buffer.get(channel) is queue and not queue.empty():
+                del self.receive_buffer[channel]
+        self._unread = {channel: queue for channel, queue in self.receive_buffer.items() if not queue.empty()}
 
     async def close_pools(self):
         loop = asyncio.get_running_loop()
