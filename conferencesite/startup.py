@@ -4,8 +4,6 @@ import logging
 
 from django.db import DatabaseError
 
-from conferencesite.memory import fix_malloc_thresholds
-
 logger = logging.getLogger(__name__)
 
 
@@ -13,8 +11,7 @@ _done = []
 
 
 def on_process_start():
-    """Fix the allocator's thresholds (conferencesite/memory.py); create or update the ``default``
-    Asterisk server from ``ARI_*`` when ARI_URL is set.
+    """Create or update the ``default`` Asterisk server from ``ARI_*`` when ARI_URL is set.
 
     Runs once per process. A database that is not migrated yet is logged, not
     fatal: ``migrate`` runs the same step afterwards.
@@ -24,7 +21,6 @@ def on_process_start():
     if _done:
         return None
     _done.append(True)
-    fix_malloc_thresholds()
     try:
         server = AsteriskServer.objects.sync_default_from_settings()
     except DatabaseError as exc:
