@@ -108,6 +108,54 @@ def create_and_migrate_db():
     run([VENV_PY, "manage.py", "migrate", "--noinput", "-v0"], env=base_env(), timeout=300)
 
 
+ROOM_PK0 = 9001  # fixed primary keys: bridge ids conference-conference-90xx stay apart from the tests'
+ROOM_NUMBER0 = 88001
+
+
+def seed(rooms, sessions):
+    """Rooms bench-01 … (fixed keys and numbers) and ``sessions`` new logged-in sessions of superuser 'bench'.
+
+    In-process, after ``django.setup()`` with ``worker_env`` in the environment (the ``default``
+    server comes from ARI_URL). Returns (rooms, session keys); earlier sessions are deleted.
+    """
+    from django.contrib.auth import get_user_model
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.contrib.sessions.models import Session
+
+    from conferences.models import AsteriskServer, Conference
+
+    server = AsteriskServer.objects.sync_default_from_settings()
+    made = []
+    for i in range(rooms):
+        room, _ = Conference.objects.update_or_create(
+            pk=ROOM_PK0 + i,
+            defaults={
+                "server": server,
+                "number": str(ROOM_NUMBER0 + i),
+                "slug": f"bench-{i + 1:02d}",
+                "name": f"Bench room {i + 1}",
+                "max_participants": None,
+                "pin": "",
+                "locked": False,
+            },
+        )
+        made.append(room)
+    user_model = get_user_model()
+    user = user_model.objects.filter(username="bench").first()
+    if user is None:
+        user = user_model.objects.create_superuser("bench", "bench@example.invalid", None)
+    Session.objects.all().delete()
+    keys = []
+    for _ in range(sessions):
+        store = SessionStore()
+        store["_auth_user_id"] = str(user.pk)
+        store["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
+        store["_auth_user_hash"] = user.get_session_auth_hash()
+        store.create()
+        keys.append(store.session_key)
+    return made, keys
+
+
 def flush_redis():
     import redis
 

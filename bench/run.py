@@ -42,8 +42,6 @@ from bench.infra import BenchError, log  # noqa: E402
 WEB_PORT = 8101  # and 8102 for the second daphne
 RELAY_PORT = 8190
 ROOMS = 20
-ROOM_PK0 = 9001  # fixed primary keys: bridge ids conference-conference-90xx stay apart from the tests'
-ROOM_NUMBER0 = 88001
 SESSIONS = 1100
 FIRST_CALLER_NUMBER = 90000
 
@@ -211,42 +209,8 @@ class Bench:
         self.results["machine"] = self.machine_info()
 
     def seed(self):
-        from django.contrib.auth import get_user_model
-        from django.contrib.sessions.backends.db import SessionStore
-        from django.contrib.sessions.models import Session
-
-        from conferences.models import AsteriskServer, Conference
-
-        server = AsteriskServer.objects.sync_default_from_settings()
-        self.rooms = []
-        for i in range(ROOMS):
-            room, _ = Conference.objects.update_or_create(
-                pk=ROOM_PK0 + i,
-                defaults={
-                    "server": server,
-                    "number": str(ROOM_NUMBER0 + i),
-                    "slug": f"bench-{i + 1:02d}",
-                    "name": f"Bench room {i + 1}",
-                    "max_participants": None,
-                    "pin": "",
-                    "locked": False,
-                },
-            )
-            self.rooms.append(room)
+        self.rooms, self.sessions = infra.seed(ROOMS, SESSIONS)
         self.clear_rooms()
-        user_model = get_user_model()
-        user = user_model.objects.filter(username="bench").first()
-        if user is None:
-            user = user_model.objects.create_superuser("bench", "bench@example.invalid", None)
-        Session.objects.all().delete()
-        self.sessions = []
-        for _ in range(SESSIONS):
-            store = SessionStore()
-            store["_auth_user_id"] = str(user.pk)
-            store["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
-            store["_auth_user_hash"] = user.get_session_auth_hash()
-            store.create()
-            self.sessions.append(store.session_key)
         log(f"seeded {ROOMS} rooms, user 'bench' and {SESSIONS} sessions")
 
     def clear_rooms(self):
