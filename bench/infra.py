@@ -119,10 +119,10 @@ def seed(rooms, sessions):
     server comes from ARI_URL). Returns (rooms, session keys); earlier sessions are deleted.
     """
     from django.contrib.auth import get_user_model
-    from django.contrib.sessions.backends.db import SessionStore
     from django.contrib.sessions.models import Session
 
     from conferences.models import AsteriskServer, Conference
+    from tests.stack import make_sessions
 
     server = AsteriskServer.objects.sync_default_from_settings()
     made = []
@@ -145,15 +145,7 @@ def seed(rooms, sessions):
     if user is None:
         user = user_model.objects.create_superuser("bench", "bench@example.invalid", None)
     Session.objects.all().delete()
-    keys = []
-    for _ in range(sessions):
-        store = SessionStore()
-        store["_auth_user_id"] = str(user.pk)
-        store["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
-        store["_auth_user_hash"] = user.get_session_auth_hash()
-        store.create()
-        keys.append(store.session_key)
-    return made, keys
+    return made, make_sessions(user, sessions)
 
 
 def flush_redis():
