@@ -125,14 +125,6 @@ class FanOutConsumer(AsyncWebsocketConsumer):
     ``room_event`` directly; the room list's sockets get them here.)
     """
 
-    async def __call__(self, scope, receive, send):
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            forget = getattr(getattr(self, "channel_layer", None), "forget", None)  # conferencesite/layers.py
-            if forget is not None and getattr(self, "channel_name", None):
-                forget(self.channel_name)
-
     async def dispatch(self, message):
         if message.get("type") == broadcast.ROOM_EVENT:
             await self.room_event(message)

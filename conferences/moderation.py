@@ -68,8 +68,4 @@ async def request(*, server_id, conference_id, action, participant_id=None, acto
         reply = await asyncio.wait_for(layer.receive(reply_channel), timeout)
     except TimeoutError:
         return False, WORKER_DOWN
-    finally:
-        forget = getattr(layer, "forget", None)  # conferencesite/layers.py
-        if forget is not None:
-            forget(reply_channel)
     return bool(reply.get("ok")), reply.get("error")

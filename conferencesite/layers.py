@@ -14,9 +14,9 @@ that started it does not interrupt; the next receive to read joins it and
 files its message, as channels_redis does with its own reads. Still one read
 of Redis at a time per process.
 
-Two more leftovers of channels_redis are cleared here: the queue of a channel
-whose socket has finished (``forget``) and messages that reached the process
-for a socket that had just closed (``sweep``).
+Two more leftovers of channels_redis are cleared here: the empty queue of a
+receive cancelled while it was reading (``receive``) and messages that reached
+the process for a socket that had just closed (``sweep``).
 """
 
 import asyncio
@@ -29,6 +29,18 @@ class RedisChannelLayer(BaseRedisChannelLayer):
         super().__init__(*args, **kwargs)
         self._reads = {}  # the process's inbox -> the read under way (a task of the loop that started it)
         self._unread = {}  # channel -> its queue in the receive buffer, holding messages at the last sweep
+
+    async def receive(self, channel):
+        try:
+            return await super().receive(channel)
+        except asyncio.CancelledError:
+            # channels_redis deletes the channel's queue when a receive is cancelled while it
+            # waits, not while it is the one reading Redis: then the empty queue stayed for ever
+            # (the soak: one every 50 sockets closed or so).
+            queue = self.receive_buffer.get(channel)
+            if queue is not None and queue.empty():
+                del self.receive_buffer[channel]
+            raise
 
     async def receive_single(self, channel):
         if "!" not in channel:  # a plain channel (the worker's): one reader, nothing shared
@@ -54,17 +66,6 @@ class RedisChannelLayer(BaseRedisChannelLayer):
     def _forget(self, channel, read):
         if self._reads.get(channel) is read:
             del self._reads[channel]
-
-    def forget(self, channel):
-        """Drop the queue kept in this process for a channel no one will read again.
-
-        channels_redis keeps a queue per channel that receives in the process
-        (``receive_buffer``) and deletes it when a receive ends, except when the
-        receive is cancelled while it is the one reading Redis: then the queue
-        stays for ever. A socket closing at that moment left one behind (the
-        soak: one every 50 sockets or so). Consumers call this when they finish.
-        """
-        self.receive_buffer.pop(channel, None)
 
     def sweep(self):
         """Drop messages that waited a whole round for a channel whose reader has gone.
