@@ -148,6 +148,19 @@ def redis_url():
     return url
 
 
+@pytest.fixture
+def redis_layer(settings, redis_url):
+    """The project's channel layer on the real Redis, for this test (CHANNEL_LAYERS switched to it)."""
+    from channels.layers import channel_layers
+
+    from conferencesite.env import channel_layers_for
+
+    settings.CHANNEL_LAYERS = channel_layers_for(redis_url)
+    channel_layers.backends.clear()
+    yield channel_layers["default"]
+    channel_layers.backends.clear()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _close_connections_of_async_tests(django_db_setup):
     """Close the database connection that async tests opened in asgiref's sync thread.

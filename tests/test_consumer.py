@@ -514,11 +514,7 @@ async def test_a_socket_that_lags_but_advances_gets_no_snapshot(connect, viewer,
 
 
 @pytest.mark.integration
-async def test_socket_idles_past_redis_timeout_on_the_redis_layer(connect, viewer, room, settings, redis_url):
-    from conferencesite.env import channel_layers_for
-
-    settings.CHANNEL_LAYERS = channel_layers_for(redis_url)
-    channel_layers.backends.clear()
+async def test_socket_idles_past_redis_timeout_on_the_redis_layer(connect, viewer, room, redis_layer):
     communicator, _ = await connect(viewer)
     await frame(communicator)
     await asyncio.sleep(7)  # longer than redis-py 8's default 5 s socket timeout
@@ -530,17 +526,11 @@ async def test_socket_idles_past_redis_timeout_on_the_redis_layer(connect, viewe
 
 
 @pytest.mark.integration
-async def test_closed_sockets_leave_nothing_in_the_redis_layers_receive_buffer(
-    connect, viewer, room, settings, redis_url
-):
+async def test_closed_sockets_leave_nothing_in_the_redis_layers_receive_buffer(connect, viewer, room, redis_layer):
     """channels_redis keeps a queue per channel it receives on. A socket closed while its receive
     was the one reading Redis for the whole process left its queue behind for ever (found by the
     soak: the web process grew by one queue every minute or so)."""
-    from conferencesite.env import channel_layers_for
-
-    settings.CHANNEL_LAYERS = channel_layers_for(redis_url)
-    channel_layers.backends.clear()
-    layer = channel_layers["default"]
+    layer = redis_layer
     for _ in range(3):
         # The first socket of a fresh process is the one reading Redis when it closes.
         communicator, _ = await connect(viewer)
@@ -552,15 +542,9 @@ async def test_closed_sockets_leave_nothing_in_the_redis_layers_receive_buffer(
 
 
 @pytest.mark.integration
-async def test_messages_left_for_a_closed_socket_are_dropped_after_a_round(
-    connect, login, viewer, room, settings, redis_url
-):
+async def test_messages_left_for_a_closed_socket_are_dropped_after_a_round(connect, login, viewer, room, redis_layer):
     """A message that reaches the process for a socket that has just closed would wait for ever."""
-    from conferencesite.env import channel_layers_for
-
-    settings.CHANNEL_LAYERS = channel_layers_for(redis_url)
-    channel_layers.backends.clear()
-    layer = channel_layers["default"]
+    layer = redis_layer
     session_key = await db(login)(viewer)
     cookie = f"sessionid={session_key}".encode()
     headers = [(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1"), (b"cookie", cookie)]

@@ -6,21 +6,10 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
-from channels.layers import channel_layers
-
-from conferencesite.env import channel_layers_for
 
 pytestmark = pytest.mark.integration
 
 ATTEMPTS = 10
-
-
-@pytest.fixture
-def layer(settings, redis_url):
-    settings.CHANNEL_LAYERS = channel_layers_for(redis_url)
-    channel_layers.backends.clear()
-    yield channel_layers["default"]
-    channel_layers.backends.clear()
 
 
 def resp(*args):
@@ -47,7 +36,8 @@ class RawRedis:
         self.sock.close()
 
 
-async def test_a_receive_cancelled_while_it_reads_redis_loses_no_one_elses_message(layer, redis_url):
+async def test_a_receive_cancelled_while_it_reads_redis_loses_no_one_elses_message(redis_layer, redis_url):
+    layer = redis_layer
     """A socket that closes while its receive is the one reading Redis for the whole process must
     not take with it a message on its way to another socket (a moderator's reply, a room event).
 
