@@ -4,6 +4,7 @@ Every helper raises ``ImproperlyConfigured`` with the variable's name, so a
 typo in a deployment stops start-up with a message instead of a surprise.
 """
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
@@ -44,6 +45,29 @@ def env_list(name, default, environ=None):
     if any(not item for item in items):
         raise ImproperlyConfigured(f"{name} must be a comma-separated list without empty items, got {value!r}.")
     return items
+
+
+def env_networks(name, environ=None):
+    """Parse a comma-separated list of IP addresses and CIDR networks into a tuple of networks.
+
+    Unset or empty is an empty tuple. Host names are refused (they would be
+    resolved behind the operator's back), and so is a network with host bits
+    set (``10.0.0.1/8``: a typo for ``10.0.0.0/8`` or for ``10.0.0.1``?).
+    """
+    value = env_str(name, environ=environ)
+    if value is None:
+        return ()
+    networks = []
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            raise ImproperlyConfigured(f"{name} must be a comma-separated list without empty items, got {value!r}.")
+        try:
+            networks.append(ipaddress.ip_network(item, strict=True))
+        except ValueError as exc:
+            raise ImproperlyConfigured(
+                f"{name}: {item!r} is not an IP address or network such as 127.0.0.1, 10.0.0.0/8 or ::1 ({exc})."
+            ) from None
+    return tuple(networks)
 
 
 def parse_database_url(name, url, *, base_dir):

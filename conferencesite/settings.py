@@ -23,6 +23,9 @@ SECRET_KEY = _secret_key or env.dev_secret_key(VAR_DIR / "secret_key")
 ALLOWED_HOSTS = env.env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
 
 HTTPS = env.env_bool("DJANGO_HTTPS", False)
+# Proxies whose X-Forwarded-For is believed (conferences/client_address.py);
+# empty: the TCP peer is the client.
+TRUSTED_PROXIES = env.env_networks("DJANGO_TRUSTED_PROXIES")
 
 DATABASE_URL = env.env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}")
 DATABASES = {"default": env.parse_database_url("DATABASE_URL", DATABASE_URL, base_dir=BASE_DIR)}

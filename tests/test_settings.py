@@ -36,6 +36,30 @@ def test_list_parsing():
         env.env_list("H", [], environ={"H": "a,,b"})
 
 
+def test_trusted_proxies_parse_addresses_and_networks():
+    assert env.env_networks("P", environ={}) == ()
+    assert env.env_networks("P", environ={"P": "  "}) == ()
+    networks = env.env_networks("P", environ={"P": "127.0.0.1, 10.0.0.0/8,::1 , 2001:db8::/32"})
+    assert [str(network) for network in networks] == ["127.0.0.1/32", "10.0.0.0/8", "::1/128", "2001:db8::/32"]
+
+
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        ("localhost", "'localhost' is not an IP address or network"),
+        ("10.0.0.1/8", "host bits set"),
+        ("127.0.0.1,,10.0.0.1", "without empty items"),
+        ("127.0.0.1;10.0.0.1", "is not an IP address or network"),
+        ("300.1.2.3", "is not an IP address or network"),
+        ("10.0.0.0/33", "is not an IP address or network"),
+    ],
+)
+def test_trusted_proxies_refuse_anything_else_naming_the_variable(value, message):
+    with pytest.raises(ImproperlyConfigured, match=message) as info:
+        env.env_networks("DJANGO_TRUSTED_PROXIES", environ={"DJANGO_TRUSTED_PROXIES": value})
+    assert str(info.value).startswith("DJANGO_TRUSTED_PROXIES")
+
+
 def test_sqlite_urls(tmp_path):
     relative = env.parse_database_url("DATABASE_URL", "sqlite:///var/x.sqlite3", base_dir=tmp_path)
     assert relative["ENGINE"] == "django.db.backends.sqlite3"
@@ -124,6 +148,7 @@ def run_manage(*args, **environ):
         ("DJANGO_DEBUG", "maybe"),
         ("DJANGO_HTTPS", "sometimes"),
         ("DJANGO_ALLOWED_HOSTS", "a,,b"),
+        ("DJANGO_TRUSTED_PROXIES", "nginx.internal"),
         ("DATABASE_URL", "mysql://x/y"),
         ("REDIS_URL", "localhost:6379"),
         ("ARI_URL", "pbx:8088"),
@@ -156,6 +181,7 @@ def test_check_deploy_is_clean_with_production_values(tmp_path):
         DJANGO_DEBUG="False",
         DJANGO_ALLOWED_HOSTS="conferences.example.com",
         DJANGO_HTTPS="True",
+        DJANGO_TRUSTED_PROXIES="127.0.0.1",
         DATABASE_URL="postgres://conferences@127.0.0.1:5432/conferences",
         REDIS_URL="redis://127.0.0.1:6379/0",
         ARI_URL="http://127.0.0.1:8088/ari",
