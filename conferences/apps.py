@@ -9,7 +9,7 @@ class ConferencesConfig(AppConfig):
     def ready(self):
         from django.db.models.signals import post_migrate
 
-        from conferences import checks, signals, throttle  # noqa: F401  (register the checks and receivers)
+        from conferences import auth_backends, checks, signals  # noqa: F401  (register the checks and receivers)
 
         post_migrate.connect(_sync_default_server, sender=self)
 

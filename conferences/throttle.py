@@ -1,55 +1,114 @@
 """Login throttling: a few wrong passwords per account and address, then a pause.
 
-Counts failed logins in the cache (Redis when REDIS_URL is set, so all web
+Counts login attempts in the cache (Redis when REDIS_URL is set, so all web
 processes share them; else process memory) per (address, username) and per
-address. Over the limit, the login form is refused before any password is
-checked, so guessing gets nowhere and costs nothing.
+address, over a fixed window from the first attempt. Rules:
+
+- An attempt is counted *before* any password is checked (``reserve``): Redis
+  INCR and LocMemCache's locked incr are atomic, so of N guesses sent at once
+  at most the limit reach a password check. Over a limit, nothing is counted
+  and the caller is refused.
+- A failed attempt keeps its count. A successful one gives its count back and
+  clears the account's failures (``release``).
+- Usernames are counted the way Django normalises them (NFKC, what
+  ``UsernameField`` and ``normalize_username`` do) and also case-folded and
+  stripped, so look-alikes of one name share one counter.
+- An IPv6 client is counted by its /64: one host usually holds a whole /64.
+
+Where attempts are reserved and settled: conferences/auth_backends.py.
 """
 
 import hashlib
+import ipaddress
+import unicodedata
+from dataclasses import dataclass
 
-from django.contrib.auth.signals import user_logged_in, user_login_failed
 from django.core.cache import cache
-from django.dispatch import receiver
 
 WINDOW_SECONDS = 15 * 60
 MAX_FAILURES_PER_ACCOUNT = 5
 MAX_FAILURES_PER_ADDRESS = 50
 
-
-def client_address(request):
-    return request.META.get("REMOTE_ADDR", "") if request is not None else ""
-
-
-def _keys(address, username):
-    account = hashlib.sha256(f"{address}\0{(username or '').strip().lower()}".encode()).hexdigest()[:40]
-    return f"login-fail:acct:{account}", f"login-fail:addr:{address}"
+# A key that keeps vanishing between add() and incr() (evictions) is not worth
+# a loop without end: after this many tries the attempt is refused.
+_COUNT_TRIES = 3
 
 
-def is_throttled(address, username):
-    account_key, address_key = _keys(address, username)
-    return (cache.get(account_key, 0) >= MAX_FAILURES_PER_ACCOUNT) or (
-        cache.get(address_key, 0) >= MAX_FAILURES_PER_ADDRESS
-    )
+@dataclass(frozen=True)
+class Attempt:
+    """One login attempt holding a count on its account key and, with an address, its address key."""
+
+    account_key: str
+    address_key: str | None
 
 
-def _increment(key):
-    if cache.add(key, 1, WINDOW_SECONDS):
-        return
+def normalize_username(username):
+    """Return the form of ``username`` under which look-alikes are counted together."""
+    text = unicodedata.normalize("NFKC", str(username or ""))
+    return unicodedata.normalize("NFKC", text.casefold()).strip()
+
+
+def address_bucket(address):
+    """Return what an address is counted as: itself, or its /64 for IPv6."""
     try:
-        cache.incr(key)
-    except ValueError:  # expired in between
-        cache.set(key, 1, WINDOW_SECONDS)
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6:
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
-@receiver(user_login_failed)
-def _count_failure(sender, credentials, request=None, **kwargs):
-    account_key, address_key = _keys(client_address(request), credentials.get("username"))
-    _increment(account_key)
-    _increment(address_key)
+def keys(address, username):
+    """Return the (account key, address key) of an attempt; no address key without an address."""
+    bucket = address_bucket(address) if address else ""
+    digest = hashlib.sha256(f"{bucket}\0{normalize_username(username)}".encode()).hexdigest()[:40]
+    return f"login-attempts:acct:{digest}", (f"login-attempts:addr:{bucket}" if bucket else None)
 
 
-@receiver(user_logged_in)
-def _forget_failures(sender, request, user, **kwargs):
-    account_key, _address_key = _keys(client_address(request), user.get_username())
-    cache.delete(account_key)
+def reserve(address, username):
+    """Count one attempt for ``username`` from ``address``; return it, or None when over a limit."""
+    account_key, address_key = keys(address, username)
+    if not _take(account_key, MAX_FAILURES_PER_ACCOUNT):
+        return None
+    if address_key is not None and not _take(address_key, MAX_FAILURES_PER_ADDRESS):
+        _give_back(account_key)
+        return None
+    return Attempt(account_key, address_key)
+
+
+def release(attempt):
+    """Settle ``attempt`` as a success: clear the account's failures and give the address its count back."""
+    cache.delete(attempt.account_key)
+    if attempt.address_key is not None:
+        _give_back(attempt.address_key)
+
+
+def forget_account(address, username):
+    """Clear the failures of ``username`` from ``address`` (after a successful login)."""
+    cache.delete(keys(address, username)[0])
+
+
+def _take(key, limit):
+    for _ in range(_COUNT_TRIES):
+        if cache.add(key, 1, WINDOW_SECONDS):
+            count = 1
+            break
+        try:
+            count = cache.incr(key)
+            break
+        except ValueError:  # expired between add() and incr(): add again
+            continue
+    else:
+        return False
+    if count > limit:
+        _give_back(key)
+        return False
+    return True
+
+
+def _give_back(key):
+    try:
+        cache.decr(key)
+    except ValueError:  # the window ended meanwhile: nothing left to give back
+        pass

@@ -1,4 +1,8 @@
-"""Response headers that Django's SecurityMiddleware does not set."""
+"""Response headers that Django's SecurityMiddleware does not set; the login throttle's 429."""
+
+from django.http import HttpResponse
+
+from conferences import auth_backends
 
 CONTENT_SECURITY_POLICY = "; ".join(
     [
@@ -26,4 +30,38 @@ class SecurityHeadersMiddleware:
         response = self.get_response(request)
         response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         response.headers.setdefault("Permissions-Policy", PERMISSIONS_POLICY)
+        return response
+
+
+class LoginThrottleMiddleware:
+    """Answers 429 when the login throttle refused an attempt, and settles the request's login attempts.
+
+    A login page (a template response with a form: the site's and the admin's)
+    is shown again with the throttle's message in place of the form's errors;
+    any other response to a refused attempt is replaced by a short 429.
+    Attempts no failure settled are given back at the end of the request
+    (conferences/auth_backends.py).
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        try:
+            response = self.get_response(request)
+        finally:
+            auth_backends.settle_request(request)
+        if auth_backends.was_throttled(request) and response.status_code != 429:
+            response = HttpResponse(
+                str(auth_backends.THROTTLED_MESSAGE), status=429, content_type="text/plain; charset=utf-8"
+            )
+        return response
+
+    def process_template_response(self, request, response):
+        form = (response.context_data or {}).get("form")
+        if auth_backends.was_throttled(request) and hasattr(form, "add_error"):
+            form.errors.clear()
+            form.add_error(None, auth_backends.THROTTLED_MESSAGE)
+            response.context_data["throttled"] = True
+            response.status_code = 429
         return response

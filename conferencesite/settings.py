@@ -67,6 +67,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+    "conferencesite.middleware.LoginThrottleMiddleware",
 
 ROOT_URLCONF = "conferencesite.urls"
 ASGI_APPLICATION = "conferencesite.asgi.application"
@@ -93,6 +94,12 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# The throttle first, so that every authenticate() passes it before a password is checked.
+AUTHENTICATION_BACKENDS = [
+    "conferences.auth_backends.LoginThrottleBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "conference-list"
