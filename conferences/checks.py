@@ -5,6 +5,8 @@ import re
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 
+from conferences import throttle
+
 # Which kind of process is running the checks. The ARI worker command sets it
 # to "worker" (or "embedded" when it runs inside the web process) before it
 # runs the checks, so that a worker started on its own can be refused when it
@@ -127,6 +129,63 @@ def check_deploy(app_configs, **kwargs):
                 hint="Fine for one small site in the embedded mode; use PostgreSQL "
                 "(DATABASE_URL=postgres://...) with a separate worker or several web processes.",
                 id="conferences.W005",
+            )
+        )
+    return messages
+
+
+THROTTLE_BACKEND = "conferences.auth_backends.LoginThrottleBackend"
+THROTTLE_MIDDLEWARE = "conferencesite.middleware.LoginThrottleMiddleware"
+
+
+@register(Tags.security)
+def check_login_throttle(app_configs, **kwargs):
+    messages = []
+    backends = list(settings.AUTHENTICATION_BACKENDS)
+    if not backends or backends[0] != THROTTLE_BACKEND:
+        messages.append(
+            Error(
+                f"{THROTTLE_BACKEND} is not the first of AUTHENTICATION_BACKENDS.",
+                hint="A backend before it checks passwords without the login throttle: "
+                "keep the throttle first and add other backends after it.",
+                id="conferences.E004",
+            )
+        )
+    if THROTTLE_MIDDLEWARE not in settings.MIDDLEWARE:
+        messages.append(
+            Error(
+                f"{THROTTLE_MIDDLEWARE} is missing from MIDDLEWARE.",
+                hint="Without it a refused login is answered like a wrong password and "
+                "successful logins are not given their attempt back.",
+                id="conferences.E005",
+            )
+        )
+    return messages
+
+
+@register(Tags.security)
+def check_trusted_proxies(app_configs, **kwargs):
+    messages = []
+    proxies = tuple(settings.TRUSTED_PROXIES)
+    if settings.HTTPS and not proxies:
+        messages.append(
+            Warning(
+                "DJANGO_HTTPS is on (the site is behind a TLS proxy) but DJANGO_TRUSTED_PROXIES is empty.",
+                hint=f"Every client then has the proxy's address: {throttle.MAX_FAILURES_PER_ACCOUNT} wrong "
+                f"passwords for an account lock it for everyone, {throttle.MAX_FAILURES_PER_ADDRESS} failed "
+                "logins lock the whole site. Set DJANGO_TRUSTED_PROXIES to the proxy's address "
+                "(127.0.0.1 behind the shipped nginx).",
+                id="conferences.W006",
+            )
+        )
+    everything = [str(network) for network in proxies if network.prefixlen == 0]
+    if everything:
+        messages.append(
+            Warning(
+                f"DJANGO_TRUSTED_PROXIES trusts every address ({', '.join(everything)}).",
+                hint="Any client could then choose its address with X-Forwarded-For and escape the "
+                "login throttle. List only the reverse proxies' own addresses.",
+                id="conferences.W007",
             )
         )
     return messages

@@ -1,5 +1,7 @@
 """System checks catch the costly configuration mistakes, with hints."""
 
+import ipaddress
+
 import pytest
 
 from conferences import checks
@@ -78,3 +80,36 @@ def test_debug_on_loopback_with_sqlite_is_fine(settings, monkeypatch):
     monkeypatch.setattr(checks, "_database_engine", lambda: "django.db.backends.sqlite3")
     settings.ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
     assert checks.check_debug_in_production(None) == []
+
+
+def test_the_login_throttle_must_be_the_first_backend_and_its_middleware_present(settings):
+    assert checks.check_login_throttle(None) == []
+    settings.AUTHENTICATION_BACKENDS = [
+        "django.contrib.auth.backends.ModelBackend",
+        "conferences.auth_backends.LoginThrottleBackend",
+    ]
+    messages = checks.check_login_throttle(None)
+    assert ids(messages) == ["conferences.E004"]
+    assert "first" in messages[0].hint
+    settings.AUTHENTICATION_BACKENDS = ["conferences.auth_backends.LoginThrottleBackend"]
+    settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if m != "conferencesite.middleware.LoginThrottleMiddleware"]
+    assert ids(checks.check_login_throttle(None)) == ["conferences.E005"]
+
+
+def test_https_behind_a_proxy_without_trusted_proxies_warns(settings):
+    settings.HTTPS, settings.TRUSTED_PROXIES = True, ()
+    messages = checks.check_trusted_proxies(None)
+    assert ids(messages) == ["conferences.W006"]
+    assert "DJANGO_TRUSTED_PROXIES" in messages[0].hint and "127.0.0.1" in messages[0].hint
+    settings.TRUSTED_PROXIES = (ipaddress.ip_network("127.0.0.1"),)
+    assert checks.check_trusted_proxies(None) == []
+    settings.HTTPS, settings.TRUSTED_PROXIES = False, ()
+    assert checks.check_trusted_proxies(None) == []
+
+
+def test_trusting_every_address_warns(settings):
+    settings.HTTPS = True
+    settings.TRUSTED_PROXIES = (ipaddress.ip_network("127.0.0.1"), ipaddress.ip_network("::/0"))
+    messages = checks.check_trusted_proxies(None)
+    assert ids(messages) == ["conferences.W007"]
+    assert "::/0" in messages[0].msg

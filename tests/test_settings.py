@@ -192,6 +192,16 @@ def test_check_deploy_is_clean_with_production_values(tmp_path):
     assert "no issues" in result.stdout
 
 
+def test_https_without_trusted_proxies_warns_at_start_up():
+    result = run_manage("check", DJANGO_HTTPS="True", DJANGO_ALLOWED_HOSTS="conferences.example.com")
+    assert result.returncode == 0, result.stderr
+    assert "conferences.W006" in result.stdout + result.stderr
+    result = run_manage(
+        "check", DJANGO_HTTPS="True", DJANGO_ALLOWED_HOSTS="conferences.example.com", DJANGO_TRUSTED_PROXIES="127.0.0.1"
+    )
+    assert "conferences.W006" not in result.stdout + result.stderr
+
+
 def test_check_deploy_warns_on_embedded_defaults():
     result = run_manage("check", "--deploy")
     assert result.returncode == 0, result.stderr
