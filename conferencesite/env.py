@@ -47,6 +47,20 @@ def env_list(name, default, environ=None):
     return items
 
 
+def env_int(name, default, *, minimum=None, environ=None):
+    """Parse a whole number (at least ``minimum`` when given); anything else is an error."""
+    value = env_str(name, environ=environ)
+    if value is None:
+        return default
+    try:
+        number = int(value, 10)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a whole number, got {value!r}.") from None
+    if minimum is not None and number < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {number}.")
+    return number
+
+
 def env_networks(name, environ=None):
     """Parse a comma-separated list of IP addresses and CIDR networks into a tuple of networks.
 
@@ -137,12 +151,45 @@ def parse_redis_url(name, url):
 
 
 def parse_http_url(name, url):
-    """Check that ``url`` is an http(s) URL with a host and return it without a trailing slash."""
+    """Check that ``url`` is an http(s) URL with a host and no credentials; return it without a trailing slash.
+
+    Credentials in a URL end up in logs, error messages and the admin's list
+    of servers; they belong in the username and password settings.
+    """
     parts = urlsplit(url)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise ImproperlyConfigured(f"{name} must be an http:// or https:// URL, got {url!r}.")
+        raise ImproperlyConfigured(f"{name} must be an http:// or https:// URL, got {_without_credentials(url)!r}.")
+    if parts.username is not None or parts.password is not None:
+        raise ImproperlyConfigured(
+            f"{name} must not contain a user name or password ({_without_credentials(url)!r}): "
+            "give them as the ARI username and password instead."
+        )
     _check_port(name, url, parts)
     return url.rstrip("/")
+
+
+def _without_credentials(url):
+    """``url`` with anything before an ``@`` in its network location replaced by ``***``."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl()
+
+
+def ensure_private_file(path):
+    """Create ``path`` readable and writable by its owner only (0600) if it does not exist yet.
+
+    For the SQLite database: SQLite would create it with the process's umask
+    (often world-readable), and it holds sessions, ARI passwords and callers'
+    numbers. SQLite gives its -wal and -shm files the database file's mode.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
 
 
 def channel_layers_for(redis_url):

@@ -30,7 +30,7 @@ TRUSTED_PROXIES = env.env_networks("DJANGO_TRUSTED_PROXIES")
 DATABASE_URL = env.env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}")
 DATABASES = {"default": env.parse_database_url("DATABASE_URL", DATABASE_URL, base_dir=BASE_DIR)}
 if DATABASES["default"]["ENGINE"].endswith("sqlite3") and DATABASES["default"]["NAME"] != ":memory:":
-    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    env.ensure_private_file(DATABASES["default"]["NAME"])
 
 _redis_url = env.env_str("REDIS_URL")
 REDIS_URL = env.parse_redis_url("REDIS_URL", _redis_url) if _redis_url else None
@@ -43,6 +43,12 @@ ARI_URL = env.parse_http_url("ARI_URL", _ari_url) if _ari_url else None
 ARI_USERNAME = env.env_str("ARI_USERNAME")
 ARI_PASSWORD = env.env_str("ARI_PASSWORD")
 ARI_APP = env.env_str("ARI_APP", "conference")
+
+# Open WebSockets one user may hold across all web processes (room pages and room lists).
+MAX_SOCKETS_PER_USER = env.env_int("MAX_SOCKETS_PER_USER", 20, minimum=1)
+# Bytes a WebSocket may have waiting for a client that does not read before it
+# is dropped (conferencesite/daphne_limits.py); 0 turns the limit off.
+WEBSOCKET_MAX_QUEUED_BYTES = env.env_int("WEBSOCKET_MAX_QUEUED_BYTES", 1024 * 1024, minimum=0)
 
 INSTALLED_APPS = [
     "daphne",

@@ -208,3 +208,46 @@ def test_check_deploy_warns_on_embedded_defaults():
     output = result.stdout + result.stderr
     for check_id in ("conferences.W003", "conferences.W004", "conferences.W005", "security.W004"):
         assert check_id in output
+
+
+@pytest.mark.parametrize(
+    "variable,value,message",
+    [
+        ("MAX_SOCKETS_PER_USER", "0", "MAX_SOCKETS_PER_USER must be at least 1"),
+        ("MAX_SOCKETS_PER_USER", "twenty", "MAX_SOCKETS_PER_USER must be a whole number"),
+        ("WEBSOCKET_MAX_QUEUED_BYTES", "-1", "WEBSOCKET_MAX_QUEUED_BYTES must be at least 0"),
+        ("WEBSOCKET_MAX_QUEUED_BYTES", "1MiB", "WEBSOCKET_MAX_QUEUED_BYTES must be a whole number"),
+        ("ARI_URL", "http://conference:s3cret@127.0.0.1:8088/ari", "ARI_URL must not contain a user name or password"),
+    ],
+)
+def test_socket_limits_and_ari_credentials_are_checked_at_start_up(variable, value, message):
+    result = run_manage("check", **{variable: value})
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "s3cret" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_int_parsing():
+    assert env.env_int("N", 20, minimum=1, environ={}) == 20
+    assert env.env_int("N", 20, minimum=1, environ={"N": " 7 "}) == 7
+    for bad in ("7.5", "0x10", "1e3", "-"):
+        with pytest.raises(ImproperlyConfigured, match="N must be a whole number"):
+            env.env_int("N", 20, environ={"N": bad})
+
+
+def test_the_sqlite_database_is_created_readable_by_its_owner_only(tmp_path):
+    """It holds sessions, ARI passwords and callers' numbers: not for other local users to read."""
+    database = tmp_path / "var" / "db.sqlite3"
+    old_umask = os.umask(0o022)
+    try:
+        result = run_manage("migrate", "--noinput", "-v0", DATABASE_URL=f"sqlite:///{database}")
+    finally:
+        os.umask(old_umask)
+    assert result.returncode == 0, result.stderr
+    assert database.stat().st_mode & 0o777 == 0o600
+    for companion in (tmp_path / "var").glob("db.sqlite3-*"):  # WAL and shared-memory files follow the database
+        assert companion.stat().st_mode & 0o077 == 0, companion
+    # An existing file keeps the mode its owner gave it.
+    database.chmod(0o640)
+    assert run_manage("check", DATABASE_URL=f"sqlite:///{database}").returncode == 0
+    assert database.stat().st_mode & 0o777 == 0o640
