@@ -1,11 +1,27 @@
 """The browser edge: one WebSocket per watcher of a room, at /ws/conferences/<slug>/.
 
 Refusals are sent as close codes after accepting (4401 not logged in, 4403
-no access, 4404 no such room): a handshake refused with an HTTP status looks
-like a network error to a browser. Room events reach a socket through its
-process's hub (conferences/fanout.py), which it joins before it builds the
-snapshot, so no event falls between them: events that arrive meanwhile wait,
-and those the snapshot already contains (seq not above it) are not sent again.
+no access, 4404 no such room, 4429 too many open sockets for this user): a
+handshake refused with an HTTP status looks like a network error to a
+browser. Room events reach a socket through its process's hub
+(conferences/fanout.py), which it joins before it builds the snapshot, so no
+event falls between them: events that arrive meanwhile wait, and those the
+snapshot already contains (seq not above it) are not sent again.
+
+Rules every socket keeps, whatever the browser sends or the server does:
+
+- Nothing a browser sends can end the socket or leak its resources: frames
+  are checked in conferences/frames.py before anything else, every request
+  gets an ``error`` or a ``reply``, and a failure while handling one (the
+  database, the channel layer) is answered, not raised.
+- Whatever ends a socket (a close, an exception, cancellation) releases
+  everything it holds: hub membership, groups, its place under the per-user
+  cap, its periodic check and pending requests (``GuardedConsumer``).
+- The rate limit comes first, before any database hop.
+- Grants and logins are re-checked from fresh rows, not only when a signal
+  says so: every SESSION_CHECK_SECONDS the socket checks its session the way
+  Django checks a request (conferences/sessions.py) and its role in the
+  room, and every moderator action checks both again.
 """
 
 import asyncio
@@ -14,12 +30,15 @@ import logging
 import time
 
 from channels.db import database_sync_to_async
+from channels.exceptions import ChannelFull
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.db.models import Count
 
-from conferences import access, broadcast, fanout, moderation
-from conferences.models import AsteriskServer, Conference, Participant
+from conferences import access, broadcast, fanout, frames, moderation, socketcap
+from conferences.models import Conference, Participant
+from conferences.sessions import session_user
 
 logger = logging.getLogger(__name__)
 
@@ -28,15 +47,28 @@ db = database_sync_to_async
 CLOSE_NOT_LOGGED_IN = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
+CLOSE_TOO_MANY_SOCKETS = 4429
+CLOSE_INTERNAL_ERROR = 1011
 
-MAX_FRAME_BYTES = 4096
+MAX_FRAME_BYTES = frames.MAX_FRAME_BYTES
 RATE_PER_SECOND = 5.0  # sustained frames per second a browser may send
 RATE_BURST = 20  # frames it may send at once
 REPLY_TIMEOUT = moderation.REQUEST_TTL + 2
-# How often an open socket checks that its login session still exists and
-# has not expired (logout is pushed at once; expiry is found by looking), and
-# that it has not lost the room's last event (see _watch_session).
+# How often an open socket re-checks its login session and its role in the
+# room from fresh rows (changes that send signals are pushed at once; these
+# catch the rest, so a revoked login or grant ends a socket within this
+# time), and whether it has lost the room's last event (see _watch).
 SESSION_CHECK_SECONDS = 30.0
+# A resync with no event since the last snapshot sent gets that snapshot
+# again (no database read) while it is younger than this.
+SNAPSHOT_REUSE_SECONDS = 30.0
+
+DATABASE_DOWN = "the database is unavailable; try again"
+LAYER_BUSY = "the server is busy; try again"
+INTERNAL_ERROR = "the request failed; try again"
+
+
+# --- database helpers (run in the database thread) -----------------------------------------
 
 
 def _conference(slug):
@@ -60,38 +92,65 @@ def _snapshot(conference_id, user):
     }
 
 
-def _fresh_user(user_id):
-    from django.contrib.auth import get_user_model
-
-    return get_user_model().objects.filter(pk=user_id).first()
-
-
-def _session_alive(session_key, user_id):
-    from django.contrib.auth import get_user_model
-    from django.contrib.sessions.models import Session
-    from django.utils import timezone
-
-    if not session_key:
-        return False
-    session = Session.objects.filter(session_key=session_key, expire_date__gt=timezone.now()).first()
-    if session is None or str(session.get_decoded().get("_auth_user_id")) != str(user_id):
-        return False
-    return get_user_model().objects.filter(pk=user_id, is_active=True).exists()
+def _room_check(session_key, user_id, conference_id):
+    """The periodic check of a room socket, in one thread hop: ``(closing code or None, user, role, room seq)``."""
+    user = session_user(session_key)
+    if user is None or user.pk != user_id:
+        return CLOSE_NOT_LOGGED_IN, None, None, None
+    conference = Conference.objects.filter(pk=conference_id).first()
+    if conference is None:
+        return CLOSE_NOT_FOUND, None, None, None
+    role = access.conference_role(user, conference)
+    if role is None:
+        return CLOSE_FORBIDDEN, None, None, None
+    return None, user, role, conference.seq
 
 
-def _session_alive_and_room_seq(session_key, user_id, conference_id):
-    """One thread hop and one connection for the periodic check of an open socket."""
-    if not _session_alive(session_key, user_id):
-        return False, None
-    return True, Conference.objects.filter(pk=conference_id).values_list("seq", flat=True).first()
+def _moderation_check(session_key, user_id, conference_id, action, participant_id):
+    """Everything a moderator action needs checked, from fresh rows: an error message, or None."""
+    user = session_user(session_key)
+    if user is None or user.pk != user_id:
+        return "you are not logged in"
+    conference = Conference.objects.select_related("server").filter(pk=conference_id).first()
+    if conference is None:
+        return "no such room"
+    if not access.can_moderate(user, conference):
+        return "you may not moderate this room"
+    if action in moderation.PARTICIPANT_ACTIONS:
+        if participant_id is None:
+            return "participant missing or invalid"
+        present = Participant.objects.filter(pk=participant_id, conference_id=conference_id, left_at__isnull=True)
+        if not present.exists():
+            return "no such participant in this room"
+    if not conference.server.connected:
+        return "the link to Asterisk is down"
+    return None
 
 
-def _server_connected(server_id):
-    return AsteriskServer.objects.filter(pk=server_id, connected=True).exists()
+def _visible_rooms(user):
+    rooms = access.conferences_visible_to(user).order_by("name")
+    counts = dict(
+        Participant.objects.filter(conference__in=rooms, left_at__isnull=True)
+        .values_list("conference_id")
+        .annotate(n=Count("id"))
+    )
+    return [(room.pk, broadcast.conference_state(room, counts.get(room.pk, 0))) for room in rooms]
 
 
-def _present_in_room(conference_id, participant_id):
-    return Participant.objects.filter(pk=participant_id, conference_id=conference_id, left_at__isnull=True).exists()
+def _session_rooms(session_key, user_id):
+    """The user of a room-list socket and the rooms it may see: ``(user, rooms)``, user None when logged out."""
+    user = session_user(session_key)
+    if user is None or user.pk != user_id:
+        return None, []
+    return user, _visible_rooms(user)
+
+
+def _visible_room_ids(session_key, user_id):
+    """The periodic check of a room-list socket: the ids of the rooms it may see, or None when logged out."""
+    user = session_user(session_key)
+    if user is None or user.pk != user_id:
+        return None
+    return set(access.conferences_visible_to(user).values_list("pk", flat=True))
 
 
 class TokenBucket:
@@ -132,55 +191,178 @@ class FanOutConsumer(AsyncWebsocketConsumer):
         await super().dispatch(message)
 
 
-class ConferenceConsumer(FanOutConsumer):
-    """Streams a room's events to one browser and carries its moderator actions to the worker."""
+class GuardedConsumer(FanOutConsumer):
+    """A socket that gives back everything it holds however it ends, and never lets an error out.
 
-    async def connect(self):
-        self.conference = None
-        self.hub = None
-        self.snapshot_pending = False
-        self.waiting_events = []
-        self.last_seq = 0
-        self.pending = {}
+    Channels does not call ``disconnect()`` when a handler raises: the
+    exception ends the consumer, daphne closes the socket with 1011 and logs
+    a traceback, and whatever the socket had joined (the hub, groups) and
+    started (its periodic check) stays behind. Here the consumer's whole life
+    runs inside ``try/finally``: an exception is logged, the socket is closed
+    with 1011, and ``release()`` runs on every path — a normal close, an
+    exception, cancellation. ``release()`` is idempotent.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.released = False
+        self.groups_joined = []
+        self.tasks = set()
+        self.cap_user_id = None
+        self.user_id = None
+        self.session_key = None
         self.bucket = TokenBucket(RATE_PER_SECOND, RATE_BURST)
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        except Exception:
+            logger.exception("socket %s: failed; closing it", scope.get("path"))
+            try:
+                await self.close(CLOSE_INTERNAL_ERROR)
+            except Exception as exc:  # noqa: BLE001 (the connection is gone already)
+                logger.debug("closing a failed socket: %s", exc)
+        finally:
+            await self.release()
+
+    async def disconnect(self, code):
+        await self.release()
+
+    def start_task(self, coroutine, name):
+        """A task that lives as long as the socket (cancelled by ``release()``)."""
+        task = asyncio.create_task(coroutine, name=name)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def join_group(self, group):
+        self.groups_joined.append(group)  # before the call: a failed add is discarded too
+        await self.channel_layer.group_add(group, self.channel_name)
+
+    async def leave_group(self, group):
+        if group in self.groups_joined:
+            self.groups_joined.remove(group)
+        await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def authenticate(self):
+        """Accept, then check the login and claim a place under the per-user cap; False when refused (closed)."""
         await self.accept()
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.close(CLOSE_NOT_LOGGED_IN)
+            return False
+        self.user_id = user.pk
+        self.session_key = getattr(self.scope.get("session"), "session_key", None)
+        if not await self._claim_place():
+            logger.info("user %s: %s sockets open already; refusing another", user.pk, settings.MAX_SOCKETS_PER_USER)
+            await self.close(CLOSE_TOO_MANY_SOCKETS)
+            return False
+        await self.join_group(broadcast.user_group(user.pk))
+        if self.session_key:
+            await self.join_group(broadcast.session_group(self.session_key))
+        return True
+
+    async def _claim_place(self):
+        try:
+            claimed = await socketcap.claim(self.user_id, self.channel_name)
+        except Exception as exc:  # noqa: BLE001 (Redis unreachable: do not lock everybody out for it)
+            logger.warning("user %s: the socket cap could not be checked (%s); allowing the socket", self.user_id, exc)
+            return True
+        if claimed:
+            self.cap_user_id = self.user_id
+        return claimed
+
+    async def confirm_place(self):
+        if self.cap_user_id is None:
             return
+        try:
+            await socketcap.confirm(self.cap_user_id, self.channel_name)
+        except Exception as exc:  # noqa: BLE001 (retried at the next check)
+            logger.warning("user %s: confirming a socket's place failed: %s", self.cap_user_id, exc)
+
+    async def release(self):
+        """Give back everything the socket holds. Safe to call more than once, on any path."""
+        if self.released:
+            return
+        self.released = True
+        for task in list(self.tasks):
+            task.cancel()
+        await self.release_more()
+        for group in list(self.groups_joined):
+            try:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            except Exception as exc:  # noqa: BLE001 (the layer is down: the membership expires)
+                logger.warning("socket: leaving group %s failed: %s", group, exc)
+        self.groups_joined.clear()
+        if self.cap_user_id is not None:
+            try:
+                await socketcap.release(self.cap_user_id, self.channel_name)
+            except Exception as exc:  # noqa: BLE001 (the place goes stale and stops counting)
+                logger.warning("user %s: giving a socket's place back failed: %s", self.cap_user_id, exc)
+            self.cap_user_id = None
+
+    async def release_more(self):
+        """What a subclass holds besides groups, tasks and the cap's place."""
+
+    async def send_frame(self, frame):
+        await self.send(text_data=json.dumps(frame))
+
+    async def session_ended(self, message):
+        await self.close(CLOSE_NOT_LOGGED_IN)
+
+
+class ConferenceConsumer(GuardedConsumer):
+    """Streams a room's events to one browser and carries its moderator actions to the worker."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.conference = None
+        self.hub = None
+        self.role = None
+        self.snapshot_pending = False
+        self.waiting_events = []
+        self.last_seq = 0
+        self.pending = {}
+        # The last snapshot sent, for a resync when nothing happened since.
+        self.snapshot_text = None
+        self.snapshot_at = 0.0
+
+    async def connect(self):
+        if not await self.authenticate():
+            return
+        user = self.scope["user"]
         conference = await db(_conference)(self.scope["url_route"]["kwargs"]["slug"])
         if conference is None:
             await self.close(CLOSE_NOT_FOUND)
             return
-        if not await db(access.can_view)(user, conference):
+        self.role = await db(access.conference_role)(user, conference)
+        if self.role is None:
             await self.close(CLOSE_FORBIDDEN)
             return
         self.conference = conference
-        self.session_watch = asyncio.create_task(self._watch_session())
-        self.groups_joined = [broadcast.user_group(user.pk)]
-        session_key = getattr(self.scope.get("session"), "session_key", None)
-        if session_key:
-            self.groups_joined.append(broadcast.session_group(session_key))
-        for group in self.groups_joined:
-            await self.channel_layer.group_add(group, self.channel_name)
+        self.start_task(self._watch(), name="room-socket-check")
         # Room events come through the process's hub; they wait while the snapshot is built.
         self.snapshot_pending = True
         self.hub = fanout.hub_for(self.channel_layer)
         await self.hub.join(conference.pk, self)
         await self.send_snapshot()
 
-    async def disconnect(self, code):
-        if getattr(self, "hub", None) is not None:
-            await self.hub.leave(self.conference.pk, self)
-        if getattr(self, "session_watch", None):
-            self.session_watch.cancel()
+    async def release_more(self):
         for task, _request_id in self.pending.values():
             task.cancel()
-        for group in getattr(self, "groups_joined", []):
-            await self.channel_layer.group_discard(group, self.channel_name)
+        self.pending.clear()
+        if self.hub is not None:
+            try:
+                await self.hub.leave(self.conference.pk, self)
+            except Exception as exc:  # noqa: BLE001 (the hub forgets failed sockets when its layer fails)
+                logger.warning("room %s: leaving the hub failed: %s", self.conference.pk, exc)
+            self.hub = None
 
-    async def _watch_session(self):
-        """Every SESSION_CHECK_SECONDS: is the login still valid, and was the room's last event lost?
+    async def _watch(self):
+        """Every SESSION_CHECK_SECONDS: still logged in, still allowed, and was the room's last event lost?
+
+        The login and the role come from fresh rows (see the module's rules).
+        A lower role sends a fresh snapshot (``can_moderate`` changed).
 
         A gap in seq makes the page ask for a snapshot, but only when a later
         event arrives: an event the channel layer dropped (over capacity, Redis
@@ -191,110 +373,127 @@ class ConferenceConsumer(FanOutConsumer):
         lags under load keeps advancing) but lost, and a fresh snapshot repairs
         the roster, within two check periods.
         """
-        session_key = getattr(self.scope.get("session"), "session_key", None)
         seq_at_last_check = None
         while True:
             await asyncio.sleep(SESSION_CHECK_SECONDS)
             try:
-                alive, room_seq = await db(_session_alive_and_room_seq)(
-                    session_key, self.scope["user"].pk, self.conference.pk
+                refusal, user, role, room_seq = await db(_room_check)(
+                    self.session_key, self.user_id, self.conference.pk
                 )
             except DatabaseError as exc:
                 # The database is briefly unavailable: look again next time.
-                logger.warning("room socket check failed: %s", exc)
+                logger.warning("room %s: socket check failed: %s", self.conference.pk, exc)
                 continue
-            if not alive:
-                await self.close(CLOSE_NOT_LOGGED_IN)
-                return
-            if room_seq is not None and room_seq > self.last_seq and self.last_seq == seq_at_last_check:
-                logger.info(
-                    "room %s: socket stuck at seq %s while the room is at %s, sending a snapshot",
-                    self.conference.pk,
-                    self.last_seq,
-                    room_seq,
-                )
-                await self.send_snapshot()
-            seq_at_last_check = self.last_seq
+            try:
+                if refusal is not None:
+                    logger.info("room %s: user %s: closing a socket (%s)", self.conference.pk, self.user_id, refusal)
+                    await self.close(refusal)
+                    return
+                await self.confirm_place()
+                self.scope["user"] = user
+                if role != self.role:
+                    self.role = role
+                    await self.send_snapshot()
+                elif room_seq > self.last_seq and self.last_seq == seq_at_last_check:
+                    logger.info(
+                        "room %s: socket stuck at seq %s while the room is at %s, sending a snapshot",
+                        self.conference.pk,
+                        self.last_seq,
+                        room_seq,
+                    )
+                    await self.send_snapshot()
+                seq_at_last_check = self.last_seq
+            except DatabaseError as exc:
+                logger.warning("room %s: socket check failed: %s", self.conference.pk, exc)
+            except Exception:
+                # The check must outlive any one failure: it is what ends revoked sockets.
+                logger.exception("room %s: socket check failed", self.conference.pk)
 
     async def send_snapshot(self):
         self.snapshot_pending = True
         try:
             snapshot = await db(_snapshot)(self.conference.pk, self.scope["user"])
             self.last_seq = snapshot["seq"]
-            await self.send_frame(snapshot)
+            self.snapshot_text = json.dumps(snapshot)
+            self.snapshot_at = time.monotonic()
+            await self.send(text_data=self.snapshot_text)
         finally:
             self.snapshot_pending = False
             waiting, self.waiting_events = self.waiting_events, []
             for message in waiting:
                 await self.room_event(message)
 
-    async def send_frame(self, frame):
-        await self.send(text_data=json.dumps(frame))
+    async def resync(self):
+        """A snapshot for a page that asks: the last one again when nothing happened since, else a fresh one."""
+        if self.snapshot_text is not None and time.monotonic() - self.snapshot_at < SNAPSHOT_REUSE_SECONDS:
+            await self.send(text_data=self.snapshot_text)
+            return
+        await self.send_snapshot()
 
     # --- from the browser -----------------------------------------------------------
 
     async def receive(self, text_data=None, bytes_data=None):
         if self.conference is None:
             return
+        # The rate limit first: a flood costs no database hop and no parsing.
         if not self.bucket.take():
             await self.send_frame({"type": "error", "error": "too many messages; slow down"})
             return
         if bytes_data is not None or text_data is None:
             await self.send_frame({"type": "error", "error": "send JSON text frames"})
             return
-        if len(text_data.encode()) > MAX_FRAME_BYTES:
-            await self.send_frame({"type": "error", "error": "message too large"})
+        try:
+            request = frames.parse_request(text_data)
+        except frames.FrameError as exc:
+            await self.send_frame({"type": "error", "error": str(exc)})
             return
         try:
-            frame = json.loads(text_data)
-        except ValueError:
-            await self.send_frame({"type": "error", "error": "not JSON"})
+            await self.handle_request(request)
+        except DatabaseError as exc:
+            logger.warning("room %s: request failed: database: %s", self.conference.pk, exc)
+            await self._fail(request, DATABASE_DOWN)
+        except ChannelFull:
+            logger.warning("room %s: request refused: the channel layer is full", self.conference.pk)
+            await self._fail(request, LAYER_BUSY)
+        except Exception:
+            logger.exception("room %s: request failed", self.conference.pk)
+            await self._fail(request, INTERNAL_ERROR)
+
+    async def _fail(self, request, error):
+        pending = self.pending.pop(str(request.request_id), None)
+        if pending is not None:
+            pending[0].cancel()
+        await self.reply(request.request_id, False, error)
+
+    async def handle_request(self, request):
+        if request.action == "resync":
+            await self.resync()
+            await self.reply(request.request_id, True)
             return
-        if not isinstance(frame, dict):
-            await self.send_frame({"type": "error", "error": "expected a JSON object"})
+        if request.action not in moderation.ACTIONS:
+            await self.reply(request.request_id, False, "unknown action")
             return
-        request_id = frame.get("request_id")
-        if not isinstance(request_id, str | int) or isinstance(request_id, bool) or len(str(request_id)) > 64:
-            await self.send_frame({"type": "error", "error": "request_id missing or invalid"})
-            return
-        action = frame.get("action")
-        if action == "resync":
-            await self.send_snapshot()
-            await self.reply(request_id, True)
-            return
-        if action not in moderation.ACTIONS:
-            await self.reply(request_id, False, "unknown action")
-            return
-        await self.moderate(action, request_id, frame.get("participant"))
+        await self.moderate(request.action, request.request_id, request.participant)
 
     async def moderate(self, action, request_id, participant_id):
-        # Permission is checked on every action, not only at connect.
-        if not await db(access.can_moderate)(self.scope["user"], self.conference):
-            await self.reply(request_id, False, "you may not moderate this room")
-            return
-        if action in moderation.PARTICIPANT_ACTIONS:
-            if not isinstance(participant_id, int) or isinstance(participant_id, bool):
-                await self.reply(request_id, False, "participant missing or invalid")
-                return
-            if not await db(_present_in_room)(self.conference.pk, participant_id):
-                await self.reply(request_id, False, "no such participant in this room")
-                return
-        else:
-            participant_id = None
         key = str(request_id)
         if key in self.pending:
             await self.reply(request_id, False, "request_id already in use")
             return
-        if not await db(_server_connected)(self.conference.server_id):
-            await self.reply(request_id, False, "the link to Asterisk is down")
+        # Login, permission and target are checked on every action, from fresh rows.
+        error = await db(_moderation_check)(self.session_key, self.user_id, self.conference.pk, action, participant_id)
+        if error is not None:
+            await self.reply(request_id, False, error)
             return
-        self.pending[key] = (asyncio.create_task(self._expire(key, request_id)), request_id)
+        if action not in moderation.PARTICIPANT_ACTIONS:
+            participant_id = None
+        self.pending[key] = (self.start_task(self._expire(key, request_id), name="room-socket-reply"), request_id)
         await moderation.send_request(
             server_id=self.conference.server_id,
             conference_id=self.conference.pk,
             action=action,
             participant_id=participant_id,
-            actor_id=self.scope["user"].pk,
+            actor_id=self.user_id,
             request_id=key,
             reply_channel=self.channel_name,
         )
@@ -321,6 +520,7 @@ class ConferenceConsumer(FanOutConsumer):
             if seq <= self.last_seq:
                 return  # already in the snapshot
             self.last_seq = seq
+        self.snapshot_text = None  # something happened: a resync reads afresh
         await self.send(text_data=message["text"])
 
     async def moderation_reply(self, message):
@@ -333,61 +533,61 @@ class ConferenceConsumer(FanOutConsumer):
 
     async def access_changed(self, message):
         """Grants changed (room, user or group): close if no longer allowed, else refresh the role."""
-        user = await db(_fresh_user)(self.scope["user"].pk)
-        if user is None or not await db(access.can_view)(user, self.conference):
-            await self.close(CLOSE_FORBIDDEN)
+        try:
+            refusal, user, role, _seq = await db(_room_check)(self.session_key, self.user_id, self.conference.pk)
+        except DatabaseError as exc:
+            logger.warning("room %s: access check failed (%s); the periodic check repeats it", self.conference.pk, exc)
             return
-        self.scope["user"] = user
+        if refusal is not None:
+            await self.close(refusal)
+            return
+        self.scope["user"], self.role = user, role
         await self.send_snapshot()
 
-    async def session_ended(self, message):
-        await self.close(CLOSE_NOT_LOGGED_IN)
 
-
-def _visible_rooms(user):
-    rooms = access.conferences_visible_to(user).order_by("name")
-    counts = dict(
-        Participant.objects.filter(conference__in=rooms, left_at__isnull=True)
-        .values_list("conference_id")
-        .annotate(n=Count("id"))
-    )
-    return [(room.pk, broadcast.conference_state(room, counts.get(room.pk, 0))) for room in rooms]
-
-
-class RoomListConsumer(FanOutConsumer):
+class RoomListConsumer(GuardedConsumer):
     """Live counts for the room list: the rooms a user may see, and their conference.updated frames only."""
 
     async def connect(self):
-        self.groups_joined = []
-        await self.accept()
-        user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
-            await self.close(CLOSE_NOT_LOGGED_IN)
+        if not await self.authenticate():
             return
-        await self._join(broadcast.user_group(user.pk))
-        session_key = getattr(self.scope.get("session"), "session_key", None)
-        if session_key:
-            await self._join(broadcast.session_group(session_key))
-        await self.send_rooms()
-
-    async def _join(self, group):
-        await self.channel_layer.group_add(group, self.channel_name)
-        self.groups_joined.append(group)
+        if await self.send_rooms():
+            self.start_task(self._watch(), name="room-list-check")
 
     async def send_rooms(self):
-        user = await db(_fresh_user)(self.scope["user"].pk)
-        rooms = await db(_visible_rooms)(user) if user is not None else []
+        """Join the groups of the rooms the user may see now and send them; False when logged out (closed)."""
+        user, rooms = await db(_session_rooms)(self.session_key, self.user_id)
+        if user is None:
+            await self.close(CLOSE_NOT_LOGGED_IN)
+            return False
+        self.scope["user"] = user
         wanted = {broadcast.room_group(pk) for pk, _state in rooms}
         for group in [g for g in self.groups_joined if g.startswith("conference.") and g not in wanted]:
-            await self.channel_layer.group_discard(group, self.channel_name)
-            self.groups_joined.remove(group)
+            await self.leave_group(group)
         for group in sorted(wanted - set(self.groups_joined)):
-            await self._join(group)
+            await self.join_group(group)
         await self.send(text_data=json.dumps({"type": "rooms", "rooms": [state for _pk, state in rooms]}))
+        return True
 
-    async def disconnect(self, code):
-        for group in self.groups_joined:
-            await self.channel_layer.group_discard(group, self.channel_name)
+    def _room_ids_joined(self):
+        return {int(g.split(".", 1)[1]) for g in self.groups_joined if g.startswith("conference.")}
+
+    async def _watch(self):
+        """Every SESSION_CHECK_SECONDS: still logged in, and are the visible rooms still the same?"""
+        while True:
+            await asyncio.sleep(SESSION_CHECK_SECONDS)
+            try:
+                visible = await db(_visible_room_ids)(self.session_key, self.user_id)
+                if visible is None:
+                    await self.close(CLOSE_NOT_LOGGED_IN)
+                    return
+                await self.confirm_place()
+                if visible != self._room_ids_joined():
+                    await self.send_rooms()
+            except DatabaseError as exc:
+                logger.warning("user %s: room list check failed: %s", self.user_id, exc)
+            except Exception:
+                logger.exception("user %s: room list check failed", self.user_id)
 
     async def receive(self, text_data=None, bytes_data=None):
         pass  # nothing to say: this socket only listens
@@ -398,7 +598,15 @@ class RoomListConsumer(FanOutConsumer):
             await self.send(text_data=json.dumps({"type": "conference.updated", "conference": frame["conference"]}))
 
     async def access_changed(self, message):
-        await self.send_rooms()
+        try:
+            await self.send_rooms()
+        except DatabaseError as exc:
+            logger.warning("user %s: access check failed (%s); the periodic check repeats it", self.user_id, exc)
 
-    async def session_ended(self, message):
-        await self.close(CLOSE_NOT_LOGGED_IN)
+
+class NoSuchSocket(AsyncWebsocketConsumer):
+    """Any WebSocket path that is not one of ours: accepted, then closed with 4404 (Channels would raise)."""
+
+    async def connect(self):
+        await self.accept()
+        await self.close(CLOSE_NOT_FOUND)

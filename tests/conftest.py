@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from conferences.models import AsteriskServer, Conference, ConferenceAccess, Participant
 
-pytest_plugins = ["tests.live"]
+pytest_plugins = ["tests.live", "tests.sockets"]
 
 _numbers = itertools.count(1000)
 

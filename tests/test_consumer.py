@@ -12,6 +12,7 @@ from django.db.models import F
 from conferences import broadcast, consumers, fanout, moderation, services
 from conferences.models import AsteriskServer, Conference, ConferenceAccess, Participant
 from conferencesite.asgi import application
+from tests.sockets import closed_with, frame, list_socket, send
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -23,70 +24,6 @@ def fresh_layer():
     channel_layers.backends.clear()
     yield
     channel_layers.backends.clear()
-
-
-@pytest.fixture
-def room(conference):
-    AsteriskServer.objects.filter(pk=conference.server_id).update(connected=True)
-    return conference
-
-
-@pytest.fixture
-def login(client):
-    def login(user):
-        client.force_login(user)
-        return client.cookies["sessionid"].value
-
-    return login
-
-
-@pytest.fixture
-async def connect(login):
-    communicators = []
-
-    async def connect(user=None, slug="sales", origin="http://127.0.0.1"):
-        headers = [(b"origin", origin.encode()), (b"host", b"127.0.0.1")]
-        if user is not None:
-            session_key = await db(login)(user)
-            headers.append((b"cookie", f"sessionid={session_key}".encode()))
-        communicator = WebsocketCommunicator(application, f"/ws/conferences/{slug}/", headers=headers)
-        communicators.append(communicator)
-        connected, _ = await communicator.connect()
-        return communicator, connected
-
-    yield connect
-    for communicator in communicators:
-        if not communicator.future.done():
-            await communicator.disconnect()
-
-
-async def closed_with(communicator):
-    message = await communicator.receive_output(timeout=3)
-    assert message["type"] == "websocket.close"
-    return message["code"]
-
-
-async def frame(communicator, timeout=3):
-    return json.loads(await communicator.receive_from(timeout=timeout))
-
-
-async def send(communicator, payload):
-    await communicator.send_to(text_data=payload if isinstance(payload, str) else json.dumps(payload))
-    return await frame(communicator)
-
-
-@pytest.fixture
-def viewer(room, make_user, grant):
-    user = make_user("viewer")
-    grant(room, user=user)
-    return user
-
-
-@pytest.fixture
-def moderator(room, make_user, grant):
-    user = make_user("moderator")
-    grant(room, user=user, role=ConferenceAccess.Role.MODERATOR)
-    return user
 
 
 # --- refusals ---------------------------------------------------------------------
@@ -349,7 +286,8 @@ async def test_deactivated_user_is_disconnected(connect, viewer):
     await frame(communicator)
     viewer.is_active = False
     await db(viewer.save)()
-    assert await closed_with(communicator) == 4403
+    # An inactive account's session no longer logs anybody in (as for Django's requests).
+    assert await closed_with(communicator) == 4401
 
 
 async def test_logout_closes_that_sessions_sockets(connect, viewer, client):
@@ -569,16 +507,6 @@ async def test_messages_left_for_a_closed_socket_are_dropped_after_a_round(conne
 
 
 # --- the room list's live counts --------------------------------------------------------
-
-
-async def list_socket(login, user, origin="http://127.0.0.1"):
-    headers = [(b"origin", origin.encode()), (b"host", b"127.0.0.1")]
-    if user is not None:
-        headers.append((b"cookie", f"sessionid={await db(login)(user)}".encode()))
-    communicator = WebsocketCommunicator(application, "/ws/conferences/", headers=headers)
-    connected, _ = await communicator.connect()
-    assert connected
-    return communicator
 
 
 async def test_room_list_socket_refuses_anonymous(login):

@@ -51,6 +51,18 @@ frames = st.one_of(
     ).map(json.dumps),
     json_values.map(json.dumps),
     st.text(min_size=1, max_size=200),  # (the test communicator cannot send an empty frame)
+    # Deep nesting (RecursionError in json.loads), lone surrogates, numbers out of range.
+    st.integers(min_value=5, max_value=3000).map(lambda n: "[" * n + "]" * n),
+    st.integers(min_value=5, max_value=1500).map(lambda n: '{"a":' * n + "1" + "}" * n),
+    st.sampled_from(["\\ud800", "\\udfff", "a\\udc00b"]).map(
+        lambda s: '{"action": "mute", "request_id": "' + s + '", "participant": 1}'
+    ),
+    st.integers(min_value=2**63, max_value=10**400).map(
+        lambda n: '{"action": "kick", "request_id": "k", "participant": ' + str(n) + "}"
+    ),
+    st.sampled_from(["1e400", "-1e400", "NaN", "Infinity"]).map(
+        lambda n: '{"action": "kick", "request_id": "k", "participant": ' + n + "}"
+    ),
 )
 
 

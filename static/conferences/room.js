@@ -11,7 +11,14 @@
 (function () {
   // --- Pure helpers -----------------------------------------------------------------
 
-  const REFUSALS = { 4401: "refused_4401", 4403: "refused_4403", 4404: "refused_4404" };
+  const REFUSALS = {
+    4401: "refused_4401",
+    4403: "refused_4403",
+    4404: "refused_4404",
+    4429: "refused_4429",
+  };
+  // Refusals that pass by themselves: the page says why, then tries again after this long (ms).
+  const RETRY_AFTER = { 4429: 30000 };
 
   /** What to do with a room event given the last applied seq: "stale", "next" or "gap". */
   function classifySeq(lastSeq, seq) {
@@ -46,6 +53,11 @@
   /** The strings key explaining a refusal close code, or null when the page should reconnect. */
   function refusalKey(code) {
     return REFUSALS[code] || null;
+  }
+
+  /** How long to wait before trying again after a refusal, or null when the page must not retry. */
+  function retryAfterRefusal(code) {
+    return RETRY_AFTER[code] || null;
   }
 
   let requestCounter = 0;
@@ -83,6 +95,7 @@
     backoffDelay,
     interpolate,
     refusalKey,
+    retryAfterRefusal,
     newRequestId,
     compareParticipants,
     diffRoster,
@@ -755,6 +768,8 @@
           link.href = config.login_url;
           ui.message.append(" ", link);
         }
+        const retry = retryAfterRefusal(code);
+        if (retry !== null) reconnectTimer = setTimeout(connect, retry);
         return;
       }
       scheduleReconnect();

@@ -49,8 +49,13 @@ test("refusal codes stop reconnecting, others do not", () => {
   assert.equal(room.refusalKey(4401), "refused_4401");
   assert.equal(room.refusalKey(4403), "refused_4403");
   assert.equal(room.refusalKey(4404), "refused_4404");
+  assert.equal(room.refusalKey(4429), "refused_4429");
   assert.equal(room.refusalKey(1006), null);
   assert.equal(room.refusalKey(1000), null);
+  // Too many open pages passes when others close: retried; the other refusals are final.
+  assert.equal(room.retryAfterRefusal(4429), 30000);
+  assert.equal(room.retryAfterRefusal(4403), null);
+  assert.equal(room.retryAfterRefusal(1006), null);
 });
 
 test("request ids are unique, short strings", () => {
