@@ -16,11 +16,15 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
 
+from conferencesite import daphne_limits  # noqa: E402
 from conferencesite.routing import websocket_urlpatterns  # noqa: E402
 from conferencesite.startup import on_process_start  # noqa: E402
 
 on_process_start()
+# daphne buffers without bound for a client that does not read (see the module).
+daphne_limits.install(settings.WEBSOCKET_MAX_QUEUED_BYTES)
 
 application = ProtocolTypeRouter(
     {

@@ -2,6 +2,7 @@
 and protocol clients that behave like the live page (snapshot, seq, resync, reconnect)."""
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -234,3 +235,73 @@ def make_sessions(user, count):
         session.create()
         keys.append(session.session_key)
     return keys
+
+
+class NonReadingClient:
+    """A WebSocket client that sends and never reads: a stalled page, or one that wants the server to buffer.
+
+    A raw socket with a small receive buffer, so what the server sends piles
+    up on the server's side. After the handshake nothing is ever read; a send
+    that fails (the server aborted the connection) marks it ``dropped``.
+    """
+
+    def __init__(self, port, path, session_key, *, rcvbuf=4096):
+        self.port, self.path, self.session_key, self.rcvbuf = port, path, session_key, rcvbuf
+        self.sock = None
+        self.dropped_after = None  # seconds from connect to the failed send
+        self.sent = 0
+        self._connected_at = None
+
+    async def connect(self):
+        loop = asyncio.get_running_loop()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", self.port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (
+            f"GET {self.path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"Origin: http://127.0.0.1:{self.port}\r\nCookie: sessionid={self.session_key}\r\n\r\n"
+        )
+        await loop.sock_sendall(sock, request.encode())
+        head = b""
+        while b"\r\n\r\n" not in head:  # the handshake's answer is the only thing ever read
+            chunk = await asyncio.wait_for(loop.sock_recv(sock, 1), 10)
+            if not chunk:
+                raise AssertionError("the server closed during the handshake")
+            head += chunk
+        if not head.startswith(b"HTTP/1.1 101"):
+            raise AssertionError(f"handshake refused: {head[:80]!r}")
+        self.sock, self._connected_at = sock, loop.time()
+
+    @staticmethod
+    def frame(text):
+        """A masked text frame, as a browser sends it."""
+        payload = text.encode()
+        mask = os.urandom(4)
+        header = bytes([0x81])
+        if len(payload) < 126:
+            header += bytes([0x80 | len(payload)])
+        elif len(payload) < 65536:
+            header += bytes([0x80 | 126]) + len(payload).to_bytes(2, "big")
+        else:
+            header += bytes([0x80 | 127]) + len(payload).to_bytes(8, "big")
+        return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+    async def send(self, text):
+        """Send one frame; False once the server has dropped the connection."""
+        if self.dropped_after is not None:
+            return False
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(loop.sock_sendall(self.sock, self.frame(text)), 5)
+        except (OSError, TimeoutError):
+            self.dropped_after = loop.time() - self._connected_at
+            return False
+        self.sent += 1
+        return True
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
