@@ -5,7 +5,7 @@ from django.db.models import Count, Q
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
-from conferences import access, moderation
+from conferences import access, moderation, services
 from conferences.models import AsteriskServer, Conference, ConferenceAccess, ConferenceEvent, Participant
 
 
@@ -107,6 +107,16 @@ class ConferenceAdmin(admin.ModelAdmin):
         _room_action("mute_all", _("Mute everyone but admins")),
         _room_action("unmute_all", _("Unmute everyone")),
     ]
+
+    def save_model(self, request, obj, form, change):
+        """A change goes through the services (audited, broadcast to open pages); a new room is a plain save."""
+        if not change:
+            super().save_model(request, obj, form, change)
+            return
+        configurable = services.configurable_fields()
+        changes = {field: getattr(obj, field) for field in form.changed_data if field in configurable}
+        if changes:
+            services.conference_update(conference_id=obj.pk, actor=request.user, **changes)
 
     def get_queryset(self, request):
         return (

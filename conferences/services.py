@@ -203,3 +203,41 @@ def server_set_link_status(*, server, connected, error=""):
 def server_heartbeat(*, server):
     """Note that the link was confirmed alive just now."""
     AsteriskServer.objects.filter(pk=server.pk).update(last_seen_at=timezone.now())
+# The room settings pages show: a change of one is broadcast.
+BROADCAST_FIELDS = {"name", "number", "slug", "locked"}
+
+
+def configurable_fields():
+    """The room's settings staff may change (every editable field: seq and the creation time are not)."""
+    return {field.name for field in Conference._meta.concrete_fields if field.editable and not field.primary_key}
+
+
+def conference_update(*, conference_id, actor=None, **changes):
+    """Change a room's settings (the admin's form): saved, audited and broadcast like every other change.
+
+    ``locked`` is recorded as the room being locked or unlocked by ``actor``,
+    as from the page; the other settings are in the admin's own change log.
+    Returns the room, or ``None`` when it no longer exists.
+    """
+    unknown = set(changes) - configurable_fields()
+    if unknown:
+        raise ValueError(f"cannot update {', '.join(sorted(unknown))}")
+    with transaction.atomic():
+        conference = Conference.objects.select_for_update().filter(pk=conference_id).first()
+        if conference is None:
+            return None
+        changed = [field for field, value in changes.items() if getattr(conference, field) != value]
+        if not changed:
+            return conference
+        for field in changed:
+            setattr(conference, field, changes[field])
+        conference.full_clean(validate_unique=True, validate_constraints=True)
+        conference.save(update_fields=changed)
+        if "locked" in changed:
+            _record(conference.pk, Kind.LOCKED if conference.locked else Kind.UNLOCKED, actor=actor)
+        if BROADCAST_FIELDS & set(changed):
+            _emit_conference(conference)
+    logger.info("conference %s: settings changed (%s)", conference.pk, ", ".join(sorted(changed)))
+    return conference
+
+

@@ -185,3 +185,78 @@ def test_access_row_with_both_user_and_group_is_refused_in_the_form(admin_client
     assert response.status_code == 200
     assert "Name either a user or a group, not both." in response.content.decode()
     assert not conference.access.exists()
+
+
+def _room_form(conference, **overrides):
+    data = {
+        "server": conference.server_id,
+        "number": conference.number,
+        "slug": conference.slug,
+        "name": conference.name,
+        "moh_class": conference.moh_class,
+        "max_participants": conference.max_participants or "",
+        "pin": conference.pin,
+        "access-TOTAL_FORMS": "0",
+        "access-INITIAL_FORMS": "0",
+        "access-MIN_NUM_FORMS": "0",
+        "access-MAX_NUM_FORMS": "1000",
+    }
+    if conference.locked:
+        data["locked"] = "on"
+    data.update(overrides)
+    return {key: value for key, value in data.items() if value is not None}
+
+
+def test_locking_a_room_in_its_form_is_audited_and_broadcast(
+    admin_client, conference, superuser, monkeypatch, django_capture_on_commit_callbacks
+):
+    """An edit of room state in the admin goes through the services, like the page's lock button."""
+    from conferences import broadcast
+
+    sent = []
+    monkeypatch.setattr(broadcast, "send_to_room", lambda conference_id, frame: sent.append(frame))
+    url = reverse("admin:conferences_conference_change", args=[conference.pk])
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(url, _room_form(conference, locked="on", name="Sales (locked)"))
+    assert response.status_code == 302
+    conference.refresh_from_db()
+    assert conference.locked and conference.name == "Sales (locked)"
+    [event] = ConferenceEvent.objects.filter(conference=conference, kind="locked")
+    assert event.actor == superuser
+    [frame] = sent
+    assert frame["type"] == "conference.updated" and frame["seq"] == conference.seq
+    assert frame["conference"]["locked"] is True and frame["conference"]["name"] == "Sales (locked)"
+
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(url, _room_form(conference, locked=None))
+    assert ConferenceEvent.objects.filter(conference=conference, kind="unlocked", actor=superuser).count() == 1
+    assert sent[-1]["conference"]["locked"] is False
+
+
+def test_a_setting_pages_do_not_show_changes_quietly(
+    admin_client, conference, monkeypatch, django_capture_on_commit_callbacks
+):
+    from conferences import broadcast
+
+    sent = []
+    monkeypatch.setattr(broadcast, "send_to_room", lambda conference_id, frame: sent.append(frame))
+    url = reverse("admin:conferences_conference_change", args=[conference.pk])
+    seq = conference.seq
+    with django_capture_on_commit_callbacks(execute=True):
+        assert admin_client.post(url, _room_form(conference, pin="4321")).status_code == 302
+    conference.refresh_from_db()
+    assert conference.pin == "4321" and conference.seq == seq and sent == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://conference:secret@127.0.0.1:8088/ari", "http://admin@pbx/ari", "https://:pw@pbx.example/ari"],
+)
+def test_an_ari_url_with_credentials_in_it_is_refused(admin_client, url):
+    data = {"name": "pbx2", "ari_url": url, "username": "u", "password": "p", "app_name": "conference"}
+    response = admin_client.post(reverse("admin:conferences_asteriskserver_add"), data)
+    assert response.status_code == 200
+    [error] = response.context["adminform"].form.errors["ari_url"]
+    assert "must not contain a user name or password" in error
+    assert "secret" not in error and "pw@" not in error  # the message does not repeat the credentials
+    assert not AsteriskServer.objects.filter(name="pbx2").exists()
