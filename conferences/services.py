@@ -203,6 +203,8 @@ def server_set_link_status(*, server, connected, error=""):
 def server_heartbeat(*, server):
     """Note that the link was confirmed alive just now."""
     AsteriskServer.objects.filter(pk=server.pk).update(last_seen_at=timezone.now())
+
+
 # The room settings pages show: a change of one is broadcast.
 BROADCAST_FIELDS = {"name", "number", "slug", "locked"}
 
@@ -239,5 +241,3 @@ def conference_update(*, conference_id, actor=None, **changes):
             _emit_conference(conference)
     logger.info("conference %s: settings changed (%s)", conference.pk, ", ".join(sorted(changed)))
     return conference
-
-
