@@ -2,8 +2,10 @@
 
 import asyncio
 import contextlib
+import copy
 import json
 import os
+import uuid
 
 import pytest
 from channels.db import database_sync_to_async
@@ -173,3 +175,65 @@ def events_of(conference, kind=None):
     if kind:
         queryset = queryset.filter(kind=kind)
     return list(queryset.values("kind", "actor_id", "details", "participant_id"))
+
+
+class EventLog:
+    """Keeps every ARI event a worker processes (a ``configure`` hook of ``WorkerRunner.start``).
+
+    With ``channelvars=False`` the events lose their ``channelvars``, as from an
+    Asterisk whose ari.conf has no ``channelvars`` line.
+    """
+
+    def __init__(self, *, channelvars=True):
+        self.events = []
+        self.channelvars = channelvars
+
+    def __call__(self, worker):
+        original = worker.process_event
+
+        async def process(event):
+            if not self.channelvars:
+                event = copy.deepcopy(event)
+                (event.get("channel") or {}).pop("channelvars", None)
+            self.events.append(event)
+            await original(event)
+
+        worker.process_event = process
+
+    def playbacks(self, channel_id):
+        """``(Asterisk's timestamp, media)`` of every playback started on the channel, in order."""
+        return [
+            (event["timestamp"], event["playback"]["media_uri"])
+            for event in self.events
+            if event.get("type") == "PlaybackStarted"
+            and event.get("playback", {}).get("target_uri") == f"channel:{channel_id}"
+        ]
+
+    def sounds(self, channel_id):
+        return [media for _at, media in self.playbacks(channel_id)]
+
+    def stasis_args(self, channel_id):
+        starts = [e for e in self.events if e.get("type") == "StasisStart" and e["channel"]["id"] == channel_id]
+        return starts[0]["args"] if starts else None
+
+
+@pytest.fixture
+def own_cache(settings):
+    """A local-memory cache of this test's own (wrong-PIN counts from elsewhere do not count)."""
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": f"t{uuid.uuid4().hex}"}
+    }
+
+
+@pytest.fixture
+def redis_cache(settings, redis_url):
+    """Django's cache on the real Redis, as with REDIS_URL set, under a key prefix of this test's own."""
+    prefix = f"test-{uuid.uuid4().hex}"
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": redis_url,
+            "KEY_PREFIX": prefix,
+        }
+    }
+    return prefix

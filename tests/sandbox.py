@@ -2,7 +2,9 @@
 
 Callers are Local channels: the ;2 half runs the [conferences] dialplan into
 Stasis and is the participant; the ;1 half runs a far end of [test-farend]
-(talk, silent, pin<digits>, talkpin<digits>) and is the caller's mouth.
+(talk, silent, pin<digits>, talkpin<digits>, latepin<digits>) and is the
+caller's mouth. ``straight_into_app`` skips the dialplan: a channel enters
+Stasis with whatever arguments the test gives.
 
 The ear snoops on a participant (spy=out: what Asterisk sends to that caller)
 into the test application "test-ear" and runs TALK_DETECT on the snoop
@@ -47,26 +49,58 @@ class Sandbox:
     def __init__(self, ari):
         self.ari = ari
 
-    async def call(self, method, path, *, params=None, ok=(200, 204), timeout=5):
+    async def call(self, method, path, *, params=None, json=None, ok=(200, 204), timeout=5):
         response = await asyncio.to_thread(
-            requests.request, method, f"{self.ari.url}{path}", params=params, auth=self.ari.auth, timeout=timeout
+            requests.request,
+            method,
+            f"{self.ari.url}{path}",
+            params=params,
+            json=json,
+            auth=self.ari.auth,
+            timeout=timeout,
         )
         if response.status_code not in ok:
             raise SandboxError(f"{method} {path} -> {response.status_code} {response.text[:200]}")
         return response.json() if response.content else None
 
-    async def caller(self, room, *, far="silent", name="Caller", number="200", admin=False):
+    async def caller(
+        self, room, *, far="silent", name="Caller", number="200", admin=False, context=None, variables=None
+    ):
+        """A caller dialling ``room`` (any string: it is the Local channel's extension) into ``context``.
+
+        ``admin`` picks [conferences-admin]; ``variables`` are set on the far
+        end's channel, and Local channels copy them to the participant half.
+        """
         caller = Caller(_id("p"), _id("f"), name, number)
+        context = context or ("conferences-admin" if admin else "conferences")
         await self.call(
             "POST",
             "/channels",
             params={
-                "endpoint": f"Local/{room}@{'conferences-admin' if admin else 'conferences'}",
+                "endpoint": f"Local/{room}@{context}",
                 "context": "test-farend",
                 "extension": far,
                 "priority": 1,
                 "channelId": caller.far_id,
                 "otherChannelId": caller.channel_id,
+                "callerId": f'"{name}" <{number}>',
+            },
+            json={"variables": variables} if variables else None,
+        )
+        return caller
+
+    async def straight_into_app(self, app_args, *, app="conference", name="Direct", number="200"):
+        """A channel that enters ``Stasis(app,<app_args>)`` with no dialplan in between (a silent far end)."""
+        caller = Caller(_id("p"), _id("f"), name, number)
+        await self.call(
+            "POST",
+            "/channels",
+            params={
+                "endpoint": "Local/silent@test-farend",
+                "app": app,
+                "appArgs": app_args,
+                "channelId": caller.channel_id,
+                "otherChannelId": caller.far_id,
                 "callerId": f'"{name}" <{number}>',
             },
         )

@@ -14,7 +14,7 @@ from channels.testing import WebsocketCommunicator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conferences.ari.handlers import ConferenceApp
+from conferences.ari.handlers import ConferenceApp, role_from_channelvars
 from conferences.models import Conference, ConferenceAccess, Participant
 from conferencesite.asgi import application
 from tests.test_handlers_recorded import FakeAri
@@ -113,6 +113,12 @@ channel = st.fixed_dictionaries(
         "state": st.sampled_from(["Up", "Ring", "Down", ""]),
         "caller": st.fixed_dictionaries({"name": hostile_text, "number": hostile_text}),
         "dialplan": st.fixed_dictionaries({"app_name": hostile_text, "app_data": hostile_text}),
+        "channelvars": st.one_of(
+            st.fixed_dictionaries(
+                {"CONFERENCE_ROLE": st.one_of(st.sampled_from(["admin", "", "participant"]), hostile_text)}
+            ),
+            json_values,
+        ),
     },
 )
 ari_events = st.one_of(
@@ -131,6 +137,7 @@ ari_events = st.one_of(
                     "ChannelDestroyed",
                     "BridgeDestroyed",
                     "_PinTimeout",
+                    "_PinPauseOver",
                     "_HangupTimeout",
                 ]
             ),
@@ -138,7 +145,10 @@ ari_events = st.one_of(
         },
         optional={
             "channel": channel,
-            "args": st.lists(st.one_of(hostile_text, st.sampled_from(["100", "admin", "101"])), max_size=3),
+            "args": st.one_of(
+                st.lists(st.one_of(hostile_text, st.sampled_from(["100", "admin", "101", ""])), max_size=3),
+                json_values,
+            ),
             "bridge": st.fixed_dictionaries(
                 {
                     "id": st.one_of(hostile_text, st.just("conference-conference-{room}")),
@@ -173,6 +183,13 @@ def test_hostile_ari_events_never_crash_the_handlers(events, server):
 
     async_to_sync(run)()
     check_invariants()
+    # Nothing but a channel's own CONFERENCE_ROLE=admin makes an admin (not the arguments).
+    said_admin = {
+        event["channel"]["id"]
+        for event in json.loads(text)
+        if isinstance(event.get("channel"), dict) and role_from_channelvars(event["channel"]) == Participant.Role.ADMIN
+    }
     for participant in Participant.objects.all():
         assert len(participant.caller_name) <= 80 and len(participant.caller_number) <= 80
         assert participant.channel_id  # never an empty channel id
+        assert participant.role == Participant.Role.PARTICIPANT or participant.channel_id in said_admin

@@ -41,9 +41,9 @@ async def next_event(socket, kind, timeout=10):
                 return event
 
 
-@pytest.mark.parametrize("context,args", [("conferences", ["100"]), ("conferences-admin", ["100", "admin"])])
-async def test_sandbox_dialplan_sends_callers_into_stasis(ari, context, args):
-    """deploy/asterisk/extensions.conf is what runs: Stasis(conference,<room>[,admin])."""
+@pytest.mark.parametrize("context,role", [("conferences", "participant"), ("conferences-admin", "admin")])
+async def test_sandbox_dialplan_sends_callers_into_stasis(ari, context, role):
+    """deploy/asterisk/extensions.conf is what runs: Stasis(conference,<room>), the role in CONFERENCE_ROLE."""
     ws_url = ari.url.replace("http", "ws", 1) + "/events?app=conference&subscribeAll=false"
     suffix = uuid.uuid4().hex
     async with websockets.connect(ws_url, additional_headers=ws_auth(ari)) as socket:
@@ -63,7 +63,8 @@ async def test_sandbox_dialplan_sends_callers_into_stasis(ari, context, args):
         )
         try:
             start = await next_event(socket, "StasisStart")
-            assert start["args"] == args
+            assert start["args"] == ["100"]
+            assert start["channel"]["channelvars"] == {"CONFERENCE_ROLE": role}  # ari.conf's channelvars
             assert start["channel"]["id"] == f"p{suffix}"
             assert start["channel"]["caller"] == {"name": "Integration", "number": "555"}
         finally:

@@ -8,7 +8,7 @@ from django.contrib.auth.models import User
 
 from conferences import moderation
 from conferences.models import AsteriskServer, ConferenceEvent, Participant
-from tests.live import db, events_of, participant, wait_roster
+from tests.live import EventLog, db, events_of, participant, wait_roster
 from tests.sandbox import Ears, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -471,3 +471,306 @@ async def test_keepalive_pings_notice_a_frozen_asterisk_and_the_link_comes_back(
     state = await db(AsteriskServer.objects.get)(pk=worker.server.pk)
     assert state.connected
     await wait_roster(sandbox, worker, room, {caller.channel_id})
+
+
+# --- caller-side trust: nothing dialled makes an admin ---------------------------------------
+
+
+async def test_dialled_admin_suffix_through_the_shipped_dialplan_is_an_ordinary_participant(
+    runner, sandbox, make_room, moderator
+):
+    """FILTER(0-9) keeps the digits of what was dialled: "130,admin" is room 130, no admin."""
+    room = await make_room(130)
+    log = EventLog()
+    worker = await runner.start(configure=log)
+    dialled = ["130,admin", "130a", "130#", "1a3b0,admin"]
+    callers = [await sandbox.caller(text, name=f"Dialled {text}", number=f"50{i}") for i, text in enumerate(dialled)]
+    chair = await sandbox.caller(130, name="Chair", admin=True)
+    await wait_roster(sandbox, worker, room, {c.channel_id for c in callers} | {chair.channel_id})
+    assert [log.stasis_args(c.channel_id) for c in callers] == [["130"]] * 4
+    roles = await db(lambda: dict(Participant.objects.filter(conference=room).values_list("channel_id", "role")))()
+    assert roles == {**{c.channel_id: "participant" for c in callers}, chair.channel_id: "admin"}
+    # Mute all mutes them; only the admin context's caller is spared.
+    assert await act(worker, room, "mute_all", actor=moderator) == (True, None)
+    muted = await db(lambda: dict(Participant.objects.filter(conference=room).values_list("channel_id", "muted")))()
+    assert muted == {**{c.channel_id: True for c in callers}, chair.channel_id: False}
+    # A locked room keeps them out.
+    assert await act(worker, room, "lock", actor=moderator) == (True, None)
+    late = await sandbox.caller("130,admin", name="Late", number="599")
+    await eventually(lambda: is_gone(sandbox, late), timeout=20, message="locked out")
+    assert log.sounds(late.channel_id) == ["sound:conf-locked"]
+    assert await db(participant)(late.channel_id) is None
+    refused = await db(events_of)(room, ConferenceEvent.Kind.REFUSED)
+    assert [(e["details"]["reason"], e["details"]["caller_number"]) for e in refused] == [("locked", "599")]
+
+
+@pytest.mark.parametrize("dialled", ["*131", "admin", "１３１", ",admin", "#"])
+async def test_dialled_strings_without_a_leading_digit_reach_no_room(worker, sandbox, make_room, dialled):
+    """The shipped pattern _X. needs an ASCII digit first: these never reach Stasis()."""
+    room = await make_room(131)
+    caller = await sandbox.caller(dialled, name="Odd")
+    await eventually(lambda: is_gone(sandbox, caller), timeout=10, message="caller with no extension hung up")
+    assert await db(lambda: Participant.objects.count())() == 0
+    assert await db(events_of)(room) == []
+
+
+@pytest.mark.parametrize(
+    "app_args,reason,in_room",
+    [
+        ("132,admin", "extra arguments", True),
+        ("132,", "extra arguments", True),
+        ("132,admin,x", "extra arguments", True),
+        ("132a", "room number not digits", False),
+        ("１３２", "room number not digits", False),
+        ("1" * 40, "room number too long", False),
+    ],
+)
+async def test_stasis_arguments_other_than_one_room_number_are_refused_and_logged(
+    runner, sandbox, make_room, caplog, app_args, reason, in_room
+):
+    """Straight into Stasis(conference,<args>), no dialplan in between: conf-invalid, hang up, logged."""
+    room = await make_room(132)
+    log = EventLog()
+    await runner.start(configure=log)
+    caller = await sandbox.straight_into_app(app_args, number="666")
+    await eventually(lambda: is_gone(sandbox, caller), timeout=20, message="refused caller hung up")
+    assert log.stasis_args(caller.channel_id) == app_args.split(",")
+    assert log.sounds(caller.channel_id) == ["sound:conf-invalid"]
+    assert await db(participant)(caller.channel_id) is None
+    assert f"channel {caller.channel_id} refused: {reason}" in caplog.text
+    refused = await db(events_of)(room, ConferenceEvent.Kind.REFUSED)
+    expected = [("invalid arguments", "666")] if in_room else []
+    assert [(e["details"]["reason"], e["details"]["caller_number"]) for e in refused] == expected
+
+
+async def test_an_old_unfiltered_dialplan_cannot_make_an_admin(runner, sandbox, make_room):
+    """Stasis(conference,${EXTEN}) with "133,admin" dialled: refused, not admitted past the lock."""
+    room = await make_room(133, locked=True)
+    log = EventLog()
+    await runner.start(configure=log)
+    caller = await sandbox.caller("133,admin", context="test-unfiltered", name="Sneaky", number="667")
+    await eventually(lambda: is_gone(sandbox, caller), timeout=20, message="refused caller hung up")
+    assert log.stasis_args(caller.channel_id) == ["133", "admin"]
+    assert log.sounds(caller.channel_id) == ["sound:conf-invalid"]
+    assert await db(participant)(caller.channel_id) is None
+    refused = await db(events_of)(room, ConferenceEvent.Kind.REFUSED)
+    assert [e["details"]["reason"] for e in refused] == ["invalid arguments"]
+
+
+@pytest.mark.parametrize("variable", ["__CONFERENCE_ROLE", "CONFERENCE_ROLE"])
+async def test_an_admin_variable_brought_along_does_not_survive_the_ordinary_context(
+    worker, sandbox, make_room, variable
+):
+    """A trusted leg's (inherited) CONFERENCE_ROLE=admin: [conferences] resets it; the old dialplan did not."""
+    room = await make_room(134, locked=True)
+    caller = await sandbox.caller(134, name="Carried", variables={variable: "admin"})
+    await eventually(lambda: is_gone(sandbox, caller), timeout=20, message="locked out")
+    assert await db(participant)(caller.channel_id) is None
+    # The same channel variable does reach the participant's channel: through a dialplan
+    # that leaves it alone (the test-only copy of the old one), it makes an admin.
+    control = await sandbox.caller(134, context="test-unfiltered", name="Control", variables={variable: "admin"})
+    await wait_roster(sandbox, worker, room, {control.channel_id})
+    assert (await db(participant)(control.channel_id)).role == "admin"
+
+
+async def test_without_channelvars_the_worker_asks_asterisk_for_the_role(runner, sandbox, make_room, moderator):
+    """An ari.conf without channelvars: GET /channels/{id}/variable; admins still pass lock and full room."""
+    room = await make_room(135, locked=True, max_participants=2)
+    log = EventLog(channelvars=False)
+    asked = []
+
+    def configure(worker):
+        log(worker)
+        original = worker.ari.get_variable
+
+        async def get_variable(channel_id, variable):
+            value = await original(channel_id, variable)  # the real Asterisk answers
+            asked.append((channel_id, variable, value))
+            return value
+
+        worker.ari.get_variable = get_variable
+
+    worker = await runner.start(configure=configure)
+    chair = await sandbox.caller(135, name="Chair", admin=True)
+    locked_out = await sandbox.caller(135, name="Late")
+    await wait_roster(sandbox, worker, room, {chair.channel_id})
+    await eventually(lambda: is_gone(sandbox, locked_out), timeout=20, message="locked out")
+    assert all("channelvars" not in (e.get("channel") or {}) for e in log.events)
+    assert sorted(asked) == sorted(
+        [(chair.channel_id, "CONFERENCE_ROLE", "admin"), (locked_out.channel_id, "CONFERENCE_ROLE", "participant")]
+    )
+    assert await act(worker, room, "unlock", actor=moderator) == (True, None)
+    member = await sandbox.caller(135, name="Member")
+    await wait_roster(sandbox, worker, room, {chair.channel_id, member.channel_id})
+    second_chair = await sandbox.caller(135, name="Chair 2", admin=True)  # the room is full
+    await wait_roster(sandbox, worker, room, {chair.channel_id, member.channel_id, second_chair.channel_id})
+    assert await act(worker, room, "mute_all", actor=moderator) == (True, None)
+    muted = await db(lambda: dict(Participant.objects.filter(conference=room).values_list("channel_id", "muted")))()
+    assert muted == {chair.channel_id: False, member.channel_id: True, second_chair.channel_id: False}
+    refused = await db(events_of)(room, ConferenceEvent.Kind.REFUSED)
+    assert [e["details"]["reason"] for e in refused] == ["locked"]
+
+
+async def test_resync_takes_the_role_of_callers_in_the_bridge_from_their_variable(runner, sandbox, make_room):
+    room = await make_room(136)
+    worker = await runner.start()
+    chair = await sandbox.caller(136, name="Chair", admin=True)
+    member = await sandbox.caller("136,admin", name="Member")
+    await wait_roster(sandbox, worker, room, {chair.channel_id, member.channel_id})
+    await runner.stop()
+    # As if the worker had died between the bridge join and the database write:
+    await db(lambda: Participant.objects.filter(conference=room).delete())()
+    worker = await runner.start()
+    await wait_roster(sandbox, worker, room, {chair.channel_id, member.channel_id})
+    roles = await db(lambda: dict(Participant.objects.filter(conference=room).values_list("channel_id", "role")))()
+    assert roles == {chair.channel_id: "admin", member.channel_id: "participant"}
+
+
+# --- PIN: lock and capacity again after the PIN; wrong PINs across calls ---------------------
+
+
+def slow_pin_prompt(worker):
+    # latepin<digits> types after 6 s: the prompt waits longer than that.
+    worker.app.pin_first_timeout = 10.0
+    worker.app.pin_digit_timeout = 2.0
+
+
+async def test_a_room_locked_during_the_pin_prompt_keeps_the_caller_out(runner, sandbox, make_room, moderator):
+    room = await make_room(137, pin="4321")
+    log = EventLog()
+
+    def configure(worker):
+        log(worker)
+        slow_pin_prompt(worker)
+
+    worker = await runner.start(fast_pin=False, configure=configure)
+    caller = await sandbox.caller(137, far="latepin4321", name="Typist", number="701")
+    await eventually(lambda: caller.channel_id in worker.app.admissions, message="at the PIN prompt")
+    assert await act(worker, room, "lock", actor=moderator) == (True, None)
+    await eventually(lambda: is_gone(sandbox, caller), timeout=25, message="locked out after the PIN")
+    assert log.sounds(caller.channel_id) == ["sound:conf-getpin", "sound:conf-locked"]
+    assert await db(participant)(caller.channel_id) is None
+    refused = await db(events_of)(room, ConferenceEvent.Kind.REFUSED)
+    assert [(e["details"]["reason"], e["details"]["caller_number"]) for e in refused] == [("locked", "701")]
+
+
+async def test_right_pins_at_once_fill_the_last_seat_exactly_once(runner, sandbox, make_room):
+    room = await make_room(138, pin="4321", max_participants=2)
+    log = EventLog()
+    worker = await runner.start(configure=log)
+    first = await sandbox.caller(138, far="pin4321", name="First")
+    await wait_roster(sandbox, worker, room, {first.channel_id}, timeout=20)
+    # Three callers at once: one seat is free, so all three get the prompt, then
+    # their far ends type the PIN 1.5 s after answering, within a few ms of each other.
+    racers = await asyncio.gather(*(sandbox.caller(138, far="pin4321", name=f"Racer {i}") for i in range(3)))
+
+    async def two_refused():
+        return [await is_gone(sandbox, r) for r in racers].count(True) == 2
+
+    await eventually(two_refused, timeout=25, message="two racers refused")
+    [inside] = [r for r in racers if await sandbox.channel_exists(r.channel_id)]
+    await wait_roster(sandbox, worker, room, {first.channel_id, inside.channel_id})
+    for racer in racers:
+        expected = ["sound:conf-getpin"] + ([] if racer == inside else ["sound:conf-locked"])
+        assert log.sounds(racer.channel_id) == expected
+    refused = await db(events_of)(room, ConferenceEvent.Kind.REFUSED)
+    assert [e["details"]["reason"] for e in refused] == ["full", "full"]
+
+
+@pytest.fixture
+def low_pin_limits(monkeypatch):
+    from conferences.ari import pin_throttle
+
+    monkeypatch.setattr(pin_throttle, "PIN_FAILS_PER_CALLER", 2)
+    monkeypatch.setattr(pin_throttle, "PIN_FAILS_PER_ROOM", 3)
+    monkeypatch.setattr(pin_throttle, "PIN_PAUSE", 3.0)
+    return pin_throttle
+
+
+async def guess_wrong(sandbox, room, number, failures_before):
+    """One call from ``number`` that types a wrong PIN; hung up once the wrong PIN is counted."""
+    caller = await sandbox.caller(room.number, far="pin1111", name="Guesser", number=number)
+    await eventually(
+        lambda: _counted(room, number, failures_before + 1), timeout=15, message=f"wrong PIN from {number} counted"
+    )
+    await sandbox.hangup(caller)
+    await eventually(lambda: is_gone(sandbox, caller))
+
+
+async def _counted(room, number, at_least):
+    from conferences.ari import pin_throttle
+
+    return (await pin_throttle.failures(room.pk, number))[0] >= at_least
+
+
+def seconds_between(first, second):
+    """Seconds between two of Asterisk's event timestamps."""
+    from datetime import datetime
+
+    def parse(text):
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%f%z")
+
+    return (parse(second) - parse(first)).total_seconds()
+
+
+async def test_wrong_pins_across_calls_bring_a_pause_and_a_prompt_never_a_lock_out(
+    runner, sandbox, make_room, own_cache, low_pin_limits
+):
+    room = await make_room(139, pin="4321")
+    log = EventLog()
+
+    def configure(worker):
+        log(worker)
+        slow_pin_prompt(worker)
+
+    worker = await runner.start(fast_pin=False, configure=configure)
+    for n in range(2):  # two calls from 555, one wrong PIN each
+        await guess_wrong(sandbox, room, "555", n)
+    # The next call from 555: a prompt and a pause before the PIN prompt; then the right PIN gets in.
+    caller = await sandbox.caller(139, far="latepin4321", name="Back again", number="555")
+    await wait_roster(sandbox, worker, room, {caller.channel_id}, timeout=25)
+    (paused_at, pause_sound), (asked_at, ask_sound) = log.playbacks(caller.channel_id)[:2]
+    assert (pause_sound, ask_sound) == ("sound:one-moment-please", "sound:conf-getpin")
+    assert seconds_between(paused_at, asked_at) >= 3.0
+    await sandbox.hangup(caller)
+    # Per room, across numbers: 555's right PIN cleared its own count, not the room's (2 of 3).
+    await guess_wrong(sandbox, room, "556", 0)
+    fresh = await sandbox.caller(139, far="silent", name="Fresh", number="557")
+    await eventually(lambda: log.sounds(fresh.channel_id), message="first prompt")
+    assert log.sounds(fresh.channel_id)[0] == "sound:one-moment-please"
+    refused = await db(events_of)(room, ConferenceEvent.Kind.REFUSED)
+    assert refused == []  # a pause is no refusal; the wrong-PIN callers hung up themselves
+
+
+async def test_wrong_pin_counts_live_in_redis_across_worker_restarts_and_end_with_the_window(
+    runner, sandbox, make_room, redis_cache, redis_url, low_pin_limits, monkeypatch
+):
+    import redis
+
+    monkeypatch.setattr(low_pin_limits, "PIN_FAIL_WINDOW", 8)
+    room = await make_room(140, pin="4321")
+    await runner.start()
+    for n in range(2):
+        await guess_wrong(sandbox, room, "555", n)
+    client = redis.Redis.from_url(redis_url)
+    keys = client.keys(f"{redis_cache}:*")
+    assert keys and all(0 < client.ttl(key) <= 16 for key in keys)  # every count expires
+    client.close()
+    await runner.stop()
+    log = EventLog()
+    worker = await runner.start(configure=log)  # a new worker: the counts are in Redis
+    paused = await sandbox.caller(140, far="silent", number="555")
+    await eventually(lambda: log.sounds(paused.channel_id), message="first prompt")
+    assert log.sounds(paused.channel_id)[0] == "sound:one-moment-please"
+    await sandbox.hangup(paused)
+    # One to two windows after the last wrong PIN, nothing is held against the number.
+    await eventually(lambda: _no_failures(room, "555"), timeout=20, interval=0.5, message="counts expired")
+    caller = await sandbox.caller(140, far="pin4321", number="555")
+    await wait_roster(sandbox, worker, room, {caller.channel_id}, timeout=20)
+    assert log.sounds(caller.channel_id)[0] == "sound:conf-getpin"
+
+
+async def _no_failures(room, number):
+    from conferences.ari import pin_throttle
+
+    return await pin_throttle.failures(room.pk, number) == (0, 0)

@@ -221,3 +221,124 @@ async def test_concurrent_flushes_send_each_message_once_in_order(monkeypatch, f
     )
     assert sent == [1, 2, 3, 4, 5]
     assert results[0] == 0 and results[2] == 0
+
+
+# --- wrong PINs across calls (conferences.ari.pin_throttle) ------------------------------
+
+
+@pytest.mark.parametrize(
+    "caller_failures,room_failures,pause",
+    [
+        (0, 0, 0.0),
+        (4, 19, 0.0),  # just under both limits
+        (5, 0, 30.0),  # this number's limit
+        (5, 19, 30.0),
+        (0, 20, 30.0),  # the room's limit: every number pauses
+        (50, 500, 30.0),  # never more than the pause: no lock-out
+    ],
+)
+def test_pin_pause_rule(caller_failures, room_failures, pause):
+    from conferences.ari import pin_throttle
+
+    assert pin_throttle.pause_for(caller_failures, room_failures) == pause
+
+
+def test_pin_pause_rule_follows_the_module_limits(monkeypatch):
+    from conferences.ari import pin_throttle
+
+    monkeypatch.setattr(pin_throttle, "PIN_FAILS_PER_CALLER", 2)
+    monkeypatch.setattr(pin_throttle, "PIN_PAUSE", 4)
+    assert pin_throttle.pause_for(1, 0) == 0.0
+    assert pin_throttle.pause_for(2, 0) == 4.0
+
+
+@pytest.fixture
+def pin_cache(settings):
+    import uuid
+
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": f"u{uuid.uuid4().hex}"}
+    }
+
+
+@pytest.mark.parametrize("number", ["555", "", "x" * 5000, "\ud800", "'; DROP", "\x00\n"])
+async def test_any_caller_number_is_counted_under_a_key_of_its_own(pin_cache, number):
+    from conferences.ari import pin_throttle
+
+    await pin_throttle.record_failure(7, number)
+    await pin_throttle.record_failure(7, number)
+    await pin_throttle.record_failure(7, "other")
+    assert await pin_throttle.failures(7, number) == (2, 3)
+    assert await pin_throttle.failures(8, number) == (0, 0)  # another room
+    assert len(pin_throttle.caller_key(7, number, 1)) < 100
+    await pin_throttle.forget_caller(7, number)
+    assert await pin_throttle.failures(7, number) == (0, 3)
+
+
+async def test_concurrent_wrong_pins_are_all_counted(pin_cache):
+    from conferences.ari import pin_throttle
+
+    await asyncio.gather(*(pin_throttle.record_failure(7, "555") for _ in range(40)))
+    assert await pin_throttle.failures(7, "555") == (40, 40)
+
+
+async def test_a_slow_cache_does_not_hold_the_event_loop(pin_cache, monkeypatch):
+    """The counts are read in a pool thread: the loop keeps serving (e.g. Asterisk's socket)."""
+    import time
+
+    from django.core.cache import caches
+
+    from conferences.ari import pin_throttle
+
+    backend = type(caches["default"])
+    real_get_many = backend.get_many
+
+    def slow_get_many(self, keys, version=None):
+        time.sleep(0.5)  # a Redis round trip gone bad
+        return real_get_many(self, keys, version=version)
+
+    monkeypatch.setattr(backend, "get_many", slow_get_many)
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    try:
+        assert await pin_throttle.failures(7, "555") == (0, 0)
+    finally:
+        task.cancel()
+    assert ticks >= 25  # ~50 possible in 0.5 s; a blocked loop would manage 0
+
+
+async def test_an_unreachable_cache_means_no_pause_and_a_warning(settings, caplog):
+    """Redis down: callers are neither paused nor locked out; the per-call limit still holds."""
+    from conferences.ari import pin_throttle
+
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:1/0"}
+    }
+    await pin_throttle.record_failure(7, "555")
+    assert await pin_throttle.failures(7, "555") == (0, 0)
+    await pin_throttle.forget_caller(7, "555")
+    assert "could not count a wrong PIN" in caplog.text and "counts unavailable" in caplog.text
+
+
+async def test_counts_are_shared_through_redis(redis_cache, redis_url):
+    """With REDIS_URL every worker (and a restarted one) sees the same counts; each key expires."""
+    import redis
+
+    from conferences.ari import pin_throttle
+
+    await asyncio.gather(*(pin_throttle.record_failure(7, "555") for _ in range(10)))
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = client.keys(f"{redis_cache}:*")
+        assert sum(int(client.get(key)) for key in keys) == 20  # caller and room, every count kept
+        assert all(0 < client.ttl(key) <= 2 * pin_throttle.PIN_FAIL_WINDOW for key in keys)
+    finally:
+        client.delete(*keys)
+        client.close()

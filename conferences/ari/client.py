@@ -142,6 +142,22 @@ class AriClient:
             params={"variable": variable, "value": value},
         )
 
+    async def get_variable(self, channel_id, variable):
+        """The value of a channel variable; None when the channel has no such variable.
+
+        Asterisk answers 404 both for a missing variable and for a missing
+        channel; a second look tells them apart, so ``AriNotFound`` still means
+        the channel is gone.
+        """
+        path = f"/channels/{quote(channel_id, safe='')}/variable"
+        try:
+            answer = await self.request("GET", path, params={"variable": variable})
+        except AriNotFound:
+            await self.channel(channel_id)  # AriNotFound again when the channel is gone
+            return None
+        value = answer.get("value") if isinstance(answer, dict) else None
+        return value if isinstance(value, str) else None
+
     async def play(self, channel_id, media, playback_id=None):
         params = {"media": media}
         if playback_id:

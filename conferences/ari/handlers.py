@@ -7,6 +7,15 @@ participant and carries out moderation. State changes go through
 ``conferences.services``; this module decides, calls ARI and translates
 errors. Events are processed one at a time, in the order Asterisk sent them;
 timers come back as synthetic events through the same queue.
+
+Nothing a caller dials can make an admin. The dialplan contract is
+``Stasis(<app>,<room number>)``: one argument, ASCII digits; anything else
+(a SIP user part may contain ``,``, so ``100,admin`` would arrive as two
+arguments through a dialplan that passes ``${EXTEN}`` unfiltered) is refused
+with ``conf-invalid``. The admin role comes only from the channel variable
+``CONFERENCE_ROLE=admin``, which trusted dialplan sets: read from the
+``channelvars`` of the channel JSON (``channelvars = CONFERENCE_ROLE`` in
+``ari.conf``), else asked with ``GET /channels/{id}/variable``.
 """
 
 import logging
@@ -17,6 +26,7 @@ from channels.db import database_sync_to_async
 from django.db import InterfaceError, OperationalError
 
 from conferences import broadcast, services
+from conferences.ari import pin_throttle
 from conferences.ari.client import AriError, AriNotFound
 from conferences.models import Conference, ConferenceEvent, Participant
 
@@ -40,11 +50,13 @@ async def call_service(func, /, **kwargs):
 # Channels Asterisk itself puts into bridges: never participants.
 HELPER_CHANNEL = re.compile(r"^(Announcer|Recorder|Snoop)/")
 
-PIN_TRIES = 3
+PIN_TRIES = 3  # per call; across calls, see pin_throttle
 PIN_FIRST_TIMEOUT = 12.0  # seconds to start typing after the prompt began
 PIN_DIGIT_TIMEOUT = 6.0  # seconds between digits
 PROMPT_HANGUP_TIMEOUT = 15.0  # hang up even when PlaybackFinished never comes
 MAX_PIN_DIGITS = 32
+MAX_ROOM_DIGITS = 32  # Conference.number's max_length
+ROLE_VARIABLE = "CONFERENCE_ROLE"  # set to "admin" by trusted dialplan only
 
 
 class DatabaseUnavailable(Exception):
@@ -70,6 +82,7 @@ class Admission:
     digits: str = ""
     tries: int = 0
     attempt: int = 0
+    paused: bool = False  # waiting out a PIN pause: digits are ignored
     admitted: bool = False
 
 
@@ -112,13 +125,55 @@ def stasis_args(channel, app_name):
 
 
 def parse_room_args(args):
-    """``(room number, role)`` from Stasis(app,<room>[,admin]) arguments; number None when invalid."""
-    number = args[0].strip() if args else ""
-    admin = len(args) > 1 and args[1].strip().lower() == "admin"
-    role = Participant.Role.ADMIN if admin else Participant.Role.PARTICIPANT
-    if not number.isdigit() or not number.isascii() or len(number) > 32:
-        return None, role
-    return number, role
+    """``(room number, problem)`` from the arguments of ``Stasis(app,<room number>)``.
+
+    ``problem`` is None for exactly one argument of 1 to ``MAX_ROOM_DIGITS``
+    ASCII digits. Otherwise it says why the call is refused; ``number`` is
+    then still the first argument when that is a well-formed room number (so
+    the refusal of ``100,admin`` is recorded in room 100), else None.
+    """
+    first = args[0] if args else None
+    digits = isinstance(first, str) and first.isascii() and first.isdigit()
+    number = first if digits and len(first) <= MAX_ROOM_DIGITS else None
+    if first is None:
+        return None, "no room number"
+    if len(args) > 1:
+        return number, "extra arguments"
+    if not digits:
+        return None, "room number not digits"
+    if number is None:
+        return None, "room number too long"
+    return number, None
+
+
+def role_from_value(value):
+    """The role a CONFERENCE_ROLE value grants: admin for ``admin``, else participant."""
+    if isinstance(value, str) and value.strip().lower() == "admin":
+        return Participant.Role.ADMIN
+    return Participant.Role.PARTICIPANT
+
+
+def role_from_channelvars(channel):
+    """The role from the channel JSON's ``channelvars``; None when they do not carry CONFERENCE_ROLE."""
+    channelvars = channel.get("channelvars")
+    if not isinstance(channelvars, dict) or ROLE_VARIABLE not in channelvars:
+        return None  # ari.conf without "channelvars = CONFERENCE_ROLE": ask Asterisk
+    return role_from_value(channelvars[ROLE_VARIABLE])
+
+
+def entry_refusal(*, role, locked, max_participants, taken):
+    """Why a caller may not enter a room right now (``locked``, ``full``), or None.
+
+    ``taken``: seats in use, present participants plus callers already on
+    their way into the bridge. Admins pass a lock and a full room.
+    """
+    if role == Participant.Role.ADMIN:
+        return None
+    if locked:
+        return "locked"
+    if max_participants and taken >= max_participants:
+        return "full"
+    return None
 
 
 # --- database helpers (run in a thread) -----------------------------------------------
@@ -244,10 +299,16 @@ class ConferenceApp:
         channel_id = channel.get("id")
         if not channel_id or is_helper_channel(channel):
             return
-        await self.admit(channel, event.get("args") or [])
+        args = event.get("args") or []
+        await self.admit(channel, args if isinstance(args, list) else [args])
 
     async def admit(self, channel, args):
-        """Run the admission rules for a channel that entered the application."""
+        """Run the admission rules for a channel that entered the application.
+
+        Arguments other than one room number are refused (``conf-invalid``);
+        the role is the channel's CONFERENCE_ROLE; lock and capacity are
+        checked now and again once a PIN is right.
+        """
         channel_id = channel["id"]
         if channel_id in self.admissions:
             return
@@ -255,32 +316,37 @@ class ConferenceApp:
         if existing is not None:
             return
         caller = channel.get("caller") or {}
-        number, role = parse_room_args([str(arg) for arg in args])
+        caller_number = caller.get("number", "")
+        args = [arg if isinstance(arg, str) else repr(arg) for arg in args]
+        number, problem = parse_room_args(args)
         conference = await db(_find_conference)(self.server_id, number) if number else None
-        if conference is None:
-            logger.info("server %s: channel %s asked for unknown room %r", self.server_id, channel_id, args[:1])
+        if problem is not None:
+            logger.warning(
+                "server %s: channel %s refused: %s in Stasis arguments %r (caller %r)",
+                self.server_id,
+                channel_id,
+                problem,
+                [arg[:40] for arg in args[:4]],
+                str(caller_number)[:40],
+            )
+            if conference is not None:
+                await db(_refused)(conference, "invalid arguments", caller_number)
             await self.refuse(channel, "conf-invalid")
             return
+        if conference is None:
+            logger.info("server %s: channel %s refused: unknown room %r", self.server_id, channel_id, number)
+            await self.refuse(channel, "conf-invalid")
+            return
+        role = await self.caller_role(channel)
         admission = Admission(
             channel_id=channel_id,
             conference_id=conference.pk,
             role=role,
             caller_name=caller.get("name", ""),
-            caller_number=caller.get("number", ""),
+            caller_number=caller_number,
         )
-        if role != Participant.Role.ADMIN:
-            if conference.locked:
-                await db(_refused)(conference, "locked", admission.caller_number)
-                await self.refuse(channel, "conf-locked")
-                return
-            if (
-                conference.max_participants
-                and await db(_present_count)(conference.pk) + self._admitting(conference.pk)
-                >= conference.max_participants
-            ):
-                await db(_refused)(conference, "full", admission.caller_number)
-                await self.refuse(channel, "conf-locked")
-                return
+        if await self.refuse_if_closed(admission, conference, channel):
+            return
         self.admissions[channel_id] = admission
         if channel.get("state") != "Up":
             await self.ari.answer(channel_id)
@@ -288,6 +354,40 @@ class ConferenceApp:
             await self.prompt_pin(admission)
             return
         await self.enter_bridge(admission, conference)
+
+    async def caller_role(self, channel):
+        """The channel's role: CONFERENCE_ROLE from its ``channelvars``, else asked of Asterisk."""
+        role = role_from_channelvars(channel)
+        if role is not None:
+            return role
+        try:
+            value = await self.ari.get_variable(channel["id"], ROLE_VARIABLE)
+        except AriNotFound:
+            raise  # the channel is gone: a normal race, handled by the caller
+        except AriError as exc:
+            # Least privilege: an admin may be held back by a lock, nobody gains one.
+            logger.warning(
+                "server %s: channel %s: %s unreadable (%s); treated as a participant",
+                self.server_id,
+                channel["id"],
+                ROLE_VARIABLE,
+                exc,
+            )
+            return Participant.Role.PARTICIPANT
+        return role_from_value(value)
+
+    async def refuse_if_closed(self, admission, conference, channel=None):
+        """Refuse (and record) a caller that a locked or full room keeps out; True when refused."""
+        taken = await db(_present_count)(conference.pk) + self._admitting(conference.pk)
+        reason = entry_refusal(
+            role=admission.role, locked=conference.locked, max_participants=conference.max_participants, taken=taken
+        )
+        if reason is None:
+            return False
+        logger.info("conference %s: channel %s refused: room %s", conference.pk, admission.channel_id, reason)
+        await db(_refused)(conference, reason, admission.caller_number)
+        await self.refuse(channel or {"id": admission.channel_id, "state": "Up"}, "conf-locked")
+        return True
 
     def _admitting(self, conference_id):
         return sum(1 for a in self.admissions.values() if a.conference_id == conference_id and a.admitted)
@@ -330,19 +430,49 @@ class ConferenceApp:
                 del self.after_playback[playback_id]
             await self._hangup(channel_id)
 
-    async def prompt_pin(self, admission, sound="conf-getpin"):
+    async def prompt_pin(self, admission):
+        """Ask for the PIN; after too many wrong PINs lately, first a pause (``pin_throttle``)."""
         admission.digits = ""
         admission.attempt += 1
-        await self.ari.play(admission.channel_id, f"sound:{sound}", self._playback_id(admission.channel_id))
+        caller_failures, room_failures = await pin_throttle.failures(admission.conference_id, admission.caller_number)
+        pause = pin_throttle.pause_for(caller_failures, room_failures)
+        if not pause:
+            await self._ask_pin(admission)
+            return
+        logger.info(
+            "conference %s: channel %s: %s wrong PINs from this number, %s in the room lately; PIN prompt in %.0f s",
+            admission.conference_id,
+            admission.channel_id,
+            caller_failures,
+            room_failures,
+            pause,
+        )
+        admission.paused = True
+        await self.ari.play(
+            admission.channel_id, f"sound:{pin_throttle.PIN_PAUSE_SOUND}", self._playback_id(admission.channel_id)
+        )
+        over = {"type": "_PinPauseOver", "channel_id": admission.channel_id, "attempt": admission.attempt}
+        self.schedule(pause, over)
+
+    async def _ask_pin(self, admission):
+        admission.paused = False
+        admission.digits = ""
+        await self.ari.play(admission.channel_id, "sound:conf-getpin", self._playback_id(admission.channel_id))
         self.schedule(
             self.pin_first_timeout,
             {"type": "_PinTimeout", "channel_id": admission.channel_id, "attempt": admission.attempt, "digits": 0},
         )
 
+    async def on__PinPauseOver(self, event):
+        admission = self.admissions.get(event.get("channel_id"))
+        if admission is None or admission.admitted or not admission.paused or admission.attempt != event.get("attempt"):
+            return
+        await self._ask_pin(admission)
+
     async def on_ChannelDtmfReceived(self, event):
         channel_id = (event.get("channel") or {}).get("id")
         admission = self.admissions.get(channel_id)
-        if admission is None or admission.admitted:
+        if admission is None or admission.admitted or admission.paused:
             return
         digit = str(event.get("digit", ""))
         if digit == "#":
@@ -361,23 +491,31 @@ class ConferenceApp:
             )
 
     async def on__PinTimeout(self, event):
-        admission = self.admissions.get(event["channel_id"])
-        if admission is None or admission.admitted or admission.attempt != event["attempt"]:
+        admission = self.admissions.get(event.get("channel_id"))
+        if admission is None or admission.admitted or admission.paused or admission.attempt != event.get("attempt"):
             return
-        if len(admission.digits) != event["digits"]:
+        if len(admission.digits) != event.get("digits"):
             return  # a digit came meanwhile; its own timer counts
         await self.check_pin(admission)
 
     async def check_pin(self, admission):
+        """Judge the digits typed: the right PIN enters (if the room is still open), a wrong one counts."""
         conference = await db(_conference)(admission.conference_id)
         if conference is None:
+            logger.info("channel %s refused: its room was deleted during the PIN prompt", admission.channel_id)
             self.admissions.pop(admission.channel_id, None)
             await self.refuse({"id": admission.channel_id, "state": "Up"}, "conf-invalid")
             return
         if admission.digits == conference.pin:
+            await pin_throttle.forget_caller(conference.pk, admission.caller_number)
+            # The room may have been locked or filled while this caller typed.
+            if await self.refuse_if_closed(admission, conference):
+                return
             await self.enter_bridge(admission, conference)
             return
         admission.tries += 1
+        if admission.digits:  # a timeout with nothing typed is no guess
+            await pin_throttle.record_failure(conference.pk, admission.caller_number)
         logger.info(
             "conference %s: channel %s: wrong PIN (try %s of %s)",
             conference.pk,
@@ -386,6 +524,7 @@ class ConferenceApp:
             PIN_TRIES,
         )
         if admission.tries >= PIN_TRIES:
+            logger.info("conference %s: channel %s refused: wrong PIN", conference.pk, admission.channel_id)
             await db(_refused)(conference, "wrong PIN", admission.caller_number)
             await self.refuse({"id": admission.channel_id, "state": "Up"}, "conf-invalidpin")
             return
@@ -648,7 +787,12 @@ class ConferenceApp:
     # --- resync -----------------------------------------------------------------------
 
     async def resync(self):
-        """Reconcile the database with Asterisk's bridges and channels after a (re)connect."""
+        """Reconcile the database with Asterisk's bridges and channels after a (re)connect.
+
+        Callers found in a room's bridge that the database does not know are
+        recorded with the role of their CONFERENCE_ROLE; callers still in the
+        application outside any bridge go through ``admit`` again.
+        """
         channels = {channel["id"]: channel for channel in await self.ari.channels()}
         bridges = [bridge for bridge in await self.ari.bridges() if self.conference_id_of_bridge(bridge["id"])]
         conferences = await db(_conferences_by_id)(self.server_id)
@@ -685,7 +829,12 @@ class ConferenceApp:
             if known is not None:
                 continue
             channel = channels[channel_id]
-            _number, role = parse_room_args(stasis_args(channel, self.app_name) or [])
+            # The worker put it there before the reconnect; its role is its CONFERENCE_ROLE,
+            # never its Stasis() arguments.
+            try:
+                role = await self.caller_role(channel)
+            except AriNotFound:
+                continue  # hung up meanwhile
             self.admissions.pop(channel_id, None)
             await self._record_join(conference, channel, role)
             try:
@@ -722,7 +871,10 @@ class ConferenceApp:
                 continue
             if channel_id in self.after_playback.values():
                 continue
-            await self.admit(channel, args)
+            try:
+                await self.admit(channel, args)  # the same rules as at StasisStart
+            except AriNotFound:
+                continue  # hung up meanwhile
             readmitted += 1
         logger.info(
             "server %s: resync done: %s rooms with callers, %s lost, %s added, %s re-admitted",
