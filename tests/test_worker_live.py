@@ -611,6 +611,22 @@ async def test_without_channelvars_the_worker_asks_asterisk_for_the_role(runner,
     assert [e["details"]["reason"] for e in refused] == ["locked"]
 
 
+async def test_the_role_variable_read_from_a_real_channel(worker, sandbox, make_room):
+    """GET /channels/{id}/variable: a value, None when unset, AriNotFound once the channel is gone."""
+    from conferences.ari.client import AriNotFound
+
+    room = await make_room(141)
+    chair = await sandbox.caller(141, name="Chair", admin=True)
+    plain = await sandbox.caller(141, context="test-unfiltered", name="Plain")  # sets no CONFERENCE_ROLE
+    await wait_roster(sandbox, worker, room, {chair.channel_id, plain.channel_id})
+    assert await worker.ari.get_variable(chair.channel_id, "CONFERENCE_ROLE") == "admin"
+    assert await worker.ari.get_variable(plain.channel_id, "CONFERENCE_ROLE") is None
+    await sandbox.hangup(plain)
+    await eventually(lambda: is_gone(sandbox, plain))
+    with pytest.raises(AriNotFound):
+        await worker.ari.get_variable(plain.channel_id, "CONFERENCE_ROLE")
+
+
 async def test_resync_takes_the_role_of_callers_in_the_bridge_from_their_variable(runner, sandbox, make_room):
     room = await make_room(136)
     worker = await runner.start()
