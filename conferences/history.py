@@ -1,21 +1,41 @@
 """A room's history: the stored timeline, its CSV export and attendance per meeting.
 
-``meetings()`` is the pure part (plain rows in, dataclasses out); the view
-``conference_history`` reads the database and renders the page or the CSV.
+Every request does bounded work, however long the room's history:
+
+- the timeline and the list of meetings are read a page at a time by keyset
+  (``before`` / ``after`` cursors over (time, id)): one indexed query with a
+  LIMIT, no COUNT(*) and no OFFSET;
+- attendance reads the materialised meetings (``models.Meeting``, kept by the
+  services) and at most ``STAYS_SHOWN`` stays of each meeting shown, the most
+  recent ones; the page says when a meeting has more and links to its whole
+  attendance as CSV;
+- the CSV exports (the timeline, and the attendance of one meeting) are read in
+  keyset chunks of ``CSV_CHUNK`` rows, one short indexed query each: no database
+  cursor stays open while a slow client downloads, and under ASGI each chunk is
+  one hop to the database thread, which every socket of the process shares.
+
+``meetings()`` is the pure grouping rule (plain rows in, dataclasses out) that
+the services follow live and the migration ``0002_meetings`` followed for the
+stays stored before meetings existed.
 """
 
 import csv
 import json
+import re
+import unicodedata
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 
+from asgiref.sync import sync_to_async
 from django import forms
+from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.handlers.asgi import ASGIRequest
-from django.core.paginator import Paginator
 from django.core.validators import MaxValueValidator, MinValueValidator
-from django.db.models import Q
+from django.db import connections
+from django.db.models import F, Q
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
@@ -23,14 +43,14 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from conferences import access
-from conferences.models import Conference, ConferenceEvent, Participant
+from conferences.models import Conference, ConferenceEvent, Meeting, Participant
 
 EVENTS_PER_PAGE = 100
-MEETINGS_SHOWN = 50
+MEETINGS_PER_PAGE = 20
+# Stays read per meeting shown: a room that never empties is one meeting with
+# every stay of its history.
+STAYS_SHOWN = 250
 CSV_CHUNK = 2000
-# How often the attendance query widens its window to take in whole meetings
-# that reach over the edges of the date filter (in practice one or two rounds).
-MAX_WIDENING = 20
 
 Kind = ConferenceEvent.Kind
 LeftReason = Participant.LeftReason
@@ -57,13 +77,19 @@ class Attendee:
 
 
 @dataclass
-class Meeting:
-    """From the first join to the moment nobody is left; ``end`` is ``None`` while it goes on."""
+class MeetingAttendance:
+    """From the first join to the moment nobody is left; ``end`` is ``None`` while it goes on.
+
+    Read from the database, ``pk`` is the stored meeting's and ``cut`` says that
+    the attendees come from its ``STAYS_SHOWN`` most recent stays only.
+    """
 
     start: datetime
     end: datetime | None
     duration: timedelta
     attendees: list[Attendee] = field(default_factory=list)
+    pk: int | None = None
+    cut: bool = False
 
     @property
     def ongoing(self):
@@ -126,10 +152,8 @@ def _union_length(intervals):
     return total
 
 
-def _meeting(stays, now):
-    start = min(stay.joined_at for stay in stays)
-    ongoing = any(stay.ongoing for stay in stays)
-    end = None if ongoing else max(stay.end for stay in stays)
+def _attendees(stays):
+    """Attendees of ``stays`` (in join order), one per caller number."""
     people = {}
     for index, stay in enumerate(stays):
         # The same caller number is the same person; callers without a number cannot be told apart.
@@ -148,7 +172,16 @@ def _meeting(stays, now):
     for attendee, intervals in people.values():
         attendee.present = _union_length(intervals)
         attendees.append(attendee)
-    return Meeting(start=start, end=end, duration=max((end or now) - start, timedelta(0)), attendees=attendees)
+    return attendees
+
+
+def _meeting(stays, now):
+    start = min(stay.joined_at for stay in stays)
+    ongoing = any(stay.ongoing for stay in stays)
+    end = None if ongoing else max(stay.end for stay in stays)
+    return MeetingAttendance(
+        start=start, end=end, duration=max((end or now) - start, timedelta(0)), attendees=_attendees(stays)
+    )
 
 
 def meetings(participants, now):
@@ -181,41 +214,159 @@ def format_duration(duration):
     return f"{hours}:{minutes:02d}:{seconds:02d}"
 
 
-def _stays_for_range(conference, start, end):
-    """The stays of every meeting of ``conference`` that overlaps ``[start, end]``.
+# --- pages by keyset -----------------------------------------------------------------
 
-    A meeting that overlaps the range may begin before it or end after it; the
-    window widens to the stays found until it takes in whole meetings.
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_ID = 2**63 - 1  # a bigint: a larger id would make PostgreSQL refuse the query
+CURSOR = re.compile(r"(-?[0-9]{1,19})\.([0-9]{1,19})")
+CURSOR_PARAMS = ("before", "after", "meetings_before", "meetings_after")
+
+
+class BadCursor(ValueError):
+    """A page link's cursor that this module did not make."""
+
+
+def encode_cursor(when, pk):
+    """``<microseconds since 1970>.<id>``: exact, and free of characters that need quoting."""
+    return f"{(when - EPOCH) // timedelta(microseconds=1)}.{pk}"
+
+
+def decode_cursor(text):
+    """``(time, id)`` from ``encode_cursor()``'s text; ``BadCursor`` for anything else."""
+    match = CURSOR.fullmatch(text)
+    if match is None:
+        raise BadCursor(text)
+    micros, pk = int(match[1]), int(match[2])
+    if pk > MAX_ID:
+        raise BadCursor(text)
+    try:
+        return EPOCH + timedelta(microseconds=micros), pk
+    except OverflowError:
+        raise BadCursor(text) from None
+
+
+def _older_than(name, when, pk):
+    # The condition on the time alone is an index range; the id only breaks ties.
+    return Q(**{f"{name}__lte": when}) & (Q(**{f"{name}__lt": when}) | Q(pk__lt=pk))
+
+
+def _newer_than(name, when, pk):
+    return Q(**{f"{name}__gte": when}) & (Q(**{f"{name}__gt": when}) | Q(pk__gt=pk))
+
+
+@dataclass
+class KeysetPage:
+    """Rows newest first, and the cursors of the links to newer and older rows (``None``: no link)."""
+
+    rows: list
+    newer: str | None
+    older: str | None
+    first: bool  # the newest page
+
+
+def keyset_page(queryset, name, size, *, before=None, after=None):
+    """A page of ``queryset`` ordered newest first by (``name``, id).
+
+    The newest ``size`` rows, or the ``size`` rows just older than ``before`` or
+    just newer than ``after`` (each a ``(time, id)``). One query of ``size + 1``
+    rows (the extra row tells that there is more), two when ``after`` reaches the
+    newest rows: that page is the newest page, full.
     """
-    rows = conference.participants.order_by("joined_at", "id").values(*STAY_FIELDS)
-    if start is None and end is None:
-        return list(rows)
-    low, high = start, end
-    for _round in range(MAX_WIDENING):
-        query = rows
-        if high is not None:
-            query = query.filter(joined_at__lte=high)
-        if low is not None:
-            query = query.filter(Q(left_at__isnull=True) | Q(left_at__gte=low))
-        found = list(query)
-        if not found:
-            return found
-        new_low = None if low is None else min(low, min(row["joined_at"] for row in found))
-        if any(row["left_at"] is None for row in found):
-            new_high = None
-        else:
-            new_high = max(row["left_at"] for row in found)
-            new_high = None if high is None else max(high, new_high)
-        if (new_low, new_high) == (low, high):
-            return found
-        low, high = new_low, new_high
+
+    def cursor(row):
+        return encode_cursor(getattr(row, name), row.pk)
+
+    if after is not None:
+        rows = list(queryset.filter(_newer_than(name, *after)).order_by(name, "pk")[: size + 1])
+        if len(rows) > size:
+            rows = rows[:size][::-1]
+            return KeysetPage(rows, newer=cursor(rows[0]), older=cursor(rows[-1]), first=False)
+        before = None
+    query = queryset if before is None else queryset.filter(_older_than(name, *before))
+    rows = list(query.order_by(f"-{name}", "-pk")[: size + 1])
+    older = cursor(rows[size - 1]) if len(rows) > size else None
+    rows = rows[:size]
+    newer = cursor(rows[0]) if before is not None and rows else None
+    return KeysetPage(rows, newer=newer, older=older, first=before is None)
+
+
+def _cursors(params):
+    """The page cursors of the query string; ``BadCursor`` for one this module did not make."""
+    found = {}
+    for name in CURSOR_PARAMS:
+        value = params.get(name)
+        found[name] = None if value is None else decode_cursor(value)
+    for prefix in ("", "meetings_"):
+        if found[prefix + "before"] is not None and found[prefix + "after"] is not None:
+            raise BadCursor("both before and after")
     return found
 
 
-def _overlaps(meeting, start, end, now):
-    if end is not None and meeting.start >= end:
-        return False
-    return start is None or (meeting.end or now) >= start
+# --- attendance from the stored meetings -----------------------------------------
+
+
+def _meetings_in(conference, start, end, now):
+    """The room's meetings that overlap ``[start, end)``, as a queryset that stays an index range.
+
+    Meetings of a room never overlap, so the only one that began before
+    ``start`` and reaches into the range is the last one that began before it:
+    bounding ``started_at`` from below by that one (not filtering on
+    ``ended_at``) keeps a page of them a LIMITed index scan.
+    """
+    query = Meeting.objects.filter(conference=conference)
+    if end is not None:
+        query = query.filter(started_at__lt=end)
+    if start is not None:
+        earlier = (
+            Meeting.objects.filter(conference=conference, started_at__lt=start)
+            .order_by("-started_at", "-pk")
+            .only("started_at", "ended_at")
+            .first()
+        )
+        reaches_in = earlier is not None and (earlier.ended_at or now) >= start
+        query = query.filter(started_at__gte=earlier.started_at if reaches_in else start)
+    return query
+
+
+def _recent_stays(meeting_ids):
+    """The ``STAYS_SHOWN + 1`` most recent stays of each meeting (the extra one tells that there are more).
+
+    One query where the database takes LIMITed parts in a UNION ALL
+    (PostgreSQL), else one per meeting; each part is a short backward scan of
+    the (meeting, joined_at, id) index, however many stays the meeting has.
+    """
+    parts = [
+        Participant.objects.filter(meeting_id=pk)
+        .order_by("-joined_at", "-id")
+        .values("meeting_id", "id", *STAY_FIELDS)[: STAYS_SHOWN + 1]
+        for pk in meeting_ids
+    ]
+    if not parts:
+        return {}
+    if connections[parts[0].db].features.supports_slicing_ordering_in_compound:
+        rows = list(parts[0].union(*parts[1:], all=True)) if len(parts) > 1 else list(parts[0])
+    else:
+        rows = [row for part in parts for row in part]
+    by_meeting = defaultdict(list)
+    for row in rows:
+        by_meeting[row["meeting_id"]].append(row)
+    return by_meeting
+
+
+def _attendance(meeting, rows, now):
+    """A stored meeting with the attendees of its stays read (at most ``STAYS_SHOWN + 1`` rows)."""
+    cut = len(rows) > STAYS_SHOWN
+    rows = sorted(rows, key=lambda row: (row["joined_at"], row["id"]))[-STAYS_SHOWN:]
+    stays = [_stay(row, now) for row in rows]
+    end = meeting.ended_at
+    return MeetingAttendance(
+        start=meeting.started_at,
+        end=end,
+        duration=max((end or now) - meeting.started_at, timedelta(0)),
+        attendees=_attendees(stays),
+        pk=meeting.pk,
+        cut=cut,
+    )
 
 
 # --- the timeline in words ---------------------------------------------------------
@@ -302,26 +453,73 @@ def _entry(event):
 # --- CSV export --------------------------------------------------------------------
 
 CSV_HEADER = ["time_utc", "kind", "caller_name", "caller_number", "actor", "details"]
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+ATTENDANCE_CSV_HEADER = [
+    "joined_at_utc",
+    "left_at_utc",
+    "seconds_present",
+    "caller_name",
+    "caller_number",
+    "role",
+    "left_reason",
+]
+FORMULA_START = ("=", "+", "-", "@")
 
 
 def csv_safe(value):
-    """A cell a spreadsheet will not run: text starting like a formula gets a leading ``'``."""
+    """A cell a spreadsheet will not run: text that starts like a formula gets a leading ``'``.
+
+    Like a formula: a tab or carriage return first, or ``=``, ``+``, ``-``, ``@``
+    (or their full-width forms) as the first character that is not whitespace,
+    a control or an invisible format character: spreadsheets skip those before
+    they look, so `` =HYPERLINK(...)`` is as live as ``=HYPERLINK(...)``.
+    """
     text = "" if value is None else str(value)
-    return "'" + text if text.startswith(FORMULA_START) else text
+    if text.startswith(("\t", "\r")):
+        return "'" + text
+    for char in text:
+        if char.isspace() or unicodedata.category(char) in ("Cc", "Cf"):
+            continue
+        return "'" + text if unicodedata.normalize("NFKC", char) in FORMULA_START else text
+    return text
 
 
-def csv_row(event):
-    name, number = _caller(event)
+def _utc(when):
+    return "" if when is None else when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _timeline_cells(row):
+    if row["participant_id"] is not None:
+        name, number = row["participant__caller_name"], row["participant__caller_number"]
+    else:  # a refused caller: the number is in the details
+        details = row["details"] if isinstance(row["details"], dict) else {}
+        name, number = "", str(details.get("caller_number") or "")
+    details = row["details"]
     return [
         csv_safe(cell)
         for cell in (
-            event.created_at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-            event.kind,
+            _utc(row["created_at"]),
+            row["kind"],
             name,
             number,
-            event.actor.get_username() if event.actor is not None else "",
-            json.dumps(event.details, ensure_ascii=False, sort_keys=True) if event.details else "",
+            row["actor_name"] or "",
+            json.dumps(details, ensure_ascii=False, sort_keys=True) if details else "",
+        )
+    ]
+
+
+def _attendance_cells(row):
+    left_at = row["left_at"]
+    seconds = "" if left_at is None else str(int((left_at - row["joined_at"]).total_seconds()))
+    return [
+        csv_safe(cell)
+        for cell in (
+            _utc(row["joined_at"]),
+            _utc(left_at),
+            seconds,
+            row["caller_name"],
+            row["caller_number"],
+            row["role"],
+            row["left_reason"],
         )
     ]
 
@@ -333,27 +531,85 @@ class _Echo:
         return value
 
 
-def _csv_lines(events):
+@dataclass(frozen=True)
+class _Export:
+    """One CSV export: value rows (with ``pk``) read in keyset chunks by (``order``, id)."""
+
+    queryset: object
+    order: str
+    descending: bool
+    header: list
+    cells: object
+
+    def chunk(self, last):
+        """The ``CSV_CHUNK`` rows that follow the row ``last`` (``None``: the first ones); one indexed query."""
+        query = self.queryset
+        if last is not None:
+            bound = (last[self.order], last["pk"])
+            query = query.filter(
+                _older_than(self.order, *bound) if self.descending else _newer_than(self.order, *bound)
+            )
+        ordering = (f"-{self.order}", "-pk") if self.descending else (self.order, "pk")
+        return list(query.order_by(*ordering)[:CSV_CHUNK])
+
+    def text(self, writer, rows):
+        return "".join(writer.writerow(self.cells(row)) for row in rows)
+
+
+def _csv_lines(export):
     writer = csv.writer(_Echo())
-    yield writer.writerow(CSV_HEADER)
-    for event in events.iterator(chunk_size=CSV_CHUNK):
-        yield writer.writerow(csv_row(event))
+    yield writer.writerow(export.header)
+    rows = export.chunk(None)
+    while rows:
+        yield export.text(writer, rows)
+        rows = export.chunk(rows[-1]) if len(rows) == CSV_CHUNK else []
 
 
-async def _acsv_lines(events):
+async def _acsv_lines(export):
     writer = csv.writer(_Echo())
-    yield writer.writerow(CSV_HEADER)
-    async for event in events.aiterator(chunk_size=CSV_CHUNK):
-        yield writer.writerow(csv_row(event))
+    yield writer.writerow(export.header)
+    # Each chunk is one hop to the database thread, which every socket of the
+    # process shares, so it is never held for long; the rows become text in a
+    # thread of the default pool, off both that thread and the event loop.
+    fetch = sync_to_async(export.chunk)
+    text = sync_to_async(export.text, thread_sensitive=False)
+    rows = await fetch(None)
+    while rows:
+        yield await text(writer, rows)
+        rows = await fetch(rows[-1]) if len(rows) == CSV_CHUNK else []
 
 
-def _csv_response(request, conference, events):
+def _csv_response(request, export, filename):
     # Under ASGI (daphne) Django would collect a synchronous iterator into a list
     # before sending it; an asynchronous one is streamed as it is read.
-    lines = _acsv_lines(events) if isinstance(request, ASGIRequest) else _csv_lines(events)
+    lines = _acsv_lines(export) if isinstance(request, ASGIRequest) else _csv_lines(export)
     response = StreamingHttpResponse(lines, content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="{conference.slug}-history.csv"'
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
+
+
+def _timeline_csv(request, conference, events):
+    username = f"actor__{get_user_model().USERNAME_FIELD}"
+    rows = events.annotate(actor_name=F(username)).values(
+        "pk",
+        "created_at",
+        "kind",
+        "details",
+        "participant_id",
+        "participant__caller_name",
+        "participant__caller_number",
+        "actor_name",
+    )
+    export = _Export(rows, "created_at", descending=True, header=CSV_HEADER, cells=_timeline_cells)
+    return _csv_response(request, export, f"{conference.slug}-history.csv")
+
+
+def _attendance_csv(request, conference, meeting):
+    rows = Participant.objects.filter(meeting=meeting).values(
+        "pk", "joined_at", "left_at", "caller_name", "caller_number", "role", "left_reason"
+    )
+    export = _Export(rows, "joined_at", descending=False, header=ATTENDANCE_CSV_HEADER, cells=_attendance_cells)
+    return _csv_response(request, export, f"{conference.slug}-meeting-{meeting.pk}-attendance.csv")
 
 
 # --- the date filter ---------------------------------------------------------------
@@ -395,42 +651,74 @@ class HistoryFilterForm(forms.Form):
 
 # --- the view ----------------------------------------------------------------------
 
+TEMPLATE = "conferences/history.html"
+MEETING_ID = re.compile(r"[0-9]{1,19}")
+
 
 @login_required
 def conference_history(request, slug):
-    """A room's timeline, attendance per meeting and CSV export: 404 when there is no such room, 403 without access."""
+    """A room's timeline, attendance per meeting and CSV exports: 404 when there is no such room, 403 without access.
+
+    ``from`` / ``to`` filter by date; ``before`` / ``after`` page the timeline and
+    ``meetings_before`` / ``meetings_after`` the meetings (cursors this page makes;
+    another value is answered 400). ``format=csv`` exports the timeline of the
+    dates, or with ``meeting=<id>`` every stay of that meeting of this room.
+    """
     conference = get_object_or_404(Conference.objects.select_related("server"), slug=slug)
     if not access.can_view(request.user, conference):
         raise PermissionDenied
     form = HistoryFilterForm(request.GET)
     context = {"conference": conference, "form": form}
     if not form.is_valid():
-        return render(request, "conferences/history.html", context)
+        return render(request, TEMPLATE, context)
     start, end = form.bounds()
 
-    events = conference.events.select_related("participant", "actor").order_by("-created_at", "-id")
+    csv_wanted = request.GET.get("format") == "csv"
+    if csv_wanted and "meeting" in request.GET:
+        meeting_id = request.GET["meeting"]
+        if MEETING_ID.fullmatch(meeting_id) is None or int(meeting_id) > MAX_ID:
+            return render(request, TEMPLATE, {**context, "bad_link": True}, status=400)
+        meeting = get_object_or_404(Meeting.objects.filter(conference=conference), pk=int(meeting_id))
+        return _attendance_csv(request, conference, meeting)
+
+    events = conference.events.all()
     if start is not None:
         events = events.filter(created_at__gte=start)
     if end is not None:
         events = events.filter(created_at__lt=end)
-    if request.GET.get("format") == "csv":
-        return _csv_response(request, conference, events)
+    if csv_wanted:
+        return _timeline_csv(request, conference, events)
 
-    page = Paginator(events, EVENTS_PER_PAGE).get_page(request.GET.get("page"))
+    try:
+        cursors = _cursors(request.GET)
+    except BadCursor:
+        return render(request, TEMPLATE, {**context, "bad_link": True}, status=400)
     now = timezone.now()
-    found = [
-        meeting
-        for meeting in meetings(_stays_for_range(conference, start, end), now)
-        if _overlaps(meeting, start, end, now)
-    ]
+    timeline = keyset_page(
+        events.select_related("participant", "actor"),
+        "created_at",
+        EVENTS_PER_PAGE,
+        before=cursors["before"],
+        after=cursors["after"],
+    )
+    meeting_page = keyset_page(
+        _meetings_in(conference, start, end, now),
+        "started_at",
+        MEETINGS_PER_PAGE,
+        before=cursors["meetings_before"],
+        after=cursors["meetings_after"],
+    )
+    stays = _recent_stays([meeting.pk for meeting in meeting_page.rows])
     context.update(
         {
             "filtered": start is not None or end is not None,
-            "page_obj": page,
-            "entries": [_entry(event) for event in page],
-            "meetings": found[:MEETINGS_SHOWN],
-            "meetings_total": len(found),
-            "meetings_cut": len(found) > MEETINGS_SHOWN,
+            "timeline": timeline,
+            "entries": [_entry(event) for event in timeline.rows],
+            "newest_event_at": timeline.rows[0].created_at if timeline.rows else None,
+            "oldest_event_at": timeline.rows[-1].created_at if timeline.rows else None,
+            "meeting_page": meeting_page,
+            "meetings": [_attendance(meeting, stays.get(meeting.pk, []), now) for meeting in meeting_page.rows],
+            "stays_shown": STAYS_SHOWN,
         }
     )
-    return render(request, "conferences/history.html", context)
+    return render(request, TEMPLATE, context)

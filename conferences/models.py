@@ -203,6 +203,49 @@ class ConferenceAccess(models.Model):
         return f"{self.user or self.group}: {self.get_role_display()} of {self.conference}"
 
 
+class Meeting(models.Model):
+    """One meeting of a room: from a join into the empty room until nobody is left.
+
+    Kept by the services (a join attaches to the room's open meeting or opens
+    one; the leave that empties the room ends it), so the history page reads
+    meetings and the stays of the few it shows instead of grouping every stay
+    of the room on each request. Stays that overlap or touch belong to one
+    meeting, so a room's meetings never overlap and at most one is open.
+    """
+
+    # db_index=False: the (conference, started_at, id) index below serves the foreign key too.
+    conference = models.ForeignKey(
+        Conference, on_delete=models.CASCADE, related_name="meetings", verbose_name=_("conference"), db_index=False
+    )
+    started_at = models.DateTimeField(_("started at"))
+    ended_at = models.DateTimeField(_("ended at"), null=True, blank=True, help_text=_("Empty while it goes on."))
+
+    class Meta:
+        verbose_name = _("meeting")
+        verbose_name_plural = _("meetings")
+        ordering = ["-started_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["conference"], condition=Q(ended_at__isnull=True), name="meeting_one_open_per_conference"
+            ),
+            models.CheckConstraint(
+                condition=Q(ended_at__isnull=True) | Q(ended_at__gte=models.F("started_at")),
+                name="meeting_ends_after_start",
+            ),
+        ]
+        indexes = [
+            # A room's meetings newest first, pages of them (keyset) and the date filter.
+            models.Index(fields=["conference", "started_at", "id"], name="meeting_conference_start_idx"),
+        ]
+
+    def __str__(self):
+        return f"{self.conference_id} from {self.started_at:%Y-%m-%d %H:%M:%S}"
+
+    @property
+    def ongoing(self):
+        return self.ended_at is None
+
+
 class PresentParticipantQuerySet(models.QuerySet):
     def present(self):
         return self.filter(left_at__isnull=True)
@@ -239,6 +282,18 @@ class Participant(models.Model):
     muted = models.BooleanField(_("muted"), default=False)
     talking = models.BooleanField(_("talking"), default=False)
     moh = models.BooleanField(_("music on hold"), default=False)
+    # Null only for a stay stored without the services (the services and the
+    # migration that introduced meetings set it). db_index=False: the
+    # (meeting, joined_at, id) index below serves the foreign key too.
+    meeting = models.ForeignKey(
+        Meeting,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="stays",
+        verbose_name=_("meeting"),
+        db_index=False,
+    )
 
     objects = PresentParticipantQuerySet.as_manager()
 
@@ -269,6 +324,8 @@ class Participant(models.Model):
             ),
             # Resync walks every present participant of one server.
             models.Index(fields=["server"], condition=Q(left_at__isnull=True), name="participant_server_present_idx"),
+            # The stays of one meeting in join order, read a bounded slice at a time.
+            models.Index(fields=["meeting", "joined_at", "id"], name="participant_meeting_idx"),
         ]
 
     def __str__(self):

@@ -11,10 +11,12 @@ import logging
 from functools import partial
 
 from django.db import connection, transaction
+from django.db.models import F, Value
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from conferences import broadcast
-from conferences.models import AsteriskServer, Conference, ConferenceEvent, Participant
+from conferences.models import AsteriskServer, Conference, ConferenceEvent, Meeting, Participant
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,40 @@ def _emit_conference(conference):
 
 # --- participants ---------------------------------------------------------------
 
+# Meetings. A join or a leave locks the room's row before it reads the clock,
+# so the joins and leaves of one room happen one after the other, in the order
+# of their times: two joins into an empty room cannot open two meetings, a join
+# cannot slip into a meeting that a concurrent last leave is ending, and the
+# last leave is also the latest, so the meeting ends when its last stay does.
+# A leave locks the participant's row first, then the room's: the order
+# ``participant_update`` takes them in (its seq update locks the room).
+
+
+def _lock_room(conference_id):
+    list(Conference.objects.select_for_update().filter(pk=conference_id).values_list("pk", flat=True))
+
+
+def _meeting_for_join(conference_id, at):
+    """The id of the meeting a stay starting ``at`` belongs to: the one going on, or a new one."""
+    latest = Meeting.objects.filter(conference_id=conference_id).order_by("-started_at", "-id").first()
+    if latest is None or (latest.ended_at is not None and latest.ended_at < at):
+        return Meeting.objects.create(conference_id=conference_id, started_at=at).pk
+    if latest.ended_at is not None:
+        # Joined the instant the last caller left (or the clock stepped back): stays that
+        # touch are one meeting, the rule of history.meetings() and of the backfill.
+        Meeting.objects.filter(pk=latest.pk).update(ended_at=None)
+    return latest.pk
+
+
+def _end_meeting_if_empty(conference_id, at):
+    """End the room's meeting at ``at`` when nobody is left in the room."""
+    if Participant.objects.filter(conference_id=conference_id, left_at__isnull=True).exists():
+        return
+    # Never before its start, whatever the clock did: the database refuses such a meeting.
+    Meeting.objects.filter(conference_id=conference_id, ended_at__isnull=True).update(
+        ended_at=Greatest(Value(at), F("started_at"))
+    )
+
 
 def participant_join(*, conference, channel_id, caller_number="", caller_name="", role=Participant.Role.PARTICIPANT):
     """Record that a caller is in the room's bridge; returns ``(participant, created)``.
@@ -79,6 +115,7 @@ def participant_join(*, conference, channel_id, caller_number="", caller_name=""
         existing = Participant.objects.filter(server_id=conference.server_id, channel_id=channel_id).first()
         if existing is not None:
             return existing, False
+        _lock_room(conference.pk)
         now = timezone.now()
         participant = Participant.objects.create(
             conference=conference,
@@ -88,6 +125,7 @@ def participant_join(*, conference, channel_id, caller_number="", caller_name=""
             caller_name=(caller_name or "")[:80],
             role=role,
             joined_at=now,
+            meeting_id=_meeting_for_join(conference.pk, now),
         )
         _record(conference.pk, Kind.JOINED, participant=participant, at=now, details={"role": role})
         _emit(conference.pk, "participant.joined", participant=broadcast.participant_state(participant))
@@ -102,9 +140,15 @@ def participant_leave(*, participant, reason, actor=None):
     Returns the participant, or ``None`` when it had left already.
     """
     with transaction.atomic():
-        participant = Participant.objects.select_related("conference").filter(pk=participant.pk).first()
+        participant = (
+            Participant.objects.select_related("conference")
+            .select_for_update(of=("self",))
+            .filter(pk=participant.pk)
+            .first()
+        )
         if participant is None or participant.left_at is not None:
             return None
+        _lock_room(participant.conference_id)
         now = timezone.now()
         participant.left_at = max(now, participant.joined_at)
         participant.left_reason = reason
@@ -120,6 +164,7 @@ def participant_leave(*, participant, reason, actor=None):
             at=now,
         )
         _emit(participant.conference_id, "participant.left", participant=broadcast.participant_state(participant))
+        _end_meeting_if_empty(participant.conference_id, participant.left_at)
         _emit_conference(participant.conference)
     logger.info("conference %s: participant %s left (%s)", participant.conference_id, participant.pk, reason)
     return participant

@@ -1,10 +1,13 @@
 """The database itself refuses rows that break the data model."""
 
+import importlib
+from datetime import timedelta
+
 import pytest
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from conferences.models import AsteriskServer, Conference, ConferenceAccess, Participant
+from conferences.models import AsteriskServer, Conference, ConferenceAccess, Meeting, Participant
 
 pytestmark = pytest.mark.django_db
 
@@ -139,3 +142,54 @@ def test_no_default_server_without_ari_url(settings):
 def test_conference_url(conference):
     assert conference.get_absolute_url() == "/conferences/sales/"
     assert isinstance(conference, Conference)
+
+
+def test_at_most_one_open_meeting_per_room(conference, make_conference):
+    now = timezone.now()
+    Meeting.objects.create(
+        conference=conference, started_at=now - timedelta(hours=2), ended_at=now - timedelta(hours=1)
+    )
+    Meeting.objects.create(conference=conference, started_at=now)
+    refused(Meeting.objects.create, conference=conference, started_at=now + timedelta(minutes=1))
+    # Another room's meeting may be open at the same time.
+    assert Meeting.objects.create(conference=make_conference(), started_at=now).ongoing
+
+
+def test_meeting_does_not_end_before_it_began(conference):
+    now = timezone.now()
+    refused(Meeting.objects.create, conference=conference, started_at=now, ended_at=now - timedelta(seconds=1))
+    assert not Meeting.objects.create(conference=conference, started_at=now, ended_at=now).ongoing
+
+
+def test_deleting_a_meeting_keeps_its_stays(conference, make_participant):
+    meeting = Meeting.objects.create(conference=conference, started_at=timezone.now())
+    stay = make_participant(conference, meeting=meeting)
+    meeting.delete()
+    stay.refresh_from_db()
+    assert stay.meeting is None
+
+
+def test_deleting_a_room_deletes_its_meetings(conference, make_participant):
+    meeting = Meeting.objects.create(conference=conference, started_at=timezone.now())
+    make_participant(conference, meeting=meeting)
+    conference.delete()
+    assert not Meeting.objects.exists() and not Participant.objects.exists()
+
+
+def test_the_migrations_backfill_writes_meetings_this_database_accepts(conference, make_conference, make_participant):
+    """The grouping of stays stored before meetings existed, on this database's own write path."""
+    backfill = importlib.import_module("conferences.migrations.0002_meetings")
+    start = timezone.now() - timedelta(days=1)
+    other = make_conference()
+    for index in range(5):  # two meetings with a gap between them; then one still going on
+        joined = start + timedelta(minutes=10 * index + (60 if index >= 3 else 0))
+        make_participant(conference, joined_at=joined, left_at=joined + timedelta(minutes=15), left_reason="hangup")
+    make_participant(conference, joined_at=start + timedelta(hours=3))
+    make_participant(other, joined_at=start)
+    backfill.group_stays(Participant, Meeting, connection)
+    assert list(
+        Meeting.objects.filter(conference=conference).order_by("started_at").values_list("ended_at", flat=True)
+    )[:2] == [start + timedelta(minutes=35), start + timedelta(minutes=115)]
+    assert [m.stays.count() for m in Meeting.objects.filter(conference=conference).order_by("started_at")] == [3, 2, 1]
+    assert Meeting.objects.get(conference=other).ongoing
+    assert not Participant.objects.filter(meeting__isnull=True).exists()
