@@ -4,10 +4,10 @@ Counts login attempts in the cache (Redis when REDIS_URL is set, so all web
 processes share them; else process memory) per (address, username) and per
 address, over a fixed window from the first attempt. Rules:
 
-- An attempt is counted *before* any password is checked (``reserve``): Redis
-  INCR and LocMemCache's locked incr are atomic, so of N guesses sent at once
-  at most the limit reach a password check. Over a limit, nothing is counted
-  and the caller is refused.
+- An attempt is counted *before* any password is checked (``reserve``), with
+  conferences/counters.py (atomic, and a count always ends with its window),
+  so of N guesses sent at once at most the limit reach a password check.
+  Over a limit, nothing is counted and the caller is refused.
 - A failed attempt keeps its count. A successful one gives its count back and
   clears the account's failures (``release``).
 - Usernames are counted the way Django normalises them (NFKC, what
@@ -25,14 +25,11 @@ from dataclasses import dataclass
 
 from django.core.cache import cache
 
+from conferences import counters
+
 WINDOW_SECONDS = 15 * 60
 MAX_FAILURES_PER_ACCOUNT = 5
 MAX_FAILURES_PER_ADDRESS = 50
-
-# A key that keeps vanishing between add() and incr() (evictions) is not worth
-# a loop without end: after this many tries the attempt is refused.
-_COUNT_TRIES = 3
-
 
 @dataclass(frozen=True)
 class Attempt:
@@ -90,17 +87,7 @@ def forget_account(address, username):
 
 
 def _take(key, limit):
-    for _ in range(_COUNT_TRIES):
-        if cache.add(key, 1, WINDOW_SECONDS):
-            count = 1
-            break
-        try:
-            count = cache.incr(key)
-            break
-        except ValueError:  # expired between add() and incr(): add again
-            continue
-    else:
-        return False
+    count = counters.incr(key, WINDOW_SECONDS)
     if count > limit:
         _give_back(key)
         return False
@@ -108,7 +95,4 @@ def _take(key, limit):
 
 
 def _give_back(key):
-    try:
-        cache.decr(key)
-    except ValueError:  # the window ended meanwhile: nothing left to give back
-        pass
+    counters.decr(key)
