@@ -383,6 +383,7 @@ def _refusal_reason(reason):
         "locked": _("room locked"),
         "full": _("room full"),
         "wrong PIN": _("wrong PIN"),
+        "invalid arguments": _("dialled something that is not a room number"),
     }.get(reason, reason)
 
 
