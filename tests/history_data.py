@@ -38,22 +38,24 @@ def stay_times(index, *, per_meeting, start):
     return meeting_start, meeting_start + (index % per_meeting) * JOIN_EVERY
 
 
-def store_history(conference, stays, *, per_meeting, start, ongoing=True, events=True):
+def store_history(conference, stays, *, per_meeting, start, ongoing=True, events=True, meetings=None):
     """Store ``stays`` stays of ``conference`` in meetings of ``per_meeting`` stays, with their events.
 
     Call it inside a transaction (a test's, or ``transaction.atomic()``).
+    ``meetings=False`` writes no meetings, for a database not yet migrated to
+    them; by default they are written when the models have them.
     """
     if connection.vendor != "postgresql":
         raise RuntimeError("store_history() writes with PostgreSQL's generate_series: run it on PostgreSQL")
     if not (per_meeting >= stays or (per_meeting - 1) * JOIN_EVERY + STAY_LENGTH < MEETING_EVERY):
         raise ValueError("meetings of that many stays would run into each other")
-    meetings = -(-stays // per_meeting)
+    meeting_count = -(-stays // per_meeting)
     params = {
         "conference": conference.pk,
         "server": conference.server_id,
         "stays": stays,
         "per_meeting": per_meeting,
-        "meetings": meetings,
+        "meetings": meeting_count,
         "start": start,
         "ongoing": ongoing,
         "meeting_every": MEETING_EVERY,
@@ -61,6 +63,8 @@ def store_history(conference, stays, *, per_meeting, start, ongoing=True, events
         "stay_length": STAY_LENGTH,
     }
     with_meetings = any(field.name == "meeting" for field in Participant._meta.get_fields())
+    if meetings is not None:
+        with_meetings = with_meetings and meetings
     meeting_table = apps.get_model("conferences", "Meeting")._meta.db_table if with_meetings else None
     participant_table = Participant._meta.db_table
     event_table = ConferenceEvent._meta.db_table
