@@ -577,6 +577,9 @@ def render(results, *, command, previous=""):
     add("## Notes from this run\n")
     add("\n".join(f"- {n}" for n in notes) if notes else "- none: every viewer connected, every scenario settled.")
     add("")
+    # Sections that other benchmarks write (bench/history.py), kept as they were.
+    for kept in re.finditer(r"<!-- section:([a-z-]+):start -->.*?<!-- section:\1:end -->", previous or "", re.S):
+        add(kept[0] + "\n")
     return "\n".join(out)
 
 
