@@ -31,6 +31,7 @@ WINDOW_SECONDS = 15 * 60
 MAX_FAILURES_PER_ACCOUNT = 5
 MAX_FAILURES_PER_ADDRESS = 50
 
+
 @dataclass(frozen=True)
 class Attempt:
     """One login attempt holding a count on its account key and, with an address, its address key."""
