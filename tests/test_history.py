@@ -772,7 +772,9 @@ def test_a_meeting_with_more_stays_than_shown_says_it_is_cut(logged_in, conferen
     content = response.content.decode()
     assert "Meeting from 2025-03-01 09:00:00 to 2025-03-01 15:00:00 (6:00:00), at least 3 people" in content
     assert content.count("Attendance cut: this meeting has more than 3 stays") == 1
-    assert f'href="{URL}?format=csv&amp;meeting={cut.pk}"' in content
+    whole = f'<a href="{URL}?format=csv&amp;meeting={cut.pk}">Download the whole attendance of this meeting as CSV</a>'
+    assert content.count(whole) == 1  # in the notice, above the table
+    assert content.index(whole) < content.index("Guest 2")
     # ... and that CSV has every stay of the meeting, in join order.
     rows = csv_rows(logged_in.get(URL, {"format": "csv", "meeting": cut.pk}))
     assert rows[0] == history.ATTENDANCE_CSV_HEADER
