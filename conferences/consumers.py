@@ -1,7 +1,8 @@
 """The browser edge: one WebSocket per watcher of a room, at /ws/conferences/<slug>/.
 
 Refusals are sent as close codes after accepting (4401 not logged in, 4403
-no access, 4404 no such room, 4429 too many open sockets for this user): a
+no access, 4404 no such room, 4429 too many open sockets for this user; 4011 when
+the server failed and the page should reconnect, conferences/closecodes.py): a
 handshake refused with an HTTP status looks like a network error to a
 browser. Room events reach a socket through its process's hub
 (conferences/fanout.py), which it joins before it builds the snapshot, so no
@@ -36,7 +37,7 @@ from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.db.models import Count
 
-from conferences import access, broadcast, fanout, frames, moderation, socketcap
+from conferences import access, broadcast, closecodes, fanout, frames, moderation, socketcap
 from conferences.models import Conference, Participant
 from conferences.sessions import session_user
 
@@ -44,11 +45,11 @@ logger = logging.getLogger(__name__)
 
 db = database_sync_to_async
 
-CLOSE_NOT_LOGGED_IN = 4401
-CLOSE_FORBIDDEN = 4403
-CLOSE_NOT_FOUND = 4404
-CLOSE_TOO_MANY_SOCKETS = 4429
-CLOSE_INTERNAL_ERROR = 1011
+CLOSE_NOT_LOGGED_IN = closecodes.NOT_LOGGED_IN
+CLOSE_FORBIDDEN = closecodes.FORBIDDEN
+CLOSE_NOT_FOUND = closecodes.NOT_FOUND
+CLOSE_TOO_MANY_SOCKETS = closecodes.TOO_MANY_SOCKETS
+CLOSE_INTERNAL_ERROR = closecodes.SERVER_ERROR
 
 MAX_FRAME_BYTES = frames.MAX_FRAME_BYTES
 RATE_PER_SECOND = 5.0  # sustained frames per second a browser may send
@@ -199,8 +200,8 @@ class GuardedConsumer(FanOutConsumer):
     a traceback, and whatever the socket had joined (the hub, groups) and
     started (its periodic check) stays behind. Here the consumer's whole life
     runs inside ``try/finally``: an exception is logged, the socket is closed
-    with 1011, and ``release()`` runs on every path — a normal close, an
-    exception, cancellation. ``release()`` is idempotent.
+    with 4011 (closecodes.SERVER_ERROR), and ``release()`` runs on every path
+    — a normal close, an exception, cancellation. ``release()`` is idempotent.
     """
 
     def __init__(self, *args, **kwargs):
@@ -221,7 +222,7 @@ class GuardedConsumer(FanOutConsumer):
             try:
                 await self.close(CLOSE_INTERNAL_ERROR)
             except Exception as exc:  # noqa: BLE001 (the connection is gone already)
-                logger.debug("closing a failed socket: %s", exc)
+                logger.warning("closing a failed socket failed: %r", exc)
         finally:
             await self.release()
 

@@ -17,11 +17,11 @@ import logging
 import weakref
 from collections import defaultdict
 
-from conferences import broadcast
+from conferences import broadcast, closecodes
 
 logger = logging.getLogger(__name__)
 
-CLOSE_LAYER_FAILED = 1011
+CLOSE_LAYER_FAILED = closecodes.SERVER_ERROR
 # How often a hub renews its group memberships (channels_redis forgets members after a day).
 REFRESH_SECONDS = 3600.0
 
@@ -117,4 +117,4 @@ class RoomHub:
                 try:
                     await consumer.close(CLOSE_LAYER_FAILED)
                 except Exception as close_exc:  # noqa: BLE001 (the socket is gone already)
-                    logger.debug("closing a socket failed: %s", close_exc)
+                    logger.warning("closing a socket failed: %r", close_exc)

@@ -9,7 +9,7 @@ from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
 from django.db.models import F
 
-from conferences import broadcast, consumers, fanout, moderation, services
+from conferences import broadcast, closecodes, consumers, fanout, moderation, services
 from conferences.models import AsteriskServer, Conference, ConferenceAccess, Participant
 from conferencesite.asgi import application
 from tests.sockets import closed_with, frame, list_socket, send
@@ -395,7 +395,7 @@ async def test_the_hub_renews_its_group_membership_before_the_layer_forgets_it(c
 
 
 async def test_a_failing_hub_closes_its_sockets_so_pages_reconnect(connect, viewer, room, monkeypatch):
-    """When the hub's receive fails (Redis gone), its sockets close with 1011 instead of going quiet."""
+    """When the hub's receive fails (Redis gone), its sockets close with 4011 instead of going quiet."""
     from conferences import broadcast, fanout
 
     communicator, _ = await connect(viewer)
@@ -415,7 +415,7 @@ async def test_a_failing_hub_closes_its_sockets_so_pages_reconnect(connect, view
     await db(broadcast.send_to_room)(room.pk, {"type": "participant.updated", "seq": snapshot["seq"] + 1})
     assert (await frame(communicator))["seq"] == snapshot["seq"] + 1
     await layer.send(hub.channel, {"type": "test.fail"})
-    assert await closed_with(communicator) == 1011
+    assert await closed_with(communicator) == closecodes.SERVER_ERROR
 
 
 async def test_a_lost_last_event_is_repaired_by_a_fresh_snapshot(connect, viewer, room, make_participant, monkeypatch):

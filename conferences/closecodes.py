@@ -1,0 +1,14 @@
+"""The close codes of the sockets: the one home of these numbers (docs/protocol.md explains them).
+
+A server may send only 1000 or a code from 3000–4999 in its own close frame:
+autobahn (under daphne) refuses the rest with an exception, so a server
+error is 4011, not the protocol's 1011 (daphne sends 1011 itself only for an
+exception that escapes the application, which ours never let happen).
+"""
+
+NOT_LOGGED_IN = 4401
+FORBIDDEN = 4403
+NOT_FOUND = 4404
+TOO_MANY_SOCKETS = 4429
+# The server failed while handling the socket (an error, the channel layer gone): the page reconnects.
+SERVER_ERROR = 4011
