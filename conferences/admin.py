@@ -1,12 +1,19 @@
 from asgiref.sync import async_to_sync
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import Count, Q
+from django.db.models import Count
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from conferences import access, moderation, services
-from conferences.models import AsteriskServer, Conference, ConferenceAccess, ConferenceEvent, Participant
+from conferences.models import (
+    AsteriskServer,
+    Conference,
+    ConferenceAccess,
+    ConferenceEvent,
+    Participant,
+    present_filter,
+)
 
 
 def _moderate(request, action, conference, participant=None):
@@ -116,14 +123,14 @@ class ConferenceAdmin(admin.ModelAdmin):
         configurable = services.configurable_fields()
         changes = {field: getattr(obj, field) for field in form.changed_data if field in configurable}
         if changes:
-            services.conference_update(conference_id=obj.pk, actor=request.user, **changes)
+            services.conference_update(conference_id=obj.pk, actor_id=request.user.pk, **changes)
 
     def get_queryset(self, request):
         return (
             super()
             .get_queryset(request)
             .select_related("server")
-            .annotate(_present_count=Count("participants", filter=Q(participants__left_at__isnull=True)))
+            .annotate(_present_count=Count("participants", filter=present_filter("participants")))
         )
 
     @admin.display(description=_("present"), ordering="_present_count")

@@ -82,7 +82,7 @@ def _snapshot(conference_id, user):
         # The row lock orders this read with the services, which take the
         # room's next seq on the same row: seq and roster belong together.
         conference = Conference.objects.select_for_update().select_related("server").get(pk=conference_id)
-        participants = list(Participant.objects.filter(conference=conference, left_at__isnull=True))
+        participants = list(Participant.objects.present().filter(conference=conference))
     return {
         "type": "snapshot",
         "seq": conference.seq,
@@ -120,7 +120,7 @@ def _moderation_check(session_key, user_id, conference_id, action, participant_i
     if action in moderation.PARTICIPANT_ACTIONS:
         if participant_id is None:
             return "participant missing or invalid"
-        present = Participant.objects.filter(pk=participant_id, conference_id=conference_id, left_at__isnull=True)
+        present = Participant.objects.present().filter(pk=participant_id, conference_id=conference_id)
         if not present.exists():
             return "no such participant in this room"
     if not conference.server.connected:
@@ -131,9 +131,7 @@ def _moderation_check(session_key, user_id, conference_id, action, participant_i
 def _visible_rooms(user):
     rooms = access.conferences_visible_to(user).order_by("name")
     counts = dict(
-        Participant.objects.filter(conference__in=rooms, left_at__isnull=True)
-        .values_list("conference_id")
-        .annotate(n=Count("id"))
+        Participant.objects.present().filter(conference__in=rooms).values_list("conference_id").annotate(n=Count("id"))
     )
     return [(room.pk, broadcast.conference_state(room, counts.get(room.pk, 0))) for room in rooms]
 

@@ -2,14 +2,14 @@
 
 from django.conf import settings
 from django.contrib.auth.models import Group
-from django.core.exceptions import ImproperlyConfigured, ValidationError
+from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
 from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 
-from conferencesite import env
+from conferences.ari import address
 
 DEFAULT_SERVER_NAME = "default"
 
@@ -17,11 +17,10 @@ digits_validator = RegexValidator(r"^[0-9]+$", _("Use digits only."))
 
 
 def validate_ari_url(value):
-    """An ARI base URL: http(s), a host (a bare intranet name is fine), an optional port."""
-    try:
-        env.parse_http_url(_("ARI URL"), value)
-    except ImproperlyConfigured as exc:
-        raise ValidationError(str(exc), code="invalid") from None
+    """An ARI base URL: http(s), a host (a bare intranet name is fine), an optional port, no credentials."""
+    problem = address.http_url_problem(value)
+    if problem is not None:
+        raise ValidationError(f"{_('ARI URL')} {problem}", code="invalid")
 
 
 class AsteriskServerQuerySet(models.QuerySet):
@@ -246,9 +245,14 @@ class Meeting(models.Model):
         return self.ended_at is None
 
 
+def present_filter(relation=""):
+    """The one home of "present" (in the room's bridge: not left), as a Q on Participant or through ``relation``."""
+    return Q(**{f"{relation}__left_at__isnull" if relation else "left_at__isnull": True})
+
+
 class PresentParticipantQuerySet(models.QuerySet):
     def present(self):
-        return self.filter(left_at__isnull=True)
+        return self.filter(present_filter())
 
 
 class Participant(models.Model):

@@ -46,19 +46,19 @@ def _emit(conference_id, frame_type, **fields):
     return frame
 
 
-def _record(conference_id, kind, *, participant=None, actor=None, details=None, at=None):
+def _record(conference_id, kind, *, participant=None, actor_id=None, details=None, at=None):
     ConferenceEvent.objects.create(
         conference_id=conference_id,
         participant=participant,
         kind=kind,
-        actor=actor,
+        actor_id=actor_id,
         details=details or {},
         created_at=at or timezone.now(),
     )
 
 
 def _present_count(conference_id):
-    return Participant.objects.filter(conference_id=conference_id, left_at__isnull=True).count()
+    return Participant.objects.present().filter(conference_id=conference_id).count()
 
 
 def _emit_conference(conference):
@@ -81,7 +81,8 @@ def _emit_conference(conference):
 
 
 def _lock_room(conference_id):
-    list(Conference.objects.select_for_update().filter(pk=conference_id).values_list("pk", flat=True))
+    """The room's row, locked until the transaction ends; None when there is no such room."""
+    return Conference.objects.select_for_update().filter(pk=conference_id).first()
 
 
 def _meeting_for_join(conference_id, at):
@@ -98,7 +99,7 @@ def _meeting_for_join(conference_id, at):
 
 def _end_meeting_if_empty(conference_id, at):
     """End the room's meeting at ``at`` when nobody is left in the room."""
-    if Participant.objects.filter(conference_id=conference_id, left_at__isnull=True).exists():
+    if Participant.objects.present().filter(conference_id=conference_id).exists():
         return
     # Never before its start, whatever the clock did: the database refuses such a meeting.
     Meeting.objects.filter(conference_id=conference_id, ended_at__isnull=True).update(
@@ -106,16 +107,19 @@ def _end_meeting_if_empty(conference_id, at):
     )
 
 
-def participant_join(*, conference, channel_id, caller_number="", caller_name="", role=Participant.Role.PARTICIPANT):
+def participant_join(*, conference_id, channel_id, caller_number="", caller_name="", role=Participant.Role.PARTICIPANT):
     """Record that a caller is in the room's bridge; returns ``(participant, created)``.
 
     Idempotent: a channel that is already present in this room is returned as is.
+    ``(None, False)`` when the room no longer exists.
     """
     with transaction.atomic():
+        conference = _lock_room(conference_id)
+        if conference is None:
+            return None, False
         existing = Participant.objects.filter(server_id=conference.server_id, channel_id=channel_id).first()
         if existing is not None:
             return existing, False
-        _lock_room(conference.pk)
         now = timezone.now()
         participant = Participant.objects.create(
             conference=conference,
@@ -134,7 +138,7 @@ def participant_join(*, conference, channel_id, caller_number="", caller_name=""
     return participant, True
 
 
-def participant_leave(*, participant, reason, actor=None):
+def participant_leave(*, participant_id, reason, actor_id=None):
     """Record that a participant left the room (hangup, kicked or lost).
 
     Returns the participant, or ``None`` when it had left already.
@@ -143,7 +147,7 @@ def participant_leave(*, participant, reason, actor=None):
         participant = (
             Participant.objects.select_related("conference")
             .select_for_update(of=("self",))
-            .filter(pk=participant.pk)
+            .filter(pk=participant_id)
             .first()
         )
         if participant is None or participant.left_at is not None:
@@ -159,7 +163,7 @@ def participant_leave(*, participant, reason, actor=None):
             participant.conference_id,
             Kind.KICKED if reason == Participant.LeftReason.KICKED else Kind.LEFT,
             participant=participant,
-            actor=actor,
+            actor_id=actor_id,
             details={"reason": reason},
             at=now,
         )
@@ -174,7 +178,7 @@ UPDATABLE = {"muted", "talking", "moh"}
 AUDITED = {"muted": (Kind.MUTED, Kind.UNMUTED)}
 
 
-def participant_update(*, participant, actor=None, audit=True, **changes):
+def participant_update(*, participant_id, actor_id=None, audit=True, **changes):
     """Change muted / talking / moh of a present participant; broadcast when anything changed.
 
     Returns the participant's new state, or ``None`` when it is not present.
@@ -183,7 +187,7 @@ def participant_update(*, participant, actor=None, audit=True, **changes):
     if unknown:
         raise ValueError(f"cannot update {', '.join(sorted(unknown))}")
     with transaction.atomic():
-        current = Participant.objects.filter(pk=participant.pk, left_at__isnull=True).first()
+        current = Participant.objects.present().filter(pk=participant_id).first()
         if current is None:
             return None
         changed = [field for field, value in changes.items() if getattr(current, field) != value]
@@ -195,7 +199,7 @@ def participant_update(*, participant, actor=None, audit=True, **changes):
         for field in changed:
             if audit and field in AUDITED:
                 on, off = AUDITED[field]
-                _record(current.conference_id, on if changes[field] else off, participant=current, actor=actor)
+                _record(current.conference_id, on if changes[field] else off, participant=current, actor_id=actor_id)
         _emit(current.conference_id, "participant.updated", participant=broadcast.participant_state(current))
     return current
 
@@ -203,33 +207,40 @@ def participant_update(*, participant, actor=None, audit=True, **changes):
 # --- rooms ------------------------------------------------------------------------
 
 
-def conference_set_locked(*, conference, locked, actor=None):
-    """Lock or unlock a room; a locked room admits admin callers only."""
+def conference_set_locked(*, conference_id, locked, actor_id=None):
+    """Lock or unlock a room; a locked room admits admin callers only. Returns the room (None: no such room)."""
     with transaction.atomic():
-        conference = Conference.objects.select_for_update().get(pk=conference.pk)
-        if conference.locked == locked:
+        conference = _lock_room(conference_id)
+        if conference is None or conference.locked == locked:
             return conference
         conference.locked = locked
         conference.save(update_fields=["locked"])
-        _record(conference.pk, Kind.LOCKED if locked else Kind.UNLOCKED, actor=actor)
+        _record(conference.pk, Kind.LOCKED if locked else Kind.UNLOCKED, actor_id=actor_id)
         _emit_conference(conference)
     logger.info("conference %s: %s", conference.pk, "locked" if locked else "unlocked")
     return conference
 
 
-def conference_record(*, conference, kind, actor=None, participant=None, details=None):
+def conference_record(*, conference_id, kind, actor_id=None, participant_id=None, details=None):
     """Store a timeline entry that changes no state (mute all, a refused caller...)."""
-    _record(conference.pk, kind, participant=participant, actor=actor, details=details)
+    ConferenceEvent.objects.create(
+        conference_id=conference_id,
+        participant_id=participant_id,
+        kind=kind,
+        actor_id=actor_id,
+        details=details or {},
+        created_at=timezone.now(),
+    )
 
 
 # --- servers ----------------------------------------------------------------------
 
 
-def server_set_link_status(*, server, connected, error=""):
+def server_set_link_status(*, server_id, connected, error=""):
     """Record the worker's link to Asterisk and tell every room of that server when it changed."""
     now = timezone.now()
     with transaction.atomic():
-        current = AsteriskServer.objects.select_for_update().get(pk=server.pk)
+        current = AsteriskServer.objects.select_for_update().get(pk=server_id)
         changed = current.connected != connected
         current.connected = connected
         current.last_seen_at = now if connected else current.last_seen_at
@@ -240,14 +251,14 @@ def server_set_link_status(*, server, connected, error=""):
         current.save(update_fields=["connected", "last_seen_at", "status_since", "last_error"])
         if changed:
             frame = {"type": "asterisk.status", "connected": connected}
-            for conference_id in Conference.objects.filter(server_id=server.pk).values_list("pk", flat=True):
+            for conference_id in Conference.objects.filter(server_id=server_id).values_list("pk", flat=True):
                 transaction.on_commit(partial(broadcast.send_to_room, conference_id, frame))
     return current
 
 
-def server_heartbeat(*, server):
+def server_heartbeat(*, server_id):
     """Note that the link was confirmed alive just now."""
-    AsteriskServer.objects.filter(pk=server.pk).update(last_seen_at=timezone.now())
+    AsteriskServer.objects.filter(pk=server_id).update(last_seen_at=timezone.now())
 
 
 # The room settings pages show: a change of one is broadcast.
@@ -259,7 +270,7 @@ def configurable_fields():
     return {field.name for field in Conference._meta.concrete_fields if field.editable and not field.primary_key}
 
 
-def conference_update(*, conference_id, actor=None, **changes):
+def conference_update(*, conference_id, actor_id=None, **changes):
     """Change a room's settings (the admin's form): saved, audited and broadcast like every other change.
 
     ``locked`` is recorded as the room being locked or unlocked by ``actor``,
@@ -281,7 +292,7 @@ def conference_update(*, conference_id, actor=None, **changes):
         conference.full_clean(validate_unique=True, validate_constraints=True)
         conference.save(update_fields=changed)
         if "locked" in changed:
-            _record(conference.pk, Kind.LOCKED if conference.locked else Kind.UNLOCKED, actor=actor)
+            _record(conference.pk, Kind.LOCKED if conference.locked else Kind.UNLOCKED, actor_id=actor_id)
         if BROADCAST_FIELDS & set(changed):
             _emit_conference(conference)
     logger.info("conference %s: settings changed (%s)", conference.pk, ", ".join(sorted(changed)))

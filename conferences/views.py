@@ -1,10 +1,10 @@
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, Q
+from django.db.models import Count
 from django.shortcuts import get_object_or_404, render
 
 from conferences import access
-from conferences.models import Conference
+from conferences.models import Conference, present_filter
 
 
 @login_required
@@ -13,7 +13,7 @@ def conference_list(request):
     conferences = (
         access.conferences_visible_to(request.user)
         .select_related("server")
-        .annotate(present_count=Count("participants", filter=Q(participants__left_at__isnull=True)))
+        .annotate(present_count=Count("participants", filter=present_filter("participants")))
         .order_by("name")
     )
     return render(request, "conferences/conference_list.html", {"conferences": conferences})

@@ -12,6 +12,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
+from conferences.ari import address
+
 TRUE_VALUES = {"true", "1", "yes", "on"}
 FALSE_VALUES = {"false", "0", "no", "off"}
 
@@ -151,29 +153,11 @@ def parse_redis_url(name, url):
 
 
 def parse_http_url(name, url):
-    """Check that ``url`` is an http(s) URL with a host and no credentials; return it without a trailing slash.
-
-    Credentials in a URL end up in logs, error messages and the admin's list
-    of servers; they belong in the username and password settings.
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise ImproperlyConfigured(f"{name} must be an http:// or https:// URL, got {_without_credentials(url)!r}.")
-    if parts.username is not None or parts.password is not None:
-        raise ImproperlyConfigured(
-            f"{name} must not contain a user name or password ({_without_credentials(url)!r}): "
-            "give them as the ARI username and password instead."
-        )
-    _check_port(name, url, parts)
+    """Check that ``url`` is an ARI base URL (conferences/ari/address.py); return it without a trailing slash."""
+    problem = address.http_url_problem(url)
+    if problem is not None:
+        raise ImproperlyConfigured(f"{name} {problem}")
     return url.rstrip("/")
-
-
-def _without_credentials(url):
-    """``url`` with anything before an ``@`` in its network location replaced by ``***``."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl()
 
 
 def ensure_private_file(path):

@@ -30,7 +30,7 @@ async def test_real_asterisk_info(client):
 
 async def test_404_is_not_found(client):
     with pytest.raises(AriNotFound) as info:
-        await client.channel("no-such-channel")
+        await client.answer("no-such-channel")
     assert info.value.status == 404
 
 

@@ -82,7 +82,7 @@ async def test_room_events_carry_seq_and_old_ones_are_not_repeated(connect, view
     alice = await db(make_participant)(room, "chan-a")
     communicator, _ = await connect(viewer)
     snapshot = await frame(communicator)
-    await db(services.participant_update)(participant=alice, talking=True)
+    await db(services.participant_update)(participant_id=alice.pk, talking=True)
     event = await frame(communicator)
     assert event["type"] == "participant.updated" and event["participant"]["talking"] is True
     assert event["seq"] == snapshot["seq"] + 1
@@ -96,7 +96,7 @@ async def test_asterisk_status_reaches_the_room(connect, viewer, room):
     communicator, _ = await connect(viewer)
     await frame(communicator)
     server = await db(AsteriskServer.objects.get)(pk=room.server_id)
-    await db(services.server_set_link_status)(server=server, connected=False, error="connection refused")
+    await db(services.server_set_link_status)(server_id=server.pk, connected=False, error="connection refused")
     assert await frame(communicator) == {"type": "asterisk.status", "connected": False}
 
 
@@ -123,7 +123,7 @@ async def test_viewer_actions_are_refused(connect, viewer, room, make_participan
 async def test_participant_of_another_room_is_refused(connect, moderator, room, make_conference, make_participant):
     other = await db(make_participant)(await db(make_conference)("200"))
     gone = await db(make_participant)(room, left_at=None)
-    await db(services.participant_leave)(participant=gone, reason="hangup")
+    await db(services.participant_leave)(participant_id=gone.pk, reason="hangup")
     communicator, _ = await connect(moderator)
     await frame(communicator)
     for target in (other.pk, gone.pk, 999999):
@@ -300,7 +300,7 @@ async def test_logout_closes_that_sessions_sockets(connect, viewer, client):
 async def test_present_participants_only_in_snapshot(connect, viewer, room, make_participant):
     await db(make_participant)(room, "here")
     gone = await db(make_participant)(room, "gone")
-    await db(services.participant_leave)(participant=gone, reason=Participant.LeftReason.HANGUP)
+    await db(services.participant_leave)(participant_id=gone.pk, reason=Participant.LeftReason.HANGUP)
     communicator, _ = await connect(viewer)
     snapshot = await frame(communicator)
     assert len(snapshot["participants"]) == 1 and snapshot["conference"]["participant_count"] == 1
@@ -457,7 +457,7 @@ async def test_socket_idles_past_redis_timeout_on_the_redis_layer(connect, viewe
     await frame(communicator)
     await asyncio.sleep(7)  # longer than redis-py 8's default 5 s socket timeout
     server = await db(AsteriskServer.objects.get)(pk=room.server_id)
-    await db(services.server_set_link_status)(server=server, connected=False)
+    await db(services.server_set_link_status)(server_id=server.pk, connected=False)
     assert await frame(communicator, timeout=5) == {"type": "asterisk.status", "connected": False}
     await communicator.disconnect()
     await channel_layers["default"].flush()
@@ -525,11 +525,11 @@ async def test_room_list_gets_counts_of_visible_rooms_only(login, viewer, room, 
             "rooms": [{"slug": "sales", "name": "Sales", "number": "100", "locked": False, "participant_count": 1}],
         }
         # A leave in the visible room: only the room's new state comes, no caller details.
-        await db(services.participant_leave)(participant=alice, reason="hangup")
+        await db(services.participant_leave)(participant_id=alice.pk, reason="hangup")
         update = await frame(communicator)
         assert update == {"type": "conference.updated", "conference": {**rooms["rooms"][0], "participant_count": 0}}
         # Nothing from a room the user may not see.
-        await db(services.conference_set_locked)(conference=hidden, locked=True)
+        await db(services.conference_set_locked)(conference_id=hidden.pk, locked=True)
         assert await communicator.receive_nothing(timeout=0.3)
     finally:
         await communicator.disconnect()
@@ -542,7 +542,7 @@ async def test_room_list_follows_new_grants(login, room, make_user, grant):
         assert (await frame(communicator))["rooms"] == []
         await db(grant)(room, user=user)
         assert [r["slug"] for r in (await frame(communicator))["rooms"]] == ["sales"]
-        await db(services.conference_set_locked)(conference=room, locked=True)
+        await db(services.conference_set_locked)(conference_id=room.pk, locked=True)
         assert (await frame(communicator))["conference"]["locked"] is True
     finally:
         await communicator.disconnect()

@@ -869,13 +869,13 @@ def clock(monkeypatch):
 
 def join(conference, number):
     participant, _created = services.participant_join(
-        conference=conference, channel_id=f"chan-{number}-{timezone.now().timestamp()}", caller_number=number
+        conference_id=conference.pk, channel_id=f"chan-{number}-{timezone.now().timestamp()}", caller_number=number
     )
     return participant
 
 
 def leave(participant):
-    services.participant_leave(participant=participant, reason=Participant.LeftReason.HANGUP)
+    services.participant_leave(participant_id=participant.pk, reason=Participant.LeftReason.HANGUP)
 
 
 def stored_meetings(conference):
@@ -999,7 +999,7 @@ def test_concurrent_joins_and_last_leaves_keep_one_meeting(conference):
 
         def enter(index, round_=round_, callers=callers):
             callers[index], _ = services.participant_join(
-                conference=conference, channel_id=f"chan-{round_}-{index}", caller_number=str(index)
+                conference_id=conference.pk, channel_id=f"chan-{round_}-{index}", caller_number=str(index)
             )
 
         in_threads(4, enter)
@@ -1097,5 +1097,5 @@ def test_the_migration_groups_the_stays_stored_before_it(conference):
     assert list(first.stays.values_list("caller_number", flat=True).order_by("joined_at")) == ["200", "201"]
     assert list(second.stays.values_list("caller_number", flat=True)) == ["202"]
     # A join into the room now goes into the meeting the migration left open.
-    alice, _ = services.participant_join(conference=conference, channel_id="new", caller_number="203")
+    alice, _ = services.participant_join(conference_id=conference.pk, channel_id="new", caller_number="203")
     assert alice.meeting_id == second.pk

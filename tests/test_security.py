@@ -96,7 +96,7 @@ def test_hostile_caller_data_is_inert_in_the_history_and_its_csv(client, superus
     from conferences import services
 
     participant = make_participant(conference, caller_name=HOSTILE, caller_number="=1+2")
-    services.participant_leave(participant=participant, reason="hangup")
+    services.participant_leave(participant_id=participant.pk, reason="hangup")
     client.force_login(superuser)
     html = client.get("/conferences/sales/history/").content.decode()
     assert "<img src=x" not in html

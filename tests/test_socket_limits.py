@@ -74,7 +74,7 @@ async def test_a_resync_with_nothing_new_reuses_the_last_snapshot(connect, viewe
         assert await frame(communicator) == {"type": "reply", "request_id": f"r{i}", "ok": True}
     assert len(reads) == 1
     # An event since: the next resync reads afresh, and shows it.
-    await db(services.participant_update)(participant=alice, talking=True)
+    await db(services.participant_update)(participant_id=alice.pk, talking=True)
     assert (await frame(communicator))["type"] == "participant.updated"
     fresh = await send(communicator, {"action": "resync", "request_id": "after"})
     assert fresh["seq"] == first["seq"] + 1 and fresh["participants"][0]["talking"] is True

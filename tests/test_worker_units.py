@@ -70,9 +70,9 @@ def test_lease_owner_names_this_process():
 async def test_link_status_is_stored_and_pushed_to_every_room_of_the_server(server, make_conference, fresh_layer):
     rooms = [await db(make_conference)(str(n)) for n in (10, 11)]
     async with RoomWatcher(fresh_layer, rooms[0].pk) as first, RoomWatcher(fresh_layer, rooms[1].pk) as second:
-        await db(services.server_set_link_status)(server=server, connected=True)
-        await db(services.server_set_link_status)(server=server, connected=True)  # no change: no frame
-        await db(services.server_set_link_status)(server=server, connected=False, error="connection refused")
+        await db(services.server_set_link_status)(server_id=server.pk, connected=True)
+        await db(services.server_set_link_status)(server_id=server.pk, connected=True)  # no change: no frame
+        await db(services.server_set_link_status)(server_id=server.pk, connected=False, error="connection refused")
         await eventually(lambda: len(first.frames) == 2 and len(second.frames) == 2)
     assert (
         first.frames

@@ -120,9 +120,6 @@ class AriClient:
     async def channels(self):
         return await self.request("GET", "/channels")
 
-    async def channel(self, channel_id):
-        return await self.request("GET", f"/channels/{quote(channel_id, safe='')}")
-
     async def hangup(self, channel_id, reason="normal"):
         await self.request("DELETE", f"/channels/{quote(channel_id, safe='')}", params={"reason": reason})
 
@@ -153,7 +150,7 @@ class AriClient:
         try:
             answer = await self.request("GET", path, params={"variable": variable})
         except AriNotFound:
-            await self.channel(channel_id)  # AriNotFound again when the channel is gone
+            await self.request("GET", f"/channels/{quote(channel_id, safe='')}")  # AriNotFound when it is gone
             return None
         value = answer.get("value") if isinstance(answer, dict) else None
         return value if isinstance(value, str) else None
@@ -164,21 +161,23 @@ class AriClient:
             params["playbackId"] = playback_id
         return await self.request("POST", f"/channels/{quote(channel_id, safe='')}/play", params=params)
 
-    async def stop_playback(self, playback_id):
-        await self.request("DELETE", f"/playbacks/{quote(playback_id, safe='')}")
-
     # --- bridges -------------------------------------------------------------
 
     async def bridges(self):
         return await self.request("GET", "/bridges")
 
-    async def bridge(self, bridge_id):
-        return await self.request("GET", f"/bridges/{quote(bridge_id, safe='')}")
-
     async def create_bridge(self, bridge_id, name):
-        """Create the mixing bridge ``bridge_id``, or return it when it exists already."""
+        """Create the mixing bridge ``bridge_id``, or return it when it exists already.
+
+        The media of a room always passes through Asterisk: a plain ``mixing``
+        bridge lets two SIP callers with direct media (the PJSIP default) send
+        RTP to each other, and then Asterisk hears nothing (no talk detection,
+        mute, DTMF or recording). ``dtmf_events`` and ``proxy_media`` take
+        native bridging away; Asterisk reads the list left to right, so they
+        must come after ``mixing``.
+        """
         return await self.request(
-            "POST", f"/bridges/{quote(bridge_id, safe='')}", params={"type": "mixing", "name": name}
+            "POST", f"/bridges/{quote(bridge_id, safe='')}", params={"type": ROOM_BRIDGE_TYPE, "name": name}
         )
 
     async def destroy_bridge(self, bridge_id):

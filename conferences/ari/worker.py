@@ -198,7 +198,9 @@ class AriWorker:
     async def _set_link(self, connected, error=""):
         self.connected = connected
         try:
-            await call_service(services.server_set_link_status, server=self.server, connected=connected, error=error)
+            await call_service(
+                services.server_set_link_status, server_id=self.server.pk, connected=connected, error=error
+            )
         except Exception:
             logger.exception("server %s: could not record the link status", self.server.name)
 
@@ -300,7 +302,7 @@ class AriWorker:
                     self.stopping.set()
                     return
                 if self.connected:
-                    await call_service(services.server_heartbeat, server=self.server)
+                    await call_service(services.server_heartbeat, server_id=self.server.pk)
                 await broadcast.flush_backlog()  # events the channel layer refused earlier
             except asyncio.CancelledError:
                 raise

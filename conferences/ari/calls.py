@@ -1,0 +1,119 @@
+"""What the worker knows between events: one ``Call`` per channel, one ``Room`` per room bridge.
+
+A call's life is one explicit phase instead of entries in several dicts:
+
+    ADMITTING ──▶ PIN ⇄ PIN_PAUSE ──▶ ENTERING ──▶ PRESENT ──▶ (gone)
+        │            │                    │            │
+        └────────────┴──────▶ LEAVING ◀───┴────────────┘   (refused or kicked: a prompt, then hang up)
+
+``ENTERING`` is admitted and on its way into the bridge (it holds a seat);
+``PRESENT`` is a participant in the room's bridge. Later phases (waiting in a
+lobby, an invite being dialled) fit in the same shape. The registry is plain
+data: the handlers change it, one room's calls from one room's events.
+"""
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from conferences.ari import rules
+
+
+class Phase(StrEnum):
+    ADMITTING = "admitting"
+    PIN = "pin"
+    PIN_PAUSE = "pin_pause"  # waiting out a pause before the PIN prompt: digits are ignored
+    ENTERING = "entering"
+    PRESENT = "present"
+    LEAVING = "leaving"
+
+
+# Calls the worker is still letting in (not yet in the bridge, not refused).
+ON_THE_WAY_IN = frozenset({Phase.ADMITTING, Phase.PIN, Phase.PIN_PAUSE, Phase.ENTERING})
+
+
+@dataclass
+class Call:
+    """One channel in the application, from StasisStart to its end."""
+
+    channel_id: str
+    conference_id: int | None = None
+    phase: Phase = Phase.ADMITTING
+    role: str = rules.PARTICIPANT
+    caller_name: str = ""
+    caller_number: str = ""
+    # At the PIN prompt.
+    digits: str = ""
+    tries: int = 0
+    attempt: int = 0
+    # In the room.
+    participant_id: int | None = None
+    moh: bool = False
+    kicked: bool = False
+    kicked_by: int | None = None
+    # Leaving: hang up when one of these playbacks finishes.
+    hangup_after: set = field(default_factory=set)
+
+    @property
+    def holds_seat(self):
+        """Admitted, not yet in the bridge: counted with the present ones against max participants."""
+        return self.phase == Phase.ENTERING
+
+
+@dataclass
+class Room:
+    """A room's bridge as the worker last saw it."""
+
+    conference_id: int
+    bridge_id: str
+    channels: list = field(default_factory=list)  # the bridge's members, helpers included
+    moh: bool | None = None  # music on hold playing; None: unknown (after a reconnect)
+
+
+class Registry:
+    """The calls and rooms of one server."""
+
+    def __init__(self):
+        self.calls: dict[str, Call] = {}
+        self.rooms: dict[int, Room] = {}
+
+    def call(self, channel_id):
+        return self.calls.get(channel_id)
+
+    def forget(self, channel_id):
+        return self.calls.pop(channel_id, None)
+
+    def in_room(self, conference_id, phase=None):
+        return [
+            call
+            for call in self.calls.values()
+            if call.conference_id == conference_id and (phase is None or call.phase == phase)
+        ]
+
+    def seats_held(self, conference_id):
+        """Calls admitted into the room and on their way into its bridge."""
+        return sum(1 for call in self.in_room(conference_id) if call.holds_seat)
+
+    def participants_in_bridge(self, conference_id):
+        """The room's present participants that are in its bridge right now (Asterisk's own channels are not).
+
+        Bridge snapshots also list Asterisk's Announcer channel (music on hold),
+        whose events never reach the application: only calls the worker
+        recorded as present count.
+        """
+        room = self.rooms.get(conference_id)
+        if room is None:
+            return []
+        return [
+            channel_id
+            for channel_id in room.channels
+            if (call := self.calls.get(channel_id)) is not None
+            and call.phase == Phase.PRESENT
+            and call.conference_id == conference_id
+        ]
+
+    def leaving_after(self, playback_id):
+        """The call to hang up when ``playback_id`` finishes, if any."""
+        for call in self.calls.values():
+            if playback_id in call.hangup_after:
+                return call
+        return None

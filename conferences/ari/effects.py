@@ -1,0 +1,119 @@
+"""Where the worker's decisions become effects: ARI calls and database hops.
+
+``Effects.db(func, ...)`` runs one conferences/ari/store.py function in a
+database thread, then sends from the event loop what the services broadcast
+meanwhile (collected, not sent from the thread: no hop back into the loop per
+frame). The ARI side wraps the client's calls that handlers share (prompts
+that end in a hang-up, talk detection, music on hold) and names playbacks.
+
+Database errors that pass (an unreachable or locked database) come out as
+``DatabaseUnavailable``: the event must be tried again, not skipped.
+"""
+
+import logging
+
+from channels.db import database_sync_to_async
+from django.db import InterfaceError, OperationalError
+
+from conferences import broadcast
+from conferences.ari.client import AriError, AriNotFound
+
+logger = logging.getLogger(__name__)
+
+TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
+PROMPT_HANGUP_TIMEOUT = 15.0  # hang up even when PlaybackFinished never comes
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached or was locked: the same event must be tried again."""
+
+
+async def call_service(func, /, **kwargs):
+    """Run a service function in the database thread, then send what it broadcast from here."""
+
+    def run():
+        with broadcast.collecting() as outbox:
+            return func(**kwargs), list(outbox)
+
+    result, outbox = await database_sync_to_async(run)()
+    await broadcast.send_collected(outbox)
+    return result
+
+
+class Effects:
+    """The ARI client and the database of one server's worker, as the handlers use them."""
+
+    def __init__(self, *, ari, app_name, schedule):
+        self.ari = ari
+        self.app_name = app_name
+        # schedule(delay, event): process ``event`` after ``delay`` seconds, in its room's order.
+        self.schedule = schedule
+        self._playbacks = 0
+
+    async def db(self, func, /, *args, **kwargs):
+        """One database hop: ``func(*args, **kwargs)`` in a database thread; broadcasts sent after it."""
+
+        def run():
+            with broadcast.collecting() as outbox:
+                return func(*args, **kwargs), list(outbox)
+
+        try:
+            result, outbox = await database_sync_to_async(run)()
+        except TRANSIENT_DB_ERRORS as exc:
+            raise DatabaseUnavailable(str(exc)) from exc
+        await broadcast.send_collected(outbox)
+        return result
+
+    # --- ARI ---------------------------------------------------------------------------------
+
+    def playback_id(self, channel_id):
+        self._playbacks += 1
+        return f"{self.app_name}-pb-{channel_id}-{self._playbacks}"
+
+    async def play(self, channel_id, sound):
+        """Play one of Asterisk's sounds to a channel; returns the playback id."""
+        playback_id = self.playback_id(channel_id)
+        await self.ari.play(channel_id, f"sound:{sound}", playback_id)
+        return playback_id
+
+    async def hangup(self, channel_id):
+        """Hang a channel up; one that is gone already is fine."""
+        try:
+            await self.ari.hangup(channel_id)
+        except AriNotFound:
+            pass
+
+    async def prompt_then_hangup(self, call, sound, *, answer=False):
+        """Play ``sound`` to a caller who may not stay, then hang up (also when the playback never finishes)."""
+        channel_id = call.channel_id
+        try:
+            if answer:
+                await self.ari.answer(channel_id)
+            playback_id = self.playback_id(channel_id)
+            call.hangup_after.add(playback_id)
+            await self.ari.play(channel_id, f"sound:{sound}", playback_id)
+            self.schedule(PROMPT_HANGUP_TIMEOUT, {"type": "_HangupTimeout", "channel_id": channel_id})
+        except AriNotFound:
+            return
+        except AriError as exc:
+            logger.warning("channel %s: prompt %s failed (%s); hanging up", channel_id, sound, exc)
+            await self.hangup(channel_id)
+
+    async def talk_detect(self, channel_id):
+        await self.ari.set_variable(channel_id, "TALK_DETECT(set)", "")
+
+    async def start_moh(self, bridge_id, moh_class):
+        await self.ari.start_bridge_moh(bridge_id, moh_class or "default")
+
+    async def stop_moh(self, bridge_id):
+        try:
+            await self.ari.stop_bridge_moh(bridge_id)
+        except AriError as exc:
+            if exc.status not in (404, 409):  # nothing playing, or the bridge is gone
+                raise
+
+    async def remove_bridge(self, bridge_id):
+        try:
+            await self.ari.destroy_bridge(bridge_id)
+        except AriNotFound:
+            pass

@@ -1,0 +1,282 @@
+"""The conference rules of the worker, as plain functions: no ARI, no database, no asyncio.
+
+Each takes facts and returns a decision; conferences/ari/handlers.py gathers
+the facts and carries the decisions out (conferences/ari/effects.py). Tested
+with tables of cases in tests/test_rules.py.
+
+- Names: the deterministic bridge id of a room, and back.
+- Admission: which room a ``Stasis()`` call asks for, the caller's role, and
+  whether the room lets it in (unknown, locked, full, PIN, admin).
+- The PIN: what the digits typed lead to.
+- Music on hold: who should hear it.
+- Resync: what must change when Asterisk's bridges and channels and the
+  database's present callers disagree after a reconnect.
+"""
+
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+# Channels Asterisk itself puts into bridges: never participants.
+HELPER_CHANNEL = re.compile(r"^(Announcer|Recorder|Snoop)/")
+MAX_ROOM_DIGITS = 32  # Conference.number's max_length
+ROLE_VARIABLE = "CONFERENCE_ROLE"  # set to "admin" by trusted dialplan only
+ADMIN = "admin"
+PARTICIPANT = "participant"
+
+
+# --- names ------------------------------------------------------------------------------------
+
+
+def room_bridge_id(app_name, conference_id):
+    """The deterministic bridge id of a room: a restarted worker finds its bridges."""
+    return f"{app_name}-conference-{conference_id}"
+
+
+def conference_id_of_bridge(app_name, bridge_id):
+    """The room of one of ``app_name``'s room bridges, or None for any other bridge id."""
+    prefix = room_bridge_id(app_name, "")
+    if not isinstance(bridge_id, str) or not bridge_id.startswith(prefix):
+        return None
+    rest = bridge_id[len(prefix) :]
+    return int(rest) if rest.isascii() and rest.isdigit() else None
+
+
+def is_helper_channel(channel):
+    return bool(HELPER_CHANNEL.match(str(channel.get("name") or "")))
+
+
+def stasis_args(channel, app_name):
+    """The Stasis() arguments of a channel that sits in ``app_name``, from its dialplan snapshot."""
+    dialplan = channel.get("dialplan") or {}
+    if (dialplan.get("app_name") or "").lower() != "stasis":
+        return None
+    parts = [part.strip() for part in (dialplan.get("app_data") or "").split(",")]
+    if not parts or parts[0] != app_name:
+        return None
+    return parts[1:]
+
+
+# --- admission ----------------------------------------------------------------------------------
+
+
+def parse_room_args(args):
+    """``(room number, problem)`` from the arguments of ``Stasis(app,<room number>)``.
+
+    ``problem`` is None for exactly one argument of 1 to ``MAX_ROOM_DIGITS``
+    ASCII digits. Otherwise it says why the call is refused; ``number`` is
+    then still the first argument when that is a well-formed room number (so
+    the refusal of ``100,admin`` is recorded in room 100), else None.
+    """
+    first = args[0] if args else None
+    digits = isinstance(first, str) and first.isascii() and first.isdigit()
+    number = first if digits and len(first) <= MAX_ROOM_DIGITS else None
+    if first is None:
+        return None, "no room number"
+    if len(args) > 1:
+        return number, "extra arguments"
+    if not digits:
+        return None, "room number not digits"
+    if number is None:
+        return None, "room number too long"
+    return number, None
+
+
+def role_from_value(value):
+    """The role a CONFERENCE_ROLE value grants: admin for ``admin``, else participant."""
+    if isinstance(value, str) and value.strip().lower() == ADMIN:
+        return ADMIN
+    return PARTICIPANT
+
+
+def role_from_channelvars(channel):
+    """The role from the channel JSON's ``channelvars``; None when they do not carry CONFERENCE_ROLE."""
+    channelvars = channel.get("channelvars")
+    if not isinstance(channelvars, dict) or ROLE_VARIABLE not in channelvars:
+        return None  # ari.conf without "channelvars = CONFERENCE_ROLE": ask Asterisk
+    return role_from_value(channelvars[ROLE_VARIABLE])
+
+
+def entry_refusal(*, role, locked, max_participants, taken):
+    """Why a caller may not enter a room right now (``locked``, ``full``), or None.
+
+    ``taken``: seats in use, present participants plus callers already on
+    their way into the bridge. Admins pass a lock and a full room.
+    """
+    if role == ADMIN:
+        return None
+    if locked:
+        return "locked"
+    if max_participants and taken >= max_participants:
+        return "full"
+    return None
+
+
+@dataclass(frozen=True)
+class RoomFacts:
+    """What admission needs to know of a room."""
+
+    conference_id: int
+    number: str
+    locked: bool
+    max_participants: int | None
+    pin: str
+
+
+class Verdict(StrEnum):
+    REFUSE = "refuse"
+    ASK_PIN = "ask_pin"
+    ENTER = "enter"
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The decision for a caller entering the application: a verdict, and for a refusal its prompt and reason."""
+
+    verdict: Verdict
+    sound: str = ""
+    reason: str = ""  # recorded in the room's timeline when there is a room; "" records nothing
+
+    @classmethod
+    def refuse(cls, sound, reason=""):
+        return cls(Verdict.REFUSE, sound, reason)
+
+
+ENTER = Admission(Verdict.ENTER)
+ASK_PIN = Admission(Verdict.ASK_PIN)
+
+# The prompt each refusal plays (Asterisk's core sounds).
+REFUSAL_SOUNDS = {"locked": "conf-locked", "full": "conf-locked", "wrong PIN": "conf-invalidpin"}
+
+
+def admission(*, problem, room, role, taken):
+    """What happens to a caller who entered the application.
+
+    ``problem``: what parse_room_args found wrong with the arguments (None:
+    fine); ``room``: the RoomFacts of the room asked for, None when there is
+    no such room; ``taken``: seats in use (see entry_refusal).
+    """
+    if problem is not None:
+        return Admission.refuse("conf-invalid", "invalid arguments" if room is not None else "")
+    if room is None:
+        return Admission.refuse("conf-invalid")
+    closed = entry_refusal(role=role, locked=room.locked, max_participants=room.max_participants, taken=taken)
+    if closed is not None:
+        return Admission.refuse(REFUSAL_SOUNDS[closed], closed)
+    return ASK_PIN if room.pin else ENTER
+
+
+def after_pin(*, room, role, taken):
+    """What happens once a caller typed the right PIN: the room may have closed meanwhile."""
+    if room is None:
+        return Admission.refuse("conf-invalid")
+    closed = entry_refusal(role=role, locked=room.locked, max_participants=room.max_participants, taken=taken)
+    if closed is not None:
+        return Admission.refuse(REFUSAL_SOUNDS[closed], closed)
+    return ENTER
+
+
+# --- the PIN ---------------------------------------------------------------------------------------
+
+
+class PinResult(StrEnum):
+    RIGHT = "right"
+    RETRY = "retry"  # wrong: play conf-invalidpin and ask again
+    REFUSE = "refuse"  # wrong, and the last try of this call
+
+
+def pin_result(*, digits, pin, tries, max_tries):
+    """The outcome of the digits typed; ``tries``: wrong tries of this call before this one."""
+    if digits == pin:
+        return PinResult.RIGHT
+    return PinResult.REFUSE if tries + 1 >= max_tries else PinResult.RETRY
+
+
+# --- music on hold ---------------------------------------------------------------------------------
+
+
+def moh_wanted(participants_in_bridge):
+    """Music on hold plays to a room's bridge when exactly one participant is in it."""
+    return len(participants_in_bridge) == 1
+
+
+def hears_moh(channel_id, participants_in_bridge):
+    """Whether the caller of ``channel_id`` hears the room's music (the participant alone in its bridge)."""
+    return moh_wanted(participants_in_bridge) and channel_id in participants_in_bridge
+
+
+# --- resync ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PresentRow:
+    """A participant the database holds as present."""
+
+    participant_id: int
+    channel_id: str
+    conference_id: int
+    talking: bool
+
+
+@dataclass
+class ResyncPlan:
+    """What a resync must change: each list is carried out in this order."""
+
+    # conference id -> the bridge's channels that still exist (the room's bridge state to keep)
+    rooms: dict = field(default_factory=dict)
+    bridge_ids: dict = field(default_factory=dict)  # conference id -> bridge id
+    lost: list = field(default_factory=list)  # participant ids whose channel left their room's bridge
+    stop_talking: list = field(default_factory=list)  # participant ids still present but marked talking
+    unknown: list = field(default_factory=list)  # (conference id, channel) in a bridge, unknown to the database
+    remove_bridges: list = field(default_factory=list)  # bridge ids: empty leftovers or of rooms that are gone
+    readmit: list = field(default_factory=list)  # (channel, args): in the application, in no bridge
+
+
+def resync_plan(*, app_name, channels, bridges, present, conference_ids, known_channels, busy_channels):
+    """Compare Asterisk's state with the database's after a (re)connect.
+
+    ``channels``: id -> channel JSON of every channel (``GET /channels``);
+    ``bridges``: every bridge JSON (``GET /bridges``); ``present``: the
+    PresentRows of this server; ``conference_ids``: the rooms that exist;
+    ``known_channels``: channel ids the database has a participant row for
+    (present or not); ``busy_channels``: channels the worker is already
+    handling (on their way in, or being hung up after a prompt) — not readmitted.
+    """
+    plan = ResyncPlan()
+    in_bridge = {}  # channel id -> conference id, participants only
+    for bridge in bridges:
+        conference_id = conference_id_of_bridge(app_name, bridge.get("id"))
+        if conference_id is None:
+            continue
+        members = [cid for cid in bridge.get("channels") or [] if cid in channels]
+        plan.rooms[conference_id] = members
+        plan.bridge_ids[conference_id] = bridge["id"]
+        for channel_id in members:
+            if not is_helper_channel(channels[channel_id]):
+                in_bridge[channel_id] = conference_id
+
+    still_present = set()
+    for row in present:
+        if in_bridge.get(row.channel_id) != row.conference_id:
+            plan.lost.append(row.participant_id)
+            continue
+        still_present.add(row.channel_id)
+        if row.talking:
+            plan.stop_talking.append(row.participant_id)
+
+    for channel_id, conference_id in in_bridge.items():
+        if conference_id in conference_ids and channel_id not in known_channels:
+            plan.unknown.append((conference_id, channels[channel_id]))
+            still_present.add(channel_id)
+
+    for conference_id, members in plan.rooms.items():
+        participants = [cid for cid in members if cid in still_present and in_bridge.get(cid) == conference_id]
+        if conference_id not in conference_ids or not participants:
+            plan.remove_bridges.append(plan.bridge_ids[conference_id])
+
+    for channel_id, channel in channels.items():
+        args = stasis_args(channel, app_name)
+        if args is None or channel_id in in_bridge or channel_id in busy_channels or is_helper_channel(channel):
+            continue
+        plan.readmit.append((channel, args))
+    return plan
