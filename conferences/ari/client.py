@@ -18,6 +18,7 @@ from requests.adapters import HTTPAdapter
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 5.0
+ROOM_BRIDGE_TYPE = "mixing,dtmf_events,proxy_media"  # see create_bridge
 
 
 class AriError(Exception):
