@@ -264,8 +264,9 @@ def resync_plan(*, app_name, channels, bridges, present, conference_ids, known_c
         if row.talking:
             plan.stop_talking.append(row.participant_id)
 
+    recorded = set(known_channels) | {row.channel_id for row in present}
     for channel_id, conference_id in in_bridge.items():
-        if conference_id in conference_ids and channel_id not in known_channels:
+        if conference_id in conference_ids and channel_id not in recorded:
             plan.unknown.append((conference_id, channels[channel_id]))
             still_present.add(channel_id)
 

@@ -1,0 +1,169 @@
+"""The worker's rules as tables of cases: admission, the PIN, music on hold, resync (conferences/ari/rules.py)."""
+
+import pytest
+
+from conferences.ari import rules
+from conferences.ari.rules import ENTER, Admission, PinResult, PresentRow, Verdict
+
+OPEN = rules.RoomFacts(conference_id=7, number="100", locked=False, max_participants=None, pin="")
+LOCKED = rules.RoomFacts(conference_id=7, number="100", locked=True, max_participants=None, pin="")
+SMALL = rules.RoomFacts(conference_id=7, number="100", locked=False, max_participants=2, pin="")
+WITH_PIN = rules.RoomFacts(conference_id=7, number="100", locked=False, max_participants=2, pin="4321")
+P, A = rules.PARTICIPANT, rules.ADMIN
+
+
+@pytest.mark.parametrize(
+    "problem,room,role,taken,expected",
+    [
+        (None, OPEN, P, 0, ENTER),
+        (None, OPEN, P, 500, ENTER),  # no limit
+        (None, None, P, 0, Admission.refuse("conf-invalid")),  # unknown room: nothing recorded
+        ("extra arguments", OPEN, P, 0, Admission.refuse("conf-invalid", "invalid arguments")),
+        ("extra arguments", None, P, 0, Admission.refuse("conf-invalid")),
+        ("extra arguments", OPEN, A, 0, Admission.refuse("conf-invalid", "invalid arguments")),  # even an admin
+        ("room number not digits", None, A, 0, Admission.refuse("conf-invalid")),
+        (None, LOCKED, P, 0, Admission.refuse("conf-locked", "locked")),
+        (None, LOCKED, A, 0, ENTER),  # admins pass a lock
+        (None, SMALL, P, 1, ENTER),
+        (None, SMALL, P, 2, Admission.refuse("conf-locked", "full")),
+        (None, SMALL, P, 3, Admission.refuse("conf-locked", "full")),
+        (None, SMALL, A, 9, ENTER),  # and a full room
+        (None, WITH_PIN, P, 0, rules.ASK_PIN),
+        (None, WITH_PIN, A, 5, rules.ASK_PIN),  # an admin still types the PIN
+        (None, WITH_PIN, P, 2, Admission.refuse("conf-locked", "full")),  # full before the PIN is asked
+    ],
+)
+def test_admission(problem, room, role, taken, expected):
+    assert rules.admission(problem=problem, room=room, role=role, taken=taken) == expected
+
+
+@pytest.mark.parametrize(
+    "room,role,taken,expected",
+    [
+        (WITH_PIN, P, 1, ENTER),
+        (WITH_PIN, P, 2, Admission.refuse("conf-locked", "full")),  # filled while the caller typed
+        (rules.RoomFacts(7, "100", True, None, "1"), P, 0, Admission.refuse("conf-locked", "locked")),
+        (rules.RoomFacts(7, "100", True, None, "1"), A, 0, ENTER),
+        (None, P, 0, Admission.refuse("conf-invalid")),  # the room was deleted meanwhile
+    ],
+)
+def test_after_the_right_pin_the_room_is_checked_again(room, role, taken, expected):
+    assert rules.after_pin(room=room, role=role, taken=taken) == expected
+
+
+@pytest.mark.parametrize(
+    "digits,tries,expected",
+    [
+        ("4321", 0, PinResult.RIGHT),
+        ("4321", 2, PinResult.RIGHT),
+        ("1234", 0, PinResult.RETRY),
+        ("1234", 1, PinResult.RETRY),
+        ("1234", 2, PinResult.REFUSE),
+        ("", 0, PinResult.RETRY),
+        ("43210", 0, PinResult.RETRY),
+    ],
+)
+def test_pin_result(digits, tries, expected):
+    assert rules.pin_result(digits=digits, pin="4321", tries=tries, max_tries=3) == expected
+
+
+@pytest.mark.parametrize(
+    "in_bridge,channel,wanted,hears",
+    [
+        ([], "a", False, False),
+        (["a"], "a", True, True),
+        (["a"], "b", True, False),
+        (["a", "b"], "a", False, False),
+    ],
+)
+def test_music_on_hold_for_the_one_alone(in_bridge, channel, wanted, hears):
+    assert rules.moh_wanted(in_bridge) is wanted
+    assert rules.hears_moh(channel, in_bridge) is hears
+
+
+@pytest.mark.parametrize(
+    "bridge_id,expected",
+    [
+        ("conference-conference-7", 7),
+        ("conference-conference-", None),
+        ("conference-conference-7a", None),
+        ("conference-conference-٧", None),  # a non-ASCII digit
+        ("other-conference-7", None),
+        ("", None),
+        (None, None),
+        (7, None),
+    ],
+)
+def test_bridge_ids(bridge_id, expected):
+    assert rules.conference_id_of_bridge("conference", bridge_id) == expected
+    if expected is not None:
+        assert rules.room_bridge_id("conference", expected) == bridge_id
+
+
+def channel(channel_id, args=None, name=None):
+    json = {"id": channel_id, "name": name or f"PJSIP/{channel_id}", "caller": {"number": "200"}}
+    if args is not None:
+        json["dialplan"] = {"app_name": "Stasis", "app_data": ",".join(["conference", *args])}
+    return json
+
+
+def bridge(conference_id, *members):
+    return {"id": rules.room_bridge_id("conference", conference_id), "channels": list(members)}
+
+
+def plan(channels, bridges, present, conference_ids=(7, 8), known=(), busy=()):
+    return rules.resync_plan(
+        app_name="conference",
+        channels={c["id"]: c for c in channels},
+        bridges=bridges,
+        present=present,
+        conference_ids=set(conference_ids),
+        known_channels=set(known),
+        busy_channels=set(busy),
+    )
+
+
+def row(pk, channel_id, conference_id=7, talking=False):
+    return PresentRow(participant_id=pk, channel_id=channel_id, conference_id=conference_id, talking=talking)
+
+
+def test_resync_keeps_callers_still_in_their_bridge_and_stops_stale_talking():
+    result = plan([channel("a"), channel("b")], [bridge(7, "a", "b")], [row(1, "a"), row(2, "b", talking=True)])
+    assert (result.lost, result.stop_talking, result.unknown, result.remove_bridges) == ([], [2], [], [])
+    assert result.rooms == {7: ["a", "b"]}
+
+
+def test_resync_marks_lost_those_gone_or_in_another_rooms_bridge():
+    result = plan([channel("b")], [bridge(8, "b")], [row(1, "a"), row(2, "b", conference_id=7)])
+    assert result.lost == [1, 2]
+    # A channel has one participant row per server: b's stay ended, it is not recorded again in room 8,
+    # whose bridge then holds no participant and goes.
+    assert result.unknown == [] and result.remove_bridges == [rules.room_bridge_id("conference", 8)]
+
+
+def test_resync_adds_callers_the_database_does_not_know_but_not_helpers_or_known_ones():
+    channels = [channel("a"), channel("moh", name="Announcer/moh-1"), channel("old")]
+    result = plan(channels, [bridge(7, "a", "moh", "old")], [], known=["old"])
+    assert [c["id"] for _room, c in result.unknown] == ["a"]
+
+
+def test_resync_removes_empty_leftover_bridges_and_those_of_deleted_rooms():
+    channels = [channel("moh", name="Announcer/x"), channel("c")]
+    result = plan(channels, [bridge(7, "moh"), bridge(9, "c"), bridge(8)], [], conference_ids=(7, 8))
+    assert sorted(result.remove_bridges) == sorted(rules.room_bridge_id("conference", n) for n in (7, 8, 9))
+    assert result.unknown == []  # room 9 is gone: its caller is not recorded
+
+
+def test_resync_readmits_callers_in_the_application_outside_any_bridge():
+    channels = [channel("waiting", args=["100"]), channel("typing", args=["100"]), channel("elsewhere")]
+    result = plan(channels, [], [], busy=["typing"])
+    assert [(c["id"], args) for c, args in result.readmit] == [("waiting", ["100"])]
+
+
+def test_resync_ignores_bridges_of_other_applications_and_channels_that_are_gone():
+    result = plan([channel("a")], [{"id": "someone-else", "channels": ["a"]}, bridge(7, "a", "gone")], [row(1, "a")])
+    assert result.rooms == {7: ["a"]} and result.lost == []
+
+
+def test_verdicts_are_strings_for_logs():
+    assert Verdict.REFUSE == "refuse" and PinResult.RIGHT == "right"
