@@ -11,6 +11,8 @@ Three kinds of viewer:
 - ``project``: a logged-in browser of /ws/conferences/<slug>/. Parses every
   frame, keeps ``seq`` and the roster, and on a seq gap sends ``resync`` like
   the page does (the gap and the time until the fresh snapshot are recorded).
+  A moderator's clicks (``moderate``) are sent on it; each ``reply`` is
+  recorded with the time its request was sent.
 - ``relay``: a client of bench/relay.py. Counts every frame; keeps the raw
   text of bridge enter/leave and talking-started events (parsed only when the
   phase is collected, outside the measurement).
@@ -131,6 +133,7 @@ class ProjectViewer(Viewer):
         self.recovery = []  # seconds from a detected gap to the fresh snapshot
         self.dups = 0
         self.requests = 0
+        self.actions = {}  # request id -> [action, sent, received, ok, error]
 
     def start_phase(self):
         super().start_phase()
@@ -143,6 +146,11 @@ class ProjectViewer(Viewer):
         self.last_frame_at = now
         frame = json.loads(raw)
         kind = frame.get("type")
+        if kind == "reply":
+            action = self.actions.get(frame.get("request_id"))
+            if action is not None and action[2] is None:
+                action[2:] = [now, bool(frame.get("ok")), frame.get("error")]
+            return
         if kind == "snapshot":
             self.last_seq = frame["seq"]
             self.roster = {p["id"]: [p["caller_number"], bool(p["talking"])] for p in frame["participants"]}
@@ -188,6 +196,11 @@ class ProjectViewer(Viewer):
         with contextlib.suppress(Exception):
             await self.ws.send(json.dumps({"action": "resync", "request_id": request_id}))
 
+    async def act(self, action, request_id):
+        """A moderator's click: the request goes out now, its reply is matched by ``request_id``."""
+        self.actions[request_id] = [action, time.time(), None, None, None]
+        await self.ws.send(json.dumps({"action": action, "request_id": request_id}))
+
     def result(self):
         return {
             "id": self.id,
@@ -203,6 +216,7 @@ class ProjectViewer(Viewer):
             "dups": self.dups,
             "closed": self.closed_code,
             "error": self.error,
+            "actions": {request_id: list(action) for request_id, action in self.actions.items()},
         }
 
     def roster_numbers(self):
@@ -285,6 +299,18 @@ class Clients:
                 }
             await asyncio.sleep(0.05)
 
+    async def moderate(self, clicks, timeout):
+        """Send ``[viewer id, action, request id]`` clicks all at once, then wait for every reply."""
+        viewers = {v.id: v for v in self.viewers if v.kind == "project"}
+        for viewer_id, action, request_id in clicks:
+            await viewers[viewer_id].act(action, request_id)
+        end = time.time() + timeout
+        waiting = len(clicks)
+        while waiting and time.time() < end:
+            await asyncio.sleep(0.01)
+            waiting = sum(1 for v in viewers.values() for a in v.actions.values() if a[2] is None)
+        return {"sent": len(clicks), "unanswered": waiting}
+
     def rosters(self):
         return {
             v.id: {"room": v.room, "seq": v.last_seq, "numbers": v.roster_numbers(), "closed": v.closed_code}
@@ -314,6 +340,8 @@ async def serve(conn):
                 reply = clients.phase()
             elif command == "settle":
                 reply = await clients.settle(*args)
+            elif command == "moderate":
+                reply = await clients.moderate(*args)
             elif command == "rosters":
                 reply = clients.rosters()
             elif command == "collect":

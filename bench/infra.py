@@ -1,13 +1,20 @@
-"""Set-up and process plumbing for bench/run.py: services, the sandbox PBX, our own processes.
+"""Set-up and process plumbing for the benchmarks: services, the sandbox PBX, our own processes.
 
 Everything here is bounded in time; every process started is remembered and
 stopped by its own process group id (they are started in new sessions).
+
+The product's processes (daphne, the worker, ``manage.py migrate``) run from
+``CODE["root"]``: this checkout unless ``use_code`` named another one (an
+older commit's worktree, for "before" figures). The bench's own code and the
+sandbox PBX always come from this checkout.
 """
 
+import json
 import os
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -26,6 +33,8 @@ REDIS_URL = "redis://127.0.0.1:6379/13"
 SECRET_KEY = "bench-only-fixed-key-never-used-in-production-7c1e9a52d4b84f0e9d3a"
 ARI_USER = ARI_PASSWORD = "conference"
 PROJECT_APP = "conference"
+# The checkout whose product code the bench starts, and whether its database starts afresh (see use_code).
+CODE = {"root": ROOT, "fresh_db": False}
 
 # Variables of the project that must not leak from the caller's shell into the bench.
 PROJECT_VARS = (
@@ -42,6 +51,102 @@ def log(message):
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def use_code(path):
+    """Start the product (daphne, worker, migrations) from the checkout at ``path`` from now on.
+
+    The bench database is then created afresh: another checkout's migrations
+    must not meet the tables a later commit's made.
+    """
+    root = Path(path).resolve()
+    if not (root / "manage.py").is_file() or not (root / "conferences").is_dir():
+        raise BenchError(f"{root} is not a checkout of this project (no manage.py and conferences/)")
+    CODE.update(root=root, fresh_db=True)
+    return root
+
+
+def checkout(ref, workdir):
+    """``(folder, made)`` for ``ref``: a checkout folder itself, or a new git worktree of that commit in ``workdir``."""
+    if Path(ref).is_dir():
+        return Path(ref).resolve(), None
+    tree = Path(workdir) / f"code-{uuid.uuid4().hex[:8]}"
+    run(["git", "worktree", "add", "--detach", str(tree), ref], timeout=120)
+    return tree, tree
+
+
+def remove_worktree(tree):
+    run(["git", "worktree", "remove", "--force", str(tree)], check=False, timeout=60)
+
+
+def run_measurement(cmd, out, label, limit):
+    """Run one checkout's measurement (a child process in its own session); returns the JSON it wrote to ``out``."""
+    log(f"measuring {label}: {' '.join(cmd[2:])}")
+    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True)  # noqa: S603 (the bench's own scripts)
+    try:
+        code = proc.wait(timeout=limit)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+        raise BenchError(f"{label}: stopped (time limit {limit} s, or interrupted)") from None
+    if code != 0 or not Path(out).exists():
+        raise BenchError(f"{label}: the measurement failed (exit {code})")
+    return json.loads(Path(out).read_text())
+
+
+def measure_checkouts(refs, measure, prefix):
+    """``[(label, results)]``: ``measure(folder, label, workdir)`` for each ``(label, ref)`` whose ref is set.
+
+    A ref is a checkout folder or a commit (checked out into a temporary
+    worktree, removed at the end).
+    """
+    measured = []
+    with tempfile.TemporaryDirectory(prefix=prefix) as workdir:
+        made = []
+        try:
+            for label, ref in refs:
+                if ref is None:
+                    continue
+                tree, new = checkout(ref, workdir)
+                made.append(new)
+                measured.append((label, measure(tree, label, workdir)))
+        finally:
+            for tree in made:
+                if tree is not None:
+                    remove_worktree(tree)
+    return measured
+
+
+def machine_versions(packages, asterisk=None):
+    """The machine, the services' versions (Django set up, Redis db 13) and ``packages``' versions."""
+    import importlib.metadata as md
+    import sys
+
+    import redis
+    from django.db import connection
+
+    info = machine()
+    info["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
+    info["python"] = sys.version.split()[0]
+    if asterisk is not None:
+        info["asterisk"] = asterisk
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+    info["redis"] = client.info("server").get("redis_version", "?")
+    client.close()
+    with connection.cursor() as cursor:
+        cursor.execute("show server_version")
+        info["postgresql"] = cursor.fetchone()[0]
+    info["packages"] = {name: md.version(name) for name in packages}
+    info["commit"] = code_commit()
+    return info
+
+
+def code_commit(root=None):
+    """The short commit of a checkout, marked when its work tree has uncommitted changes."""
+    root = root or CODE["root"]
+    commit = run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], check=False, timeout=10).stdout.strip()
+    dirty = run(["git", "-C", str(root), "status", "--porcelain"], check=False, timeout=10).stdout.strip()
+    return (commit or "?") + (" (with uncommitted changes)" if dirty else "")
+
+
 def base_env(settings="conferencesite.settings"):
     env = {k: v for k, v in os.environ.items() if k not in PROJECT_VARS}
     env.update(
@@ -50,7 +155,8 @@ def base_env(settings="conferencesite.settings"):
         DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
         DJANGO_SECRET_KEY=SECRET_KEY,
         DJANGO_SETTINGS_MODULE=settings,
-        PYTHONPATH=str(ROOT),
+        PYTHONPATH=str(CODE["root"]),
+        BENCH_CODE_ROOT=str(CODE["root"]),
         PYTHONUNBUFFERED="1",
     )
     return env
@@ -62,8 +168,8 @@ def worker_env(ari_url, settings="conferencesite.settings"):
     return env
 
 
-def run(cmd, *, env=None, timeout=300, check=True):
-    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+def run(cmd, *, env=None, timeout=300, check=True, cwd=ROOT):
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     if check and result.returncode != 0:
         raise BenchError(f"{' '.join(cmd)} failed ({result.returncode}): {result.stderr.strip()[-800:]}")
     return result
@@ -91,6 +197,10 @@ def stop_sandbox():
 
 
 def create_and_migrate_db():
+    """The database ``conference_bench``, migrated by the code under test (dropped first after use_code)."""
+    if CODE["fresh_db"]:
+        drop = f"drop database if exists {DB_NAME} with (force)"
+        run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", drop], timeout=60)
     exists = run(
         [
             "psql",
@@ -105,7 +215,7 @@ def create_and_migrate_db():
     ).stdout.strip()
     if exists != "1":
         run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", f"create database {DB_NAME}"], timeout=60)
-    run([VENV_PY, "manage.py", "migrate", "--noinput", "-v0"], env=base_env(), timeout=300)
+    run([VENV_PY, "manage.py", "migrate", "--noinput", "-v0"], env=base_env(), timeout=300, cwd=CODE["root"])
 
 
 ROOM_PK0 = 9001  # fixed primary keys: bridge ids conference-conference-90xx stay apart from the tests'
@@ -178,7 +288,7 @@ def wait_port(port, timeout, proc=None):
 # --- who else is using the sandbox --------------------------------------------------------
 
 # Another benchmark run would share our ports, database and sandbox.
-FOREIGN_MARKERS = ("bench/run.py",)
+FOREIGN_MARKERS = ("bench/run.py", "bench/busy.py", "bench/capacity.py")
 # The sandbox's ARI port (set by start_services from the URL it prints).
 ARI_PORT = {"port": 8088}
 HARMLESS = {"curl"}  # scripts/asterisk-sandbox status probes
@@ -386,7 +496,7 @@ class Processes:
     def start(self, name, cmd, env):
         logfile = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
         proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, cwd=CODE["root"], env=env, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True
         )
         proc.logfile = logfile
         self.procs[name] = proc

@@ -5,7 +5,9 @@ kept from the previous file, so the engineers' explanations survive a rerun.
 """
 
 import re
+import sys
 import time
+from pathlib import Path
 
 PROSE = {
     "choices": "_Placeholder: why the configuration kept is the one the numbers favour (engineers' prose)._",
@@ -32,10 +34,10 @@ def ratios(r):
     return " / ".join("–" if r.get(k) is None else f"{r[k]:.2f}×" for k in ("p50", "p99", "max"))
 
 
-def keep_prose(previous, name):
+def keep_prose(previous, name, placeholder=None):
     match = re.search(rf"<!-- prose:{name}:start -->\n(.*?)<!-- prose:{name}:end -->", previous or "", re.S)
     body = match.group(1).strip() if match else ""
-    return f"<!-- prose:{name}:start -->\n{body or PROSE[name]}\n<!-- prose:{name}:end -->"
+    return f"<!-- prose:{name}:start -->\n{body or placeholder or PROSE[name]}\n<!-- prose:{name}:end -->"
 
 
 def table(header, rows):
@@ -631,4 +633,394 @@ def render_profile(config, previous=""):
     out.append("\n</details>\n")
     out.append(keep_prose(previous, "profile"))
     out.append("")
+    return "\n".join(out)
+
+
+# --- sections of the other benchmarks (bench/busy.py, bench/capacity.py) ----------------------------
+
+
+def command_line(script, argv):
+    """The command a report names: the script and the arguments it was run with (``--no-report`` left out)."""
+    args = argv if argv is not None else sys.argv[1:]
+    return " ".join([".venv/bin/python", script, *(a for a in args if a != "--no-report")])
+
+
+def compare_and_write(*, args, argv, script, section, measure, render, prefix):
+    """Measure ``args.baseline`` (when set) then ``args.code``, print the section and write it unless told not to.
+
+    ``measure(folder, label, workdir)`` runs one checkout's measurement; returns ``[(label, results)]``.
+    """
+    from bench import infra
+
+    started = time.time()
+    measured = infra.measure_checkouts([("baseline", args.baseline), ("measured", args.code)], measure, prefix)
+    out = Path(args.out)
+    text = render(
+        measured,
+        command=command_line(script, argv),
+        seconds=time.time() - started,
+        previous=previous_section(out, section),
+        section=section,
+    )
+    print(text)
+    if not args.no_report:
+        write_section(out, section, text)
+        infra.log(f"wrote the section {section} of {out}")
+    return measured
+
+
+def write_section(path, name, text):
+    """Put ``text`` (a whole ``<!-- section:NAME:... -->`` block) into the report: in its place, or at the end."""
+    doc = path.read_text() if path.exists() else "# Performance\n"
+    pattern = re.compile(rf"<!-- section:{name}:start -->.*?<!-- section:{name}:end -->", re.S)
+    doc = pattern.sub(lambda _match: text, doc) if pattern.search(doc) else doc.rstrip("\n") + "\n\n" + text + "\n"
+    path.write_text(doc)
+
+
+def previous_section(path, name):
+    doc = path.read_text() if path.exists() else ""
+    match = re.search(rf"<!-- section:{name}:start -->.*?<!-- section:{name}:end -->", doc, re.S)
+    return match[0] if match else ""
+
+
+def pair(stats, digits=0):
+    if not stats or stats.get("p50") is None:
+        return "–"
+    return f"{fmt(stats['p50'], digits)} / {fmt(stats['p99'], digits)}"
+
+
+def mark(ok):
+    return "" if ok is None else ("✅ " if ok else "❌ ")
+
+
+def machine_lines(machine, extra=()):
+    """The machine of a run, as table rows."""
+    rows = [
+        ["CPU", f"{machine['cpu']}, {machine['nproc']} cores (`nproc`), {machine['memory_gb']} GB"],
+        *extra,
+        ["Python / PostgreSQL / Redis", f"{machine['python']} / {machine['postgresql']} / {machine['redis']}"],
+        ["packages", ", ".join(f"{k} {v}" for k, v in machine["packages"].items())],
+    ]
+    if machine.get("asterisk"):
+        rows.insert(1, ["Asterisk", f"{machine['asterisk']} (scripts/asterisk-sandbox)"])
+    return rows
+
+
+BUSY_PROSE = "_Placeholder: what the busy-PBX figures say and where the time goes (engineers' prose)._"
+
+
+def render_busy(measured, *, command, seconds, previous="", section="busy-pbx"):
+    """The ``busy-pbx`` section: one column per checkout measured (``[(label, results)]``), targets checked."""
+    first = measured[0][1]
+    rooms, callers = first["rooms"], first["callers"]
+    runs = []
+    for label, results in measured:
+        phase = results["configs"][0]["phases"][0]
+        runs.append((label, results, phase, phase["busy"]))
+
+    def cell(fn, check=None):
+        cells = []
+        for run in runs:
+            try:
+                value = fn(*run[1:])
+            except (KeyError, TypeError, IndexError):
+                value = None
+            text = "–" if value is None else value
+            ok = check(*run[1:]) if check and value is not None else None
+            cells.append(mark(ok) + text)
+        return cells
+
+    def by_kind(phase, side, kind):
+        return (phase[side].get("by_kind") or {}).get(kind) or {}
+
+    def talk_ratio(phase):
+        project, relay = by_kind(phase, "project", "talk"), by_kind(phase, "relay", "talk")
+        if project.get("p99") is None or not relay.get("p99"):
+            return None
+        return project["p99"] / relay["p99"]
+
+    def worker(phase, key):
+        return (phase.get("worker") or {}).get(key)
+
+    def cpu(phase):
+        used = phase.get("cpu") or {}
+        order = ["worker", "web", "asterisk", "postgresql", "redis", "relay", "clients (project)", "clients (relay)"]
+        return ", ".join(f"{name} {used[name]:.1f}" for name in [*order, "other"] if name in used)
+
+    exact_rooms = f"{rooms:,}/{rooms:,}"
+    rows = [
+        [
+            "moderation reply (click → `reply`), p50 / p99 ms",
+            "≤ 100 / ≤ 300",
+            *cell(
+                lambda r, p, b: pair(b["moderation"]),
+                lambda r, p, b: b["moderation"]["p50"] <= 100 and b["moderation"]["p99"] <= 300,
+            ),
+        ],
+        *[
+            [
+                f"… {action.replace('_', ' ')}, p50 / p99 ms",
+                "",
+                *cell(lambda r, p, b, a=action: pair(b["moderation_by_action"][a])),
+            ]
+            for action in ("mute_all", "unmute_all")
+        ],
+        [
+            "… of which in the worker (`handle_command`), p50 / p99 ms",
+            "",
+            *cell(lambda r, p, b: pair(p["commands"][a]) if (a := "mute_all") in p.get("commands", {}) else None),
+        ],
+        [
+            "join reaching the page (ChannelEnteredBridge → frame), p50 / p99 ms",
+            "p99 ≤ 150",
+            *cell(
+                lambda r, p, b: pair(by_kind(p, "project", "join")),
+                lambda r, p, b: by_kind(p, "project", "join")["p99"] <= 150,
+            ),
+        ],
+        ["… the raw relay's, same run, p50 / p99 ms", "", *cell(lambda r, p, b: pair(by_kind(p, "relay", "join")))],
+        [
+            "talking reaching the page (ChannelTalkingStarted → frame), p50 / p99 ms",
+            "p99 ≤ 2× relay",
+            *cell(lambda r, p, b: pair(by_kind(p, "project", "talk")), lambda r, p, b: talk_ratio(p) <= 2),
+        ],
+        ["… the raw relay's, same run, p50 / p99 ms", "", *cell(lambda r, p, b: pair(by_kind(p, "relay", "talk")))],
+        ["… page ÷ relay, p99", "", *cell(lambda r, p, b: None if talk_ratio(p) is None else f"{talk_ratio(p):.2f}×")],
+        [
+            f"all {rooms * callers:,} callers on their room's page, ms after the last call was placed",
+            "≤ 1,000",
+            *cell(
+                lambda r, p, b: fmt(b["all_on_pages_after_last_ms"]),
+                lambda r, p, b: b["all_on_pages_after_last_ms"] <= 1000,
+            ),
+        ],
+        [
+            "… ms after the first was placed (placing took … ms)",
+            "",
+            *cell(lambda r, p, b: f"{fmt(b['all_on_pages_after_first_ms'])} ({fmt(b['placing_ms'])})"),
+        ],
+        [
+            "rosters exact while held (page = database = GET /ari/bridges)",
+            exact_rooms,
+            *cell(
+                lambda r, p, b: f"{sum(b['held'])}/{len(b['held'])}", lambda r, p, b: all(b["held"]) and not b["mixed"]
+            ),
+        ],
+        [
+            "rosters exact at the end (and the page's `seq` = the database's)",
+            exact_rooms,
+            *cell(lambda r, p, b: f"{sum(b['final'])}/{len(b['final'])}", lambda r, p, b: all(b["final"])),
+        ],
+        [
+            "moderation requests failed / unanswered",
+            "0 / 0",
+            *cell(
+                lambda r, p, b: f"{len(b['moderation_failed'])} / {b['moderation_unanswered']}",
+                lambda r, p, b: not b["moderation_failed"] and not b["moderation_unanswered"],
+            ),
+        ],
+        [
+            "worker: ARI events / handled",
+            "",
+            *cell(lambda r, p, b: f"{worker(p, 'events'):,} / {worker(p, 'handled'):,}"),
+        ],
+        [
+            "worker: wait (Asterisk's timestamp → processing starts), p50 / p99 ms",
+            "",
+            *cell(lambda r, p, b: pair(worker(p, "wait"))),
+        ],
+        ["worker: service per handled event, p50 / p99 ms", "", *cell(lambda r, p, b: pair(worker(p, "service"), 1))],
+        ["CPU seconds during the scenario", "", *cell(lambda r, p, b: cpu(p))],
+        ["load average at the start", "", *cell(lambda r, p, b: " ".join(r["machine"].get("loadavg") or []))],
+        ["the scenario took, s", "", *cell(lambda r, p, b: fmt(p["seconds"], 1))],
+    ]
+    header = ["figure", "target (issue 12)"]
+    header += [f"{label} `{results['machine']['commit']}`" for label, results, _p, _b in runs]
+    machine = first["machine"]
+    out = [
+        f"<!-- section:{section}:start -->",
+        f"## Busy PBX: {rooms} rooms × {callers} callers, every moderator at once\n",
+        f"> Generated by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
+        f"(the run took {seconds / 60:.1f} min). Every figure below comes from that run; each column is one "
+        "checkout's product measured in it, one after the other, on the same sandbox. Only the text between "
+        "the `prose` markers is kept across runs.\n",
+        table(["", ""], machine_lines(machine)),
+        "",
+        f"The production layout: PostgreSQL, Redis (the default `RedisChannelLayer`), one daphne, one "
+        "`manage.py ari_worker` (through `bench/worker_probe.py`), the sandbox Asterisk. One page per room: the "
+        "moderator's logged-in WebSocket (`bench/clients.py`), and beside it one client per room of the raw "
+        "relay (`bench/relay.py`: every ARI event to every client, as the classic Node.js relay). "
+        f"{rooms * callers} calls (Local channels) placed {first['spacing_ms']:.0f} ms apart, round robin "
+        "over the rooms, every other one talking; when all are in, pages, database and Asterisk's bridges are "
+        f"compared; talking flows for {first['hold_seconds']:.0f} s; then every moderator clicks *mute all* "
+        "and right after it *unmute all*, all pages at once; then every caller hangs up "
+        f"{first['spacing_ms']:.0f} ms apart and everything is compared again. Join and talking latencies "
+        "are measured against Asterisk's own event timestamps (millisecond resolution), the relay's on the same "
+        "ARI events in the same run; moderation from the click sent to its `reply`. The machine's two cores are "
+        "shared by everything, the measuring clients included.\n",
+        table(header, rows),
+        "",
+        "<details><summary>By event kind (every sample; the relay's over every relay client)</summary>\n",
+        table(
+            [
+                "checkout",
+                "kind",
+                "page samples",
+                "page p50 / p99 / max ms",
+                "relay samples",
+                "relay p50 / p99 / max ms",
+            ],
+            [
+                [
+                    f"{label} `{results['machine']['commit']}`",
+                    kind,
+                    f"{by_kind(phase, 'project', kind).get('n', 0):,}",
+                    trio(by_kind(phase, "project", kind)),
+                    f"{by_kind(phase, 'relay', kind).get('n', 0):,}",
+                    trio(by_kind(phase, "relay", kind)),
+                ]
+                for label, results, phase, _busy in runs
+                for kind in ("join", "talk", "leave")
+            ],
+        ),
+        "\n</details>\n",
+        keep_prose(previous, "busy", BUSY_PROSE),
+        "",
+        f"Reproduce: `{command}` (rewrites this section only; `--quick` runs 3 rooms × 4 callers and writes nothing).",
+        f"<!-- section:{section}:end -->",
+    ]
+    return "\n".join(out)
+
+
+CAPACITY_PROSE = "_Placeholder: what the capacity figures say and where the worker's time goes (engineers' prose)._"
+
+
+def capacity_verdict(steps, target_ms):
+    """(highest rate whose wait p99 <= target and that was kept up with, peak handled/s, wait p99 at 200/s)."""
+    sustained, peak, at_200 = None, None, None
+    for step in steps:
+        worker = step.get("worker") or {}
+        handled = worker.get("handled_per_s")
+        wait = (worker.get("wait") or {}).get("p99")
+        if handled is not None:
+            peak = max(peak or 0, handled)
+        kept_up = handled is not None and handled >= 0.9 * step["rate"] and step["drained"]
+        if wait is not None and wait <= target_ms and kept_up:
+            sustained = max(sustained or 0, step["rate"])
+        if step["rate"] == 200:
+            at_200 = wait
+    return sustained, peak, at_200
+
+
+def render_capacity(measured, *, command, seconds, previous="", section="capacity", target_ms=50):
+    """The ``capacity`` section: per checkout measured, one row per rate, and the verdict against the targets."""
+    first = measured[0][1]
+    cfg = first["config"]
+    rows, verdicts = [], []
+    for label, results in measured:
+        name = f"{label} `{results['machine']['commit']}`"
+        sustained, peak, at_200 = capacity_verdict(results["steps"], target_ms)
+        verdicts.append(
+            [
+                name,
+                mark(peak is not None and peak >= 500) + fmt(peak),
+                mark(at_200 is not None and at_200 <= target_ms) + fmt(at_200),
+                "none" if sustained is None else f"{sustained:,}",
+            ]
+        )
+        for step in results["steps"]:
+            worker = step.get("worker") or {}
+            span = max(step["t_sent"] - step["t_start"], 1e-6)
+            cpu = step.get("cpu") or {}
+            wall = max(step["t_drained"] - step["t_start"], 1e-6)
+            rows.append(
+                [
+                    name,
+                    f"{step['rate']:,}",
+                    f"{step['sent_handled'] / span:,.0f} / {step['sent_all'] / span:,.0f}",
+                    fmt(worker.get("handled_per_s")),
+                    pair(worker.get("wait")),
+                    pair(worker.get("service"), 1),
+                    pair(step.get("stasis_to_first_rest")),
+                    pair(step.get("stasis_to_add")),
+                    fmt(step["t_drained"] - step["t_sent"], 1) + ("" if step["drained"] else " (not drained)"),
+                    " / ".join(
+                        f"{100 * cpu.get(k, 0) / wall:.0f}" for k in ("worker", "stand-in", "postgresql", "redis")
+                    ),
+                ]
+            )
+    header = [
+        "checkout",
+        "offered handled events/s",
+        "sent handled / all ARI events per s",
+        "handled by the worker per s",
+        "queue wait p50 / p99 ms",
+        "service p50 / p99 ms",
+        "StasisStart → first REST call p50 / p99 ms",
+        "StasisStart → addChannel p50 / p99 ms",
+        "drain after the step, s",
+        "CPU % worker / stand-in / PostgreSQL / Redis",
+    ]
+    by_kind_rows = []
+    for label, results in measured:
+        steps = [s for s in results["steps"] if s.get("worker")]
+        if not steps:
+            continue
+        busiest = max(steps, key=lambda s: s["worker"]["handled_per_s"])
+        for kind, stats in busiest["worker"]["by_kind"].items():
+            by_kind_rows.append(
+                [
+                    f"{label} `{results['machine']['commit']}`",
+                    f"{busiest['rate']:,}",
+                    kind,
+                    f"{stats['n']:,}",
+                    trio(stats, 1),
+                ]
+            )
+    machine = first["machine"]
+    out = [
+        f"<!-- section:{section}:start -->",
+        "## Capacity of one worker on a stand-in ARI\n",
+        f"> Generated by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
+        f"(the run took {seconds / 60:.1f} min). Every figure below comes from that run; each checkout's worker "
+        "was measured in it, one after the other. Only the text between the `prose` markers is kept across runs.\n",
+        table(
+            ["", ""], machine_lines(machine, [["load average at the start", " ".join(machine.get("loadavg") or [])]])
+        ),
+        "",
+        "No Asterisk: `bench/capacity.py` points one real `manage.py ari_worker` (through `bench/worker_probe.py`; "
+        "PostgreSQL, the Redis channel layer) at a stand-in ARI on loopback (aiohttp: the event WebSocket and "
+        "the REST API on one port, keep-alive, every call answered at once with plausible JSON). The stand-in "
+        f"keeps {cfg['rooms']} rooms of {cfg['population']} callers and sends the recorded events of "
+        "`tests/fixtures/ari/` (ids, numbers and times put in) as Asterisk would: StasisStart, then "
+        "ChannelEnteredBridge when the worker calls addChannel, talking started / finished, a hang-up's "
+        "ChannelLeftBridge and StasisEnd, and the unhandled events that come along. Each step offers a fixed "
+        f"rate of *handled* events for {cfg['seconds']:g} s, {cfg['churn']:.0%} of them joins and leaves, the "
+        "rest talking; then one more caller per room leaves and joins, and the next step starts once every room "
+        "is drained. *Handled by the worker per s*: the step's handled events / the time from its first event to "
+        "the end of the last one's processing. *Queue wait*: the event's timestamp (millisecond resolution) → "
+        "its processing starts (`AriWorker.process_event`); *service*: that call's duration. Room groups have one "
+        "member nobody reads, so `group_send` writes to Redis as with viewers. The stand-in shares the two cores "
+        "(its CPU is in the last column).\n",
+        table(
+            [
+                "checkout",
+                "peak handled events/s (target ≥ 500)",
+                f"queue wait p99 at 200/s, ms (target ≤ {target_ms})",
+                f"highest rate with wait p99 ≤ {target_ms} ms, kept up with",
+            ],
+            verdicts,
+        ),
+        "",
+        table(header, rows),
+        "",
+        "<details><summary>Service time by event type, in each checkout's busiest step</summary>\n",
+        table(["checkout", "rate", "event", "count", "service p50 / p99 / max ms"], by_kind_rows),
+        "\n</details>\n",
+        keep_prose(previous, "capacity", CAPACITY_PROSE),
+        "",
+        f"Reproduce: `{command}` (rewrites this section only; `--quick` runs 100, 200 and 500 events/s for 3 s "
+        "each and writes nothing).",
+        f"<!-- section:{section}:end -->",
+    ]
     return "\n".join(out)

@@ -193,7 +193,7 @@ class Bench:
             "relay",
             [
                 infra.VENV_PY,
-                "bench/relay.py",
+                str(ROOT / "bench" / "relay.py"),
                 "--port",
                 str(RELAY_PORT),
                 "--ari-url",
@@ -221,28 +221,9 @@ class Bench:
         Participant.objects.filter(conference_id__in=pks).delete()
 
     def machine_info(self):
-        import importlib.metadata as md
-
-        import redis
-        from django.db import connection
-
-        info = infra.machine()
-        info["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
-        info["python"] = sys.version.split()[0]
-        info["asterisk"] = ((self.ari.info() or {}).get("system") or {}).get("version", "?")
-        client = redis.Redis.from_url(infra.REDIS_URL, socket_timeout=5)
-        info["redis"] = client.info("server").get("redis_version", "?")
-        client.close()
-        with connection.cursor() as cursor:
-            cursor.execute("show server_version")
-            info["postgresql"] = cursor.fetchone()[0]
-        info["packages"] = {
-            name: md.version(name) for name in ("Django", "channels", "channels_redis", "daphne", "websockets", "redis")
-        }
-        commit = infra.run(["git", "rev-parse", "--short", "HEAD"], check=False, timeout=10).stdout.strip()
-        dirty = infra.run(["git", "status", "--porcelain"], check=False, timeout=10).stdout.strip()
-        info["commit"] = commit + (" (with uncommitted changes)" if dirty else "")
-        return info
+        asterisk = ((self.ari.info() or {}).get("system") or {}).get("version", "?")
+        packages = ("Django", "channels", "channels_redis", "daphne", "websockets", "redis")
+        return infra.machine_versions(packages, asterisk=asterisk)
 
     # --- a configuration (layer, web processes) -------------------------------------------------
 
@@ -269,7 +250,7 @@ class Bench:
         env["BENCH_PROBE_OUT"] = str(self.probe_path)
         self.worker_name = f"worker-{name}"
         worker = self.procs.start(
-            self.worker_name, [infra.VENV_PY, "bench/worker_probe.py", "--server", "default"], env
+            self.worker_name, [infra.VENV_PY, str(ROOT / "bench" / "worker_probe.py"), "--server", "default"], env
         )
         end = time.time() + 60
         while "resync done" not in self.procs.log_text(self.worker_name):

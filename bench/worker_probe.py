@@ -10,11 +10,18 @@ after wrapping two functions at import time, without changing product code:
   frame (after its transaction committed);
 - the channel layer's ``group_send`` (RedisChannelLayer, RedisPubSubLoopLayer,
   InMemoryChannelLayer): when each frame was handed to the layer and how long
-  that took.
+  that took;
+- ``AriWorker.handle_command``: when each moderation request's processing
+  started and how long it took (its action, room and request id).
 
 The records are written as JSON to ``$BENCH_PROBE_OUT`` when the process exits
 (SIGTERM stops the worker cleanly). Missing attributes (the code under
-measurement changed) only disable that probe.
+measurement changed) only disable that probe. With ``$BENCH_RECORD_EVENTS``
+set, every ARI event is also appended to that file as one JSON line, as
+tests/live.py's ARI_RECORD_EVENTS does (material for tests/fixtures/ari/).
+
+The product is imported from ``$BENCH_CODE_ROOT`` (another checkout, see
+bench/infra.py's ``use_code``), else from this one.
 """
 
 import atexit
@@ -25,7 +32,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, os.environ.get("BENCH_CODE_ROOT") or str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "conferencesite.settings")
 
 import django  # noqa: E402
@@ -35,6 +42,7 @@ django.setup()
 events = []  # [type, channel id, asterisk timestamp, started (epoch s), duration (s), has a handler]
 sends = []  # [conference id, frame type, seq, participant caller number, started (epoch s), duration (s)]
 group_sends = []  # [group, message type, frame type, seq, started (epoch s), duration (s)]
+commands = []  # [action, conference id, request id, started (epoch s), duration (s)]
 probes = []
 
 
@@ -45,8 +53,13 @@ def _wrap_process_event():
     if original is None:
         return
 
+    record_to = os.environ.get("BENCH_RECORD_EVENTS")
+
     async def process_event(self, event):
         started, clock = time.time(), time.perf_counter()
+        if record_to:
+            with open(record_to, "a") as fh:  # noqa: ASYNC230 (a recording aid, off in measured runs)
+                fh.write(json.dumps(event) + "\n")
         try:
             return await original(self, event)
         finally:
@@ -65,6 +78,33 @@ def _wrap_process_event():
 
     worker.AriWorker.process_event = process_event
     probes.append("AriWorker.process_event")
+
+
+def _wrap_handle_command():
+    from conferences.ari import worker
+
+    original = getattr(worker.AriWorker, "handle_command", None)
+    if original is None:
+        return
+
+    async def handle_command(self, command, *args, **kwargs):
+        started, clock = time.time(), time.perf_counter()
+        try:
+            return await original(self, command, *args, **kwargs)
+        finally:
+            command = command if isinstance(command, dict) else {}
+            commands.append(
+                [
+                    command.get("action"),
+                    command.get("conference_id"),
+                    command.get("request_id"),
+                    started,
+                    time.perf_counter() - clock,
+                ]
+            )
+
+    worker.AriWorker.handle_command = handle_command
+    probes.append("AriWorker.handle_command")
 
 
 def _wrap_send_to_room():
@@ -143,12 +183,15 @@ def _dump():
     path = os.environ.get("BENCH_PROBE_OUT")
     if path:
         Path(path).write_text(
-            json.dumps({"probes": probes, "events": events, "sends": sends, "group_sends": group_sends})
+            json.dumps(
+                {"probes": probes, "events": events, "sends": sends, "group_sends": group_sends, "commands": commands}
+            )
         )
 
 
 if __name__ == "__main__":
     _wrap_process_event()
+    _wrap_handle_command()
     _wrap_send_to_room()
     _wrap_group_send()
     atexit.register(_dump)
