@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from conferences.ari.handlers import ConferenceApp, role_from_channelvars
 from conferences.models import Conference, ConferenceAccess, Participant
 from conferencesite.asgi import application
-from tests.test_handlers_recorded import FakeAri
+from tests.recorded import FakeAri
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

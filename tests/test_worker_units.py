@@ -122,7 +122,7 @@ async def test_database_outage_holds_the_event_until_it_passes(server, make_conf
 
     from conferences import services as services_module
     from conferences.ari import worker as worker_module
-    from tests.test_handlers_recorded import FakeAri, load
+    from tests.recorded import FakeAri, load
 
     monkeypatch.setattr(worker_module, "DB_RETRY_FIRST", 0.01)
     room = await db(make_conference)("100")
@@ -162,7 +162,7 @@ async def test_ari_errors_to_commands_give_clear_replies_and_change_nothing(
 ):
     from conferences.ari.client import AriConflict, AriError, AriNotFound
     from conferences.ari.handlers import ConferenceApp
-    from tests.test_handlers_recorded import FakeAri
+    from tests.recorded import FakeAri
 
     room = await db(make_conference)("100")
     target = await db(make_participant)(room, "chan-x")

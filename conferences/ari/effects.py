@@ -11,9 +11,12 @@ Database errors that pass (an unreachable or locked database) come out as
 """
 
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, connections
 
 from conferences import broadcast
 from conferences.ari.client import AriError, AriNotFound
@@ -22,6 +25,9 @@ logger = logging.getLogger(__name__)
 
 TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
 PROMPT_HANGUP_TIMEOUT = 15.0  # hang up even when PlaybackFinished never comes
+# Database threads of one worker: rooms whose events are handled at the same time
+# (conferences/ari/lanes.py) do their database work at the same time too.
+DB_THREADS = 4
 
 
 class DatabaseUnavailable(Exception):
@@ -40,14 +46,58 @@ async def call_service(func, /, **kwargs):
     return result
 
 
+class DatabaseThreads:
+    """A worker's own pool of database threads, each keeping its connection open between hops.
+
+    Channels' ``database_sync_to_async`` runs every call in one thread per
+    process (thread-sensitive) and closes the connection after each call when
+    ``CONN_MAX_AGE`` is 0, the default: a worker would then wait for one room's
+    database work before the next room's, and open a new PostgreSQL
+    connection for every event. Here each of ``DB_THREADS`` threads keeps its
+    connection; one that broke (the database restarted) is closed after the
+    error, and the hop is tried again with the event (``DatabaseUnavailable``).
+    """
+
+    def __init__(self, threads=None):
+        self.threads = threads or DB_THREADS
+        self.executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="ari-db")
+
+    async def run(self, func):
+        def call():
+            try:
+                return func()
+            except TRANSIENT_DB_ERRORS:
+                connections["default"].close()  # the next hop in this thread connects afresh
+                raise
+
+        return await sync_to_async(call, thread_sensitive=False, executor=self.executor)()
+
+    def close(self):
+        """Close every thread's connection, then the threads (a test database can then be dropped)."""
+        barrier = threading.Barrier(self.threads, timeout=10)
+
+        def close_here():
+            connections.close_all()
+            try:
+                barrier.wait()  # one call per thread: each waits until all threads took one
+            except threading.BrokenBarrierError:
+                pass
+
+        for future in [self.executor.submit(close_here) for _ in range(self.threads)]:
+            future.result(timeout=15)
+        self.executor.shutdown(wait=True)
+
+
 class Effects:
     """The ARI client and the database of one server's worker, as the handlers use them."""
 
-    def __init__(self, *, ari, app_name, schedule):
+    def __init__(self, *, ari, app_name, schedule, database=None):
         self.ari = ari
         self.app_name = app_name
         # schedule(delay, event): process ``event`` after ``delay`` seconds, in its room's order.
         self.schedule = schedule
+        # A worker gives its DatabaseThreads; without (handler tests), Channels' database thread.
+        self.database = database
         self._playbacks = 0
 
     async def db(self, func, /, *args, **kwargs):
@@ -58,7 +108,10 @@ class Effects:
                 return func(*args, **kwargs), list(outbox)
 
         try:
-            result, outbox = await database_sync_to_async(run)()
+            if self.database is not None:
+                result, outbox = await self.database.run(run)
+            else:
+                result, outbox = await database_sync_to_async(run)()
         except TRANSIENT_DB_ERRORS as exc:
             raise DatabaseUnavailable(str(exc)) from exc
         await broadcast.send_collected(outbox)

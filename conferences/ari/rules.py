@@ -281,3 +281,67 @@ def resync_plan(*, app_name, channels, bridges, present, conference_ids, known_c
             continue
         plan.readmit.append((channel, args))
     return plan
+
+
+# --- which room an item concerns (the worker's lanes) ---------------------------------------------
+
+SERVER = "server"  # the lane of what concerns no room (refused numbers, other applications' leftovers)
+CHANNEL_TIMERS = {"_PinTimeout", "_PinPauseOver", "_HangupTimeout"}
+
+
+@dataclass(frozen=True)
+class LookUp:
+    """The room of a number the worker does not know yet: look it up, then route again."""
+
+    number: str
+
+
+def event_channel_id(event):
+    """The channel an ARI (or synthetic) event is about, or None."""
+    if event.get("type") in CHANNEL_TIMERS:
+        return event.get("channel_id")
+    channel = event.get("channel")
+    if isinstance(channel, dict):
+        return channel.get("id")
+    playback = event.get("playback")
+    if isinstance(playback, dict):
+        target = str(playback.get("target_uri") or "")
+        if target.startswith("channel:"):
+            return target[len("channel:") :]
+    return None
+
+
+def lane_of_event(event, *, app_name, room_of_channel, room_of_number):
+    """The lane of an event: its room's id, ``SERVER``, or ``LookUp(number)``.
+
+    ``room_of_channel(channel id)`` and ``room_of_number(number)`` are what the
+    worker knows (None: not known). A bridge event belongs to the bridge's
+    room; a StasisStart to the room its one argument names; anything else
+    about a channel to the room the channel was routed to.
+    """
+    bridge = event.get("bridge")
+    if isinstance(bridge, dict):
+        conference_id = conference_id_of_bridge(app_name, bridge.get("id"))
+        if conference_id is not None:
+            return conference_id
+    if event.get("type") == "StasisStart":
+        args = event.get("args")
+        number, problem = parse_room_args(args if isinstance(args, list) else [args])
+        if problem is not None or number is None:
+            return SERVER
+        conference_id = room_of_number(number)
+        return conference_id if conference_id is not None else LookUp(number)
+    channel_id = event_channel_id(event)
+    if channel_id is not None:
+        conference_id = room_of_channel(channel_id)
+        if conference_id is not None:
+            return conference_id
+    return SERVER
+
+
+def lane_of_command(command):
+    """The lane of a moderation command: the room it names (an id that is not an int goes to ``SERVER``)."""
+    conference_id = command.get("conference_id")
+    if isinstance(conference_id, int) and not isinstance(conference_id, bool):
+        return conference_id
+    return SERVER

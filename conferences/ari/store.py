@@ -12,6 +12,11 @@ from conferences.ari import rules
 from conferences.models import Conference, ConferenceEvent, Participant
 
 
+def room_directory(server_id):
+    """``{room number: conference id}`` of the server's rooms: how the worker routes a StasisStart to its room."""
+    return dict(Conference.objects.filter(server_id=server_id).values_list("number", "pk"))
+
+
 def room_facts(conference):
     return rules.RoomFacts(
         conference_id=conference.pk,

@@ -1,10 +1,14 @@
 """The worker loop: keep the ARI event socket of one Asterisk server alive.
 
 Reading the socket never waits on anything else: frames go straight into a
-queue, and one processor task handles queued ARI events, moderation requests
-and timers one at a time, in order. After every (re)connect the first item
-processed is a resync with Asterisk's bridges and channels, since Asterisk
-does not queue events for a disconnected application.
+queue. One dispatcher task takes ARI events, moderation requests and timers
+from it in order and hands each to the lane of the room it concerns
+(conferences/ari/lanes.py): one room's items are handled one at a time, in
+order; different rooms' at the same time, each with its own database thread
+(conferences/ari/effects.py, DatabaseThreads). After every (re)connect the
+first item is a resync with Asterisk's bridges and channels, since Asterisk
+does not queue events for a disconnected application: the dispatcher waits
+until every lane is idle, runs it alone, then goes on.
 """
 
 import asyncio
@@ -21,9 +25,11 @@ from channels.layers import get_channel_layer
 from django.db import connections
 
 from conferences import broadcast, moderation, services
-from conferences.ari import lease
+from conferences.ari import lease, rules, store
 from conferences.ari.client import AriClient, AriError
+from conferences.ari.effects import DatabaseThreads
 from conferences.ari.handlers import TRANSIENT_DB_ERRORS, ConferenceApp, DatabaseUnavailable, call_service
+from conferences.ari.lanes import Lanes
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +43,8 @@ PING_INTERVAL = 10.0
 PING_TIMEOUT = 10.0
 DB_RETRY_FIRST = 0.2
 DB_RETRY_MAX = 5.0
+DIRECTORY_REFRESH_MIN = 1.0  # seconds between two reads of the room numbers for callers of unknown ones
+STOP_TIMEOUT = 10.0  # seconds the lanes have to finish the item in hand at shutdown
 
 
 class WorkerConflict(Exception):
@@ -55,8 +63,20 @@ class AriWorker:
     def __init__(self, server, *, stopping=None):
         self.server = server
         self.ari = AriClient(server.ari_url, server.username, server.password)
-        self.app = ConferenceApp(server_id=server.pk, app_name=server.app_name, ari=self.ari, schedule=self.schedule)
+        self.database = DatabaseThreads()
+        self.app = ConferenceApp(
+            server_id=server.pk,
+            app_name=server.app_name,
+            ari=self.ari,
+            schedule=self.schedule,
+            database=self.database,
+        )
         self.queue: asyncio.Queue = asyncio.Queue()
+        self.lanes = None
+        # Where items go: the room of each channel the worker routed, the room of each number.
+        self.room_of_channel: dict[str, object] = {}
+        self.directory: dict[str, int] = {}
+        self._directory_read_at = None
         self.stopping = stopping or asyncio.Event()
         self.owner = lease.new_owner()
         self.connected = False
@@ -100,6 +120,7 @@ class AriWorker:
                 await self._run()
             finally:
                 await db(connections.close_all)()
+                await asyncio.to_thread(self.database.close)
 
     async def _run(self):
         acquired, holder = await db(lease.acquire)(self.server.pk, self.owner)
@@ -120,7 +141,7 @@ class AriWorker:
             self.stopping.set()
             self.queue.put_nowait(("stop", None))
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(tasks[0]), 10)
+                await asyncio.wait_for(asyncio.shield(tasks[0]), STOP_TIMEOUT + 2)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -207,13 +228,70 @@ class AriWorker:
     # --- processing ---------------------------------------------------------------------
 
     async def _processor(self):
-        while True:
-            kind, item = await self.queue.get()
-            if kind == "stop":
-                return
-            if self.stopping.is_set():
-                continue  # stopping: what is still queued is left to the next start's resync
-            await self._process_item(kind, item)
+        """Hand every queued item to its room's lane; a resync waits for all lanes and runs alone."""
+        self.lanes = Lanes(self._lane_item)
+        try:
+            while True:
+                kind, item = await self.queue.get()
+                if kind == "stop":
+                    return
+                if self.stopping.is_set():
+                    continue  # stopping: what is still queued is left to the next start's resync
+                if kind == "resync":
+                    await self.lanes.drain()
+                    await self._process_item(kind, item)
+                    await self._after_resync()
+                    continue
+                if kind == "event" and item.get("type") == "ApplicationReplaced":
+                    await self.process_event(item)
+                    continue
+                self.lanes.submit(await self._lane_of(kind, item), (kind, item))
+        finally:
+            # The lanes finish the item in hand; what is still queued is left to the next start's resync.
+            await self.lanes.close(STOP_TIMEOUT)
+
+    async def _lane_item(self, pair):
+        await self._process_item(*pair)
+
+    async def _lane_of(self, kind, item):
+        """The lane of an item (see rules.lane_of_event); remembers which room each channel went to."""
+        if kind != "event":
+            return rules.lane_of_command(item)
+        key = rules.lane_of_event(
+            item,
+            app_name=self.server.app_name,
+            room_of_channel=self.room_of_channel.get,
+            room_of_number=self.directory.get,
+        )
+        if isinstance(key, rules.LookUp):
+            # A room created after the last read, or no room: read the numbers again (at most once a second).
+            await self._read_directory(at_most_every=DIRECTORY_REFRESH_MIN)
+            key = self.directory.get(key.number, rules.SERVER)
+        channel_id = rules.event_channel_id(item)
+        if channel_id is not None:
+            if item.get("type") == "ChannelDestroyed":
+                self.room_of_channel.pop(channel_id, None)
+            elif item.get("type") in ("StasisStart", "ChannelEnteredBridge"):
+                self.room_of_channel[channel_id] = key
+        return key
+
+    async def _read_directory(self, *, at_most_every=0.0):
+        now = asyncio.get_running_loop().time()
+        if self._directory_read_at is not None and now - self._directory_read_at < at_most_every:
+            return
+        self._directory_read_at = now
+        try:
+            self.directory = await self.app.effects.db(store.room_directory, self.server.pk)
+        except DatabaseUnavailable as exc:
+            logger.warning("server %s: room numbers unreadable (%s); keeping the last ones", self.server.name, exc)
+
+    async def _after_resync(self):
+        """After a resync (alone): the numbers read afresh, each known channel routed to its room."""
+        await self._read_directory()
+        self.room_of_channel = {
+            channel_id: call.conference_id if call.conference_id is not None else rules.SERVER
+            for channel_id, call in self.app.state.calls.items()
+        }
 
     async def _process_item(self, kind, item):
         """Process one queued item; a database outage holds it (and the queue) until it passes."""
