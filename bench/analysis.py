@@ -407,13 +407,16 @@ def web_profile(path, top=25):
         area = "other (Python built-ins, C calls)"
         if name == "<method 'poll' of 'select.epoll' objects>":
             area = "idle (waiting in epoll)"
+        elif name == "<method 'get' of '_queue.SimpleQueue' objects>":
+            area = "idle (a pool thread waiting for work)"
         for needle, label in PROFILE_AREAS:
             if f"/{needle}/" in filename or filename.endswith(f"/{needle}.py"):
                 area = label
                 break
         areas[area] += tt
         short = filename.split("site-packages/")[-1].split("/work/")[-1]
-        functions.append({"function": f"{short}:{line}({name})", "calls": nc, "own_s": tt, "cum_s": ct})
+        if not area.startswith("idle"):
+            functions.append({"function": f"{short}:{line}({name})", "calls": nc, "own_s": tt, "cum_s": ct})
         for file_end, func, label in PROFILE_ENTRIES:
             if name == func and filename.endswith("/" + file_end):
                 entry = entries.setdefault(label, {"calls": 0, "cum_s": 0.0})

@@ -41,6 +41,7 @@ exact.
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -295,6 +296,9 @@ def measure(args):
         # The orchestrator's own ORM calls (seed, room state) use the measured checkout's models.
         sys.path.insert(0, str(infra.CODE["root"]))
     bench = BusyBench(args)
+    profile = bench.log_dir / "worker.prof"
+    if args.profile:
+        os.environ["BENCH_PROFILE_OUT"] = str(profile)  # the worker's environment comes from this one
     try:
         bench.run()
         config = bench.results["configs"][0]
@@ -304,6 +308,8 @@ def measure(args):
     finally:
         bench.teardown()
     bench.results["log_dir"] = str(bench.log_dir)
+    if args.profile:
+        bench.results["profile"] = analysis.web_profile(profile if profile.exists() else None)
     return bench.results
 
 
@@ -328,8 +334,7 @@ def run_child(args, code, label, workdir):
     out = Path(workdir) / f"{label}.json"
     cmd = [infra.VENV_PY, str(Path(__file__).resolve()), "--child", str(out), "--code", str(code)]
     cmd += ["--rooms", str(args.rooms), "--callers", str(args.callers)]
-    if args.keep_asterisk:
-        cmd.append("--keep-asterisk")
+    cmd += [flag for flag, on in (("--keep-asterisk", args.keep_asterisk), ("--profile", args.profile)) if on]
     return infra.run_measurement(cmd, out, label, args.limit)
 
 
@@ -348,6 +353,9 @@ def main(argv=None):
     parser.add_argument("--out", default=str(ROOT / "docs" / "performance.md"), help="the report to write into")
     parser.add_argument("--no-report", action="store_true", help="print the figures, write no report")
     parser.add_argument("--keep-asterisk", action="store_true", help="leave a sandbox this run started running")
+    parser.add_argument(
+        "--profile", action="store_true", help="run the worker under cProfile (slower: its figures too)"
+    )
     parser.add_argument("--child", metavar="RESULTS_JSON", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:

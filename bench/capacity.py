@@ -600,6 +600,9 @@ class Capacity:
         probe_path = self.log_dir / "probe.json"
         env = infra.worker_env(self.url)
         env["BENCH_PROBE_OUT"] = str(probe_path)
+        profile = self.log_dir / "worker.prof"
+        if self.args.profile:
+            env["BENCH_PROFILE_OUT"] = str(profile)
         worker_cmd = [infra.VENV_PY, str(ROOT / "bench" / "worker_probe.py"), "--server", "default"]
         worker = self.procs.start("worker", worker_cmd, env)
         base = f"http://127.0.0.1:{self.args.port}/_bench"
@@ -633,6 +636,8 @@ class Capacity:
         results["probes"] = probe.get("probes", [])
         results["steps"] = [dict(step, worker=worker_figures(probe, step)) for step in steps]
         results["log_dir"] = str(self.log_dir)
+        if self.args.profile:
+            results["profile"] = analysis.web_profile(profile if profile.exists() else None)
         return results
 
     def teardown(self):
@@ -698,7 +703,7 @@ def run_child(args, code, label, workdir):
     cmd = [infra.VENV_PY, str(Path(__file__).resolve()), "--child", str(out), "--code", str(code)]
     cmd += ["--rates", ",".join(str(r) for r in args.rate_list), "--seconds", str(args.seconds)]
     cmd += ["--rooms", str(args.rooms), "--population", str(args.population), "--churn", str(args.churn)]
-    cmd += ["--port", str(args.port)]
+    cmd += ["--port", str(args.port), *(["--profile"] if args.profile else [])]
     return infra.run_measurement(cmd, out, label, args.limit)
 
 
@@ -715,6 +720,9 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=PORT, help=f"the stand-in's port (default {PORT})")
     parser.add_argument("--out", default=str(ROOT / "docs" / "performance.md"), help="the report to write into")
     parser.add_argument("--no-report", action="store_true", help="print the figures, write no report")
+    parser.add_argument(
+        "--profile", action="store_true", help="run the worker under cProfile (slower: its figures too)"
+    )
     parser.add_argument("--child", metavar="RESULTS_JSON", help=argparse.SUPPRESS)
     parser.add_argument("--standin", metavar="CONFIG_JSON", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -736,7 +744,7 @@ def main(argv=None):
         return child_main(args)
 
     try:
-        report.compare_and_write(
+        measured = report.compare_and_write(
             args=args,
             argv=argv,
             script="bench/capacity.py",
@@ -747,6 +755,15 @@ def main(argv=None):
         )
     except BenchError as exc:
         log(f"FAILED: {exc}")
+        return 1
+    unmeasured = [
+        f"{label} {step['rate']}/s"
+        for label, results in measured
+        for step in results["steps"]
+        if not step.get("worker") or not step["drained"]
+    ]
+    if unmeasured:
+        log(f"not measured or not drained: {', '.join(unmeasured)}")
         return 1
     return 0
 

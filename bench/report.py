@@ -709,6 +709,39 @@ def machine_lines(machine, extra=()):
 BUSY_PROSE = "_Placeholder: what the busy-PBX figures say and where the time goes (engineers' prose)._"
 
 
+def render_worker_profiles(measured):
+    """The worker under cProfile (``--profile``), for the runs that had it; [] for none."""
+    out = []
+    for label, results in measured:
+        prof = results.get("profile")
+        if not prof:
+            continue
+        name = f"{label} `{results['machine']['commit']}`"
+        if prof.get("error"):
+            out += [f"No profile of {name}: {prof['error']}.", ""]
+            continue
+        total = prof["total_s"] or 1.0
+        out += [
+            f"<details><summary>{name}: every thread of the worker under cProfile ({prof['total_s']:.1f} s "
+            "profiled; the figures of this run are the profiled worker's, slower than without)</summary>\n",
+            table(
+                ["area (own time)", "s", "share"],
+                [[a["area"], fmt(a["own_s"], 2), f"{100 * a['own_s'] / total:.0f} %"] for a in prof["areas"]],
+            ),
+            "",
+            "The functions with the most own time (idle waits left out):\n",
+            table(
+                ["function", "calls", "own s", "cumulative s"],
+                [
+                    [f"`{f['function']}`", f"{f['calls']:,}", fmt(f["own_s"], 2), fmt(f["cum_s"], 2)]
+                    for f in prof["top"]
+                ],
+            ),
+            "\n</details>\n",
+        ]
+    return out
+
+
 def render_busy(measured, *, command, seconds, previous="", section="busy-pbx"):
     """The ``busy-pbx`` section: one column per checkout measured (``[(label, results)]``), targets checked."""
     first = measured[0][1]
@@ -759,16 +792,15 @@ def render_busy(measured, *, command, seconds, previous="", section="busy-pbx"):
         ],
         *[
             [
-                f"… {action.replace('_', ' ')}, p50 / p99 ms",
+                f"… {action.replace('_', ' ')}: reply p50 / p99 ms (of which in the worker, `handle_command`)",
                 "",
-                *cell(lambda r, p, b, a=action: pair(b["moderation_by_action"][a])),
+                *cell(
+                    lambda r, p, b, a=action: (
+                        f"{pair(b['moderation_by_action'][a])} ({pair((p.get('commands') or {}).get(a))})"
+                    )
+                ),
             ]
             for action in ("mute_all", "unmute_all")
-        ],
-        [
-            "… of which in the worker (`handle_command`), p50 / p99 ms",
-            "",
-            *cell(lambda r, p, b: pair(p["commands"][a]) if (a := "mute_all") in p.get("commands", {}) else None),
         ],
         [
             "join reaching the page (ChannelEnteredBridge → frame), p50 / p99 ms",
@@ -884,6 +916,7 @@ def render_busy(measured, *, command, seconds, previous="", section="busy-pbx"):
             ],
         ),
         "\n</details>\n",
+        *render_worker_profiles(measured),
         keep_prose(previous, "busy", BUSY_PROSE),
         "",
         f"Reproduce: `{command}` (rewrites this section only; `--quick` runs 3 rooms × 4 callers and writes nothing).",
@@ -1017,6 +1050,7 @@ def render_capacity(measured, *, command, seconds, previous="", section="capacit
         "<details><summary>Service time by event type, in each checkout's busiest step</summary>\n",
         table(["checkout", "rate", "event", "count", "service p50 / p99 / max ms"], by_kind_rows),
         "\n</details>\n",
+        *render_worker_profiles(measured),
         keep_prose(previous, "capacity", CAPACITY_PROSE),
         "",
         f"Reproduce: `{command}` (rewrites this section only; `--quick` runs 100, 200 and 500 events/s for 3 s "

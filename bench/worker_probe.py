@@ -20,11 +20,17 @@ measurement changed) only disable that probe. With ``$BENCH_RECORD_EVENTS``
 set, every ARI event is also appended to that file as one JSON line, as
 tests/live.py's ARI_RECORD_EVENTS does (material for tests/fixtures/ari/).
 
+With ``$BENCH_PROFILE_OUT`` set, every thread of the worker (the event loop,
+the database thread, the ARI client's REST threads) runs under a cProfile
+profiler of its own, and their merged stats are dumped to that file at exit;
+that slows the worker down.
+
 The product is imported from ``$BENCH_CODE_ROOT`` (another checkout, see
 bench/infra.py's ``use_code``), else from this one.
 """
 
 import atexit
+import cProfile
 import json
 import os
 import sys
@@ -38,6 +44,20 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "conferencesite.settings")
 import django  # noqa: E402
 
 django.setup()
+
+# The ARI events the conference application handles, for code that has no ``on_<type>`` methods.
+HANDLED = {
+    "StasisStart",
+    "StasisEnd",
+    "ChannelEnteredBridge",
+    "ChannelLeftBridge",
+    "ChannelTalkingStarted",
+    "ChannelTalkingFinished",
+    "ChannelDestroyed",
+    "ChannelDtmfReceived",
+    "PlaybackFinished",
+    "BridgeDestroyed",
+}
 
 events = []  # [type, channel id, asterisk timestamp, started (epoch s), duration (s), has a handler]
 sends = []  # [conference id, frame type, seq, participant caller number, started (epoch s), duration (s)]
@@ -64,7 +84,8 @@ def _wrap_process_event():
             return await original(self, event)
         finally:
             channel = event.get("channel") or {}
-            handled = hasattr(getattr(self, "app", None), f"on_{event.get('type')}")
+            kind = event.get("type")
+            handled = hasattr(getattr(self, "app", None), f"on_{kind}") or kind in HANDLED
             events.append(
                 [
                     event.get("type"),
@@ -179,6 +200,36 @@ def _wrap_group_send():
         probes.append(f"{cls.__name__}.group_send")
 
 
+def _profile_threads():
+    """A cProfile profiler for this thread and one for every thread started from now on."""
+    import threading
+
+    profilers = [cProfile.Profile()]
+
+    def start_in_new_thread(frame, event, arg):
+        # The first profile event of a new thread: give it its own profiler, which replaces this hook.
+        profiler = cProfile.Profile()
+        profilers.append(profiler)
+        profiler.enable()
+
+    threading.setprofile(start_in_new_thread)
+    profilers[0].enable()
+    return profilers
+
+
+def _dump_profiles(profilers, path):
+    import pstats
+
+    profilers[0].disable()
+    stats = pstats.Stats(profilers[0])
+    for profiler in profilers[1:]:
+        try:
+            stats.add(profiler)
+        except (TypeError, ValueError):  # a thread that never ran profiled code
+            continue
+    stats.dump_stats(path)
+
+
 def _dump():
     path = os.environ.get("BENCH_PROBE_OUT")
     if path:
@@ -197,4 +248,10 @@ if __name__ == "__main__":
     atexit.register(_dump)
     from django.core.management import execute_from_command_line
 
-    execute_from_command_line(["manage.py", "ari_worker", *sys.argv[1:]])
+    profile_to = os.environ.get("BENCH_PROFILE_OUT")
+    profilers = _profile_threads() if profile_to else []
+    try:
+        execute_from_command_line(["manage.py", "ari_worker", *sys.argv[1:]])
+    finally:
+        if profilers:
+            _dump_profiles(profilers, profile_to)
