@@ -144,7 +144,8 @@ async def test_database_outage_holds_the_event_until_it_passes(server, make_conf
     participants = await db(lambda: list(room.participants.all()))()
     assert len(participants) == 1 and participants[0].left_at is None
     assert "database unavailable" in caplog.text
-    worker.ari.close()
+    await worker.ari.close()
+    await asyncio.to_thread(worker.database.close)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -147,7 +147,7 @@ class AriWorker:
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._set_link(False, "worker stopped")
             await db(lease.release)(self.server.pk, self.owner)
-            self.ari.close()
+            await self.ari.close()
             logger.info("server %s: worker stopped", self.server.name)
 
     # --- the link -------------------------------------------------------------------
