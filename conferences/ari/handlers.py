@@ -21,6 +21,7 @@ with ``conf-invalid``. The admin role comes only from the channel variable
 ``ari.conf``), else asked with ``GET /channels/{id}/variable``.
 """
 
+import asyncio
 import logging
 
 from conferences import services
@@ -518,19 +519,20 @@ class ConferenceApp:
         await self.effects.prompt_then_hangup(call, "conf-kicked")
 
     async def _set_all_muted(self, conference, actor_id, muted):
-        failed = 0
-        done = []
-        for participant_id, channel_id in await self.effects.db(store.mute_all_targets, conference.pk, muted):
-            try:
-                if muted:
-                    await self.ari.mute(channel_id, "in")
-                else:
-                    await self.ari.unmute(channel_id, "in")
-            except AriError as exc:
+        targets = await self.effects.db(store.mute_all_targets, conference.pk, muted)
+        change = self.ari.mute if muted else self.ari.unmute
+        # Independent channels: Asterisk needs no order among them, so all at once.
+        calls = [change(channel_id, "in") for _pk, channel_id in targets]
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        done, failed = [], 0
+        for (participant_id, _channel_id), outcome in zip(targets, outcomes, strict=True):
+            if isinstance(outcome, AriError):
                 failed += 1
-                logger.info("conference %s: participant %s: %s", conference.pk, participant_id, exc)
-                continue
-            done.append(participant_id)
+                logger.info("conference %s: participant %s: %s", conference.pk, participant_id, outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                done.append(participant_id)
         await self.effects.db(store.record_mute_all, conference.pk, muted, done, actor_id)
         if failed:
             raise Refusal(f"{failed} caller(s) could not be changed")
