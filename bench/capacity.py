@@ -257,6 +257,15 @@ class StandIn:
         else:
             self.emit("ChannelTalkingFinished", call, duration=self.rng.randint(400, 4000))
 
+    def pick_room(self, rooms, tries=20):
+        """A random room with callers in its bridge, and those callers; (None, []) when none was found."""
+        for _ in range(tries):
+            room = rooms[self.rng.randrange(len(rooms))]
+            present = self.present(room)
+            if present:
+                return room, present
+        return None, []
+
     def present(self, room):
         return [call for call in room.calls.values() if call.in_bridge]
 
@@ -411,12 +420,12 @@ class StandIn:
             budget += (now - last) * rate
             last = now
             while budget >= 1:
-                room = rooms[self.rng.randrange(len(rooms))]
-                present = self.present(room)
-                if not present:
-                    budget -= 1
-                    continue
-                if self.rng.random() < churn_p:
+                room, present = self.pick_room(rooms)
+                if room is None:
+                    break  # no caller in any bridge yet: the worker is behind with every room
+                # A room churns only when all its callers are in: joins then follow the worker's pace,
+                # and talking keeps the offered rate.
+                if self.rng.random() < churn_p and len(present) == len(room.calls):
                     self.leave(present[self.rng.randrange(len(present))])
                     self.join(room)
                     budget -= 4
