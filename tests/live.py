@@ -12,7 +12,7 @@ from channels.db import database_sync_to_async
 from channels.layers import channel_layers, get_channel_layer
 
 from conferences import broadcast
-from conferences.ari.handlers import room_bridge_id
+from conferences.ari.rules import room_bridge_id
 from conferences.ari.worker import AriWorker
 from conferences.models import AsteriskServer, Conference, ConferenceEvent, Participant
 from tests.sandbox import Sandbox, eventually

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
 async def bridge_numbers(sandbox, conference, app_name="conference"):
-    from conferences.ari.handlers import room_bridge_id
+    from conferences.ari.rules import room_bridge_id
 
     numbers = []
     for channel_id in await sandbox.bridge_members(room_bridge_id(app_name, conference.pk)):

@@ -14,7 +14,8 @@ from channels.testing import WebsocketCommunicator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conferences.ari.handlers import ConferenceApp, role_from_channelvars
+from conferences.ari.handlers import ConferenceApp
+from conferences.ari.rules import role_from_channelvars
 from conferences.models import Conference, ConferenceAccess, Participant
 from conferencesite.asgi import application
 from tests.recorded import FakeAri

@@ -13,14 +13,8 @@ from asgiref.sync import sync_to_async
 
 from conferences.ari import pin_throttle
 from conferences.ari.client import AriError, AriNotFound
-from conferences.ari.handlers import (
-    ConferenceApp,
-    entry_refusal,
-    parse_room_args,
-    role_from_channelvars,
-    role_from_value,
-    stasis_args,
-)
+from conferences.ari.handlers import ConferenceApp
+from conferences.ari.rules import entry_refusal, parse_room_args, role_from_channelvars, role_from_value, stasis_args
 from conferences.models import Conference, ConferenceEvent, Participant
 from tests.recorded import FakeAri, Timers, caller_events, load
 

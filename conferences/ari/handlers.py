@@ -28,19 +28,9 @@ from conferences import services
 from conferences.ari import pin_throttle, rules, store
 from conferences.ari.calls import ON_THE_WAY_IN, Call, Phase, Registry, Room
 from conferences.ari.client import AriError, AriNotFound
-from conferences.ari.effects import TRANSIENT_DB_ERRORS, DatabaseUnavailable, Effects, call_service
-from conferences.ari.rules import (  # noqa: F401 (the worker's names, importable from here as before)
-    entry_refusal,
-    is_helper_channel,
-    parse_room_args,
-    role_from_channelvars,
-    role_from_value,
-    room_bridge_id,
-    stasis_args,
-)
+from conferences.ari.effects import TRANSIENT_DB_ERRORS, DatabaseUnavailable, Effects
+from conferences.ari.rules import is_helper_channel, parse_room_args, role_from_channelvars, role_from_value
 from conferences.models import Participant
-
-__all__ = ["TRANSIENT_DB_ERRORS", "ConferenceApp", "DatabaseUnavailable", "call_service", "room_bridge_id"]
 
 logger = logging.getLogger(__name__)
 

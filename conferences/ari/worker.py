@@ -27,8 +27,8 @@ from django.db import connections
 from conferences import broadcast, moderation, services
 from conferences.ari import lease, rules, store
 from conferences.ari.client import AriClient, AriError
-from conferences.ari.effects import DatabaseThreads
-from conferences.ari.handlers import TRANSIENT_DB_ERRORS, ConferenceApp, DatabaseUnavailable, call_service
+from conferences.ari.effects import TRANSIENT_DB_ERRORS, DatabaseThreads, DatabaseUnavailable, call_service
+from conferences.ari.handlers import ConferenceApp
 from conferences.ari.lanes import Lanes
 
 logger = logging.getLogger(__name__)
