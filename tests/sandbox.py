@@ -143,6 +143,7 @@ class Ears:
     def __init__(self, sandbox):
         self.sandbox = sandbox
         self.hearing: dict[str, bool] = {}  # snoop id -> sound heard now
+        self.in_app: set[str] = set()  # snoops that entered the ear's application
         self.changed = asyncio.Event()
         self._socket = None
         self._reader = None
@@ -165,7 +166,9 @@ class Ears:
         async for raw in self._socket:
             event = json.loads(raw)
             snoop_id = (event.get("channel") or {}).get("id")
-            if event["type"] == "ChannelTalkingStarted":
+            if event["type"] == "StasisStart":
+                self.in_app.add(snoop_id)
+            elif event["type"] == "ChannelTalkingStarted":
                 self.hearing[snoop_id] = True
             elif event["type"] == "ChannelTalkingFinished":
                 self.hearing[snoop_id] = False
@@ -182,6 +185,14 @@ class Ears:
             f"/channels/{caller.channel_id}/snoop",
             params={"spy": "out", "app": EAR_APP, "snoopId": snoop_id},
         )
+        # A variable can be set once the snoop is in the application (409 before).
+        try:
+            async with asyncio.timeout(5):
+                while snoop_id not in self.in_app:
+                    self.changed.clear()
+                    await self.changed.wait()
+        except TimeoutError:
+            raise SandboxError("the ear's snoop channel did not enter its application in 5 s") from None
         # 1 s of silence ends "talking"; the energy threshold is the default.
         await self.sandbox.call(
             "POST", f"/channels/{snoop_id}/variable", params={"variable": "TALK_DETECT(set)", "value": "1000"}
