@@ -4,6 +4,7 @@
     .venv/bin/python bench/busy.py --baseline 8427346    # ... and that commit's worker beside it, same run
     .venv/bin/python bench/busy.py --quick               # 3 rooms x 4 callers (under a minute), no report
     .venv/bin/python bench/busy.py --code /path/to/checkout --rooms 20 --callers 4
+    .venv/bin/python bench/busy.py --baseline 8427346 --code HEAD --quiet-load 0.5   # the report's run
 
 The production layout (PostgreSQL ``conference_bench``, Redis database 13,
 one daphne, one ``manage.py ari_worker`` through bench/worker_probe.py, the
@@ -17,7 +18,9 @@ scenario, one run per checkout measured:
    room beside it, plus the relay's clock client (Asterisk's timestamps).
 2. ``--rooms`` x ``--callers`` calls placed 20 ms apart, round robin over the
    rooms, every other one talking (Local channels, far ends ``talk`` and
-   ``silent`` of the sandbox's dialplan).
+   ``silent`` of the sandbox's dialplan). ``--pace start`` (the default): a
+   call starts every 20 ms, whatever the previous one took; ``--pace gap``:
+   20 ms after the previous one was placed, one at a time (a slower burst).
 3. When every caller is in: each page's roster, the database's present
    callers and Asterisk's bridges (GET /ari/bridges) compared room by room.
 4. Talking flows for 4 s; then every moderator clicks *mute all* and right
@@ -32,7 +35,8 @@ relay's the same ARI events on its clients; moderation = click sent -> its
 ``reply``. ``--code PATH`` starts the product (daphne, worker, migrations)
 from another checkout; ``--baseline REF`` measures a second checkout (a
 folder, or a commit checked out into a temporary git worktree) first, in the
-same run, and the report shows both. Each checkout is measured in a child
+same run, and the report shows both (``--quiet-load 0.5`` waits for a quiet
+machine before each). Each checkout is measured in a child
 process of its own (its own Django), on a freshly created database. The
 report goes into docs/performance.md as the section ``busy-pbx`` (other
 sections are kept). Exits 1 when a measurement failed or a roster was not
@@ -67,13 +71,14 @@ class BusyBench(run.Bench):
 
     def __init__(self, args):
         super().__init__(args)
-        self.room_count, self.per_room = args.rooms, args.callers
+        self.room_count, self.per_room, self.pace = args.rooms, args.callers, args.pace
         self.plan = [(CONFIG, ["busy"])]
         self.results.update(
             plan=self.plan,
             rooms=self.room_count,
             callers=self.per_room,
             spacing_ms=SPACING * 1000,
+            pace=args.pace,
             hold_seconds=HOLD_SECONDS,
         )
 
@@ -164,6 +169,17 @@ class BusyBench(run.Bench):
         caller["placed_at"] = time.time()
         return caller
 
+    def place_all(self, calls):
+        """Place the calls ``SPACING`` apart: ``start`` (a call starts every SPACING, whatever the last one
+        took) or ``gap`` (SPACING between one placement's answer and the next call, one at a time)."""
+        if self.pace == "start":
+            return self.spaced(calls, SPACING, self.place)
+        t0, callers = time.time(), []
+        for item in calls:
+            callers.append(self.place(item))
+            time.sleep(SPACING)
+        return callers, t0, time.time() - t0
+
     def run_phase(self, config_name, phase_name):
         self.check_alive()
         self.notes_for_phase = []
@@ -177,7 +193,7 @@ class BusyBench(run.Bench):
         t_start = time.time()
         calls = [(room, "talk" if r % 2 == 0 else "silent") for r in range(self.per_room) for room in self.rooms]
         log(f"{len(calls)} calls into {len(self.rooms)} rooms, {SPACING * 1000:.0f} ms apart")
-        callers, t0, _took = self.spaced(calls, SPACING, self.place)
+        callers, t0, _took = self.place_all(calls)
         expected = {room.slug: self.per_room for room in self.rooms}
         held = self.check(callers, expected, final=False)
         log(
@@ -333,9 +349,9 @@ def child_main(args):
 def run_child(args, code, label, workdir):
     out = Path(workdir) / f"{label}.json"
     cmd = [infra.VENV_PY, str(Path(__file__).resolve()), "--child", str(out), "--code", str(code)]
-    cmd += ["--rooms", str(args.rooms), "--callers", str(args.callers)]
+    cmd += ["--rooms", str(args.rooms), "--callers", str(args.callers), "--pace", args.pace]
     cmd += [flag for flag, on in (("--keep-asterisk", args.keep_asterisk), ("--profile", args.profile)) if on]
-    return infra.run_measurement(cmd, out, label, args.limit)
+    return infra.run_measurement(cmd, out, label, args.limit, quiet_load=args.quiet_load)
 
 
 def exact(results):
@@ -347,6 +363,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rooms", type=int, default=10, help="rooms (default 10)")
     parser.add_argument("--callers", type=int, default=8, help="callers per room (default 8)")
+    parser.add_argument(
+        "--pace",
+        choices=("start", "gap"),
+        default="start",
+        help="calls start 20 ms apart (start, the default) or 20 ms after the previous one was placed (gap)",
+    )
     parser.add_argument("--quick", action="store_true", help="3 rooms x 4 callers, no report (for CI)")
     parser.add_argument("--code", default=str(ROOT), help="the checkout whose product is measured (default: this)")
     parser.add_argument("--baseline", metavar="REF", help="a checkout or commit measured first, in the same run")
@@ -355,6 +377,12 @@ def main(argv=None):
     parser.add_argument("--keep-asterisk", action="store_true", help="leave a sandbox this run started running")
     parser.add_argument(
         "--profile", action="store_true", help="run the worker under cProfile (slower: its figures too)"
+    )
+    parser.add_argument(
+        "--quiet-load",
+        type=float,
+        metavar="LOAD",
+        help="before each checkout's measurement wait (at most 10 min) for the load average to fall under LOAD",
     )
     parser.add_argument("--child", metavar="RESULTS_JSON", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -713,7 +713,7 @@ def run_child(args, code, label, workdir):
     cmd += ["--rates", ",".join(str(r) for r in args.rate_list), "--seconds", str(args.seconds)]
     cmd += ["--rooms", str(args.rooms), "--population", str(args.population), "--churn", str(args.churn)]
     cmd += ["--port", str(args.port), *(["--profile"] if args.profile else [])]
-    return infra.run_measurement(cmd, out, label, args.limit)
+    return infra.run_measurement(cmd, out, label, args.limit, quiet_load=args.quiet_load)
 
 
 def main(argv=None):
@@ -731,6 +731,12 @@ def main(argv=None):
     parser.add_argument("--no-report", action="store_true", help="print the figures, write no report")
     parser.add_argument(
         "--profile", action="store_true", help="run the worker under cProfile (slower: its figures too)"
+    )
+    parser.add_argument(
+        "--quiet-load",
+        type=float,
+        metavar="LOAD",
+        help="before each checkout's measurement wait (at most 10 min) for the load average to fall under LOAD",
     )
     parser.add_argument("--child", metavar="RESULTS_JSON", help=argparse.SUPPRESS)
     parser.add_argument("--standin", metavar="CONFIG_JSON", help=argparse.SUPPRESS)

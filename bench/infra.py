@@ -77,8 +77,27 @@ def remove_worktree(tree):
     run(["git", "worktree", "remove", "--force", str(tree)], check=False, timeout=60)
 
 
-def run_measurement(cmd, out, label, limit):
-    """Run one checkout's measurement (a child process in its own session); returns the JSON it wrote to ``out``."""
+def wait_for_load(below, timeout):
+    """Wait (at most ``timeout`` s) until the 1-minute load average is under ``below``; returns it."""
+    end = time.time() + timeout
+    said = 0.0
+    while True:
+        load = float(Path("/proc/loadavg").read_text().split()[0])
+        if load < below or time.time() > end:
+            return load
+        if time.time() - said > 60:
+            log(f"load average {load:.2f}: waiting until it is under {below} (at most {timeout:.0f} s)")
+            said = time.time()
+        time.sleep(5)
+
+
+def run_measurement(cmd, out, label, limit, quiet_load=None):
+    """Run one checkout's measurement (a child process in its own session); returns the JSON it wrote to ``out``.
+
+    With ``quiet_load``, first wait (at most 10 minutes) for the machine's load average to fall under it.
+    """
+    if quiet_load is not None:
+        wait_for_load(quiet_load, 600)
     log(f"measuring {label}: {' '.join(cmd[2:])}")
     proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True)  # noqa: S603 (the bench's own scripts)
     try:
