@@ -244,6 +244,28 @@ async def test_pin_typed_on_a_sip_phone_reaches_the_prompt(runner, phones, sandb
     assert "".join(keys) == "1111#4321#"
 
 
+async def test_keys_typed_in_the_room_reach_the_worker_both_ways(runner, phones, sandbox, make_room):
+    """In the room's bridge DTMF still passes Asterisk: what the keypad features (*1, *6) will read."""
+    room = await make_room(307)
+    log = EventLog()
+    worker = await runner.start(configure=log)
+    talker = await phones.call(307, name="Talker", number="291", far="talk")
+    typist = await phones.call(307, name="Typist", number="292")
+    await wait_roster(sandbox, worker, room, {talker.channel_id, typist.channel_id})
+    await phones.dtmf(typist, "*6", mode="rfc4733")
+    await phones.dtmf(typist, "*1", mode="info")
+
+    def keys():
+        return "".join(
+            e["digit"]
+            for e in log.events
+            if e.get("type") == "ChannelDtmfReceived" and e["channel"]["id"] == typist.channel_id
+        )
+
+    await eventually(lambda: keys() == "*6*1", message="keys at the worker")
+    assert (await bridge_of(sandbox, typist.channel_id))["technology"] != "native_rtp"
+
+
 # --- the bridge keeps the media in Asterisk -------------------------------------------------
 
 
