@@ -166,11 +166,6 @@ async def test_mute_silences_a_sip_caller_for_the_other_and_unmute_brings_the_vo
     assert (await db(participant)(talker.channel_id)).muted is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: mute drops the caller's audio before talk detection sees it, so no ChannelTalkingFinished "
-    "comes and the worker keeps the muted caller talking (for the lead: clear talking on mute)",
-)
 async def test_a_talking_sip_caller_muted_is_no_longer_shown_talking(worker, phones, sandbox, make_room, moderator):
     room = await make_room(306)
     listener = await phones.call(306, name="Listener", number="281")

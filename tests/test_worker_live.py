@@ -747,7 +747,8 @@ async def test_wrong_pins_across_calls_bring_a_pause_and_a_prompt_never_a_lock_o
     await wait_roster(sandbox, worker, room, {caller.channel_id}, timeout=25)
     (paused_at, pause_sound), (asked_at, ask_sound) = log.playbacks(caller.channel_id)[:2]
     assert (pause_sound, ask_sound) == ("sound:one-moment-please", "sound:conf-getpin")
-    assert seconds_between(paused_at, asked_at) >= 3.0
+    # The pause runs from the request of the first prompt; that one starts a moment after it.
+    assert seconds_between(paused_at, asked_at) >= 3.0 - 0.1
     await sandbox.hangup(caller)
     # Per room, across numbers: 555's right PIN cleared its own count, not the room's (2 of 3).
     await guess_wrong(sandbox, room, "556", 0)

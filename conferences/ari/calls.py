@@ -45,6 +45,7 @@ class Call:
     digits: str = ""
     tries: int = 0
     attempt: int = 0
+    prompt: str | None = None  # the playback id of the PIN prompt while it is queued or playing
     # In the room.
     participant_id: int | None = None
     moh: bool = False

@@ -177,6 +177,9 @@ class AriClient:
             params["playbackId"] = playback_id
         return await self.request("POST", f"/channels/{quote(channel_id, safe='')}/play", params=params)
 
+    async def stop_playback(self, playback_id):
+        await self.request("DELETE", f"/playbacks/{quote(playback_id, safe='')}")
+
     # --- bridges -------------------------------------------------------------
 
     async def bridges(self):

@@ -129,6 +129,13 @@ class Effects:
         await self.ari.play(channel_id, f"sound:{sound}", playback_id)
         return playback_id
 
+    async def stop_playback(self, playback_id):
+        """Stop a playback (queued or playing); one that ended already is fine."""
+        try:
+            await self.ari.stop_playback(playback_id)
+        except AriNotFound:
+            pass
+
     async def hangup(self, channel_id):
         """Hang a channel up; one that is gone already is fine."""
         try:
@@ -153,6 +160,17 @@ class Effects:
             await self.hangup(channel_id)
 
     async def talk_detect(self, channel_id):
+        await self.ari.set_variable(channel_id, "TALK_DETECT(set)", "")
+
+    async def talk_detect_afresh(self, channel_id):
+        """Talk detection restarted: after a mute the detector never heard the caller stop.
+
+        ``POST /channels/{id}/mute`` drops the caller's audio before talk
+        detection: a caller muted while talking gets no ChannelTalkingFinished,
+        and the detector stays "talking", so after the unmute it would raise no
+        ChannelTalkingStarted either. Removed and set again, it starts from silence.
+        """
+        await self.ari.set_variable(channel_id, "TALK_DETECT(remove)", "")
         await self.ari.set_variable(channel_id, "TALK_DETECT(set)", "")
 
     async def start_moh(self, bridge_id, moh_class):

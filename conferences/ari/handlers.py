@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 PIN_TRIES = 3  # per call; across calls, see pin_throttle
 PIN_FIRST_TIMEOUT = 12.0  # seconds to start typing after the prompt began
 PIN_DIGIT_TIMEOUT = 6.0  # seconds between digits
+PROMPT_START_FALLBACK = 15.0  # the PIN timer starts anyway this long after the prompt was asked for
 MAX_PIN_DIGITS = 32
 
 
@@ -199,6 +200,10 @@ class ConferenceApp:
         if call is not None:
             call.hangup_after.discard(playback_id)
             await self.effects.hangup(call.channel_id)
+            return
+        call = self.state.call(rules.event_channel_id(event))
+        if call is not None and call.prompt == playback_id:
+            call.prompt = None
 
     async def on__HangupTimeout(self, event):
         call = self.state.call(event.get("channel_id"))
@@ -230,13 +235,26 @@ class ConferenceApp:
         self.schedule(pause, {"type": "_PinPauseOver", "channel_id": call.channel_id, "attempt": call.attempt})
 
     async def _ask_pin(self, call):
+        """The PIN prompt. The time to start typing counts from when the prompt begins to play
+        (PlaybackStarted: after a wrong PIN it waits behind conf-invalidpin), with a later
+        fallback in case Asterisk never says so."""
         call.phase = Phase.PIN
         call.digits = ""
-        await self.effects.play(call.channel_id, "conf-getpin")
+        call.prompt = await self.effects.play(call.channel_id, "conf-getpin")
+        self._pin_timer(call, self.pin_first_timeout + PROMPT_START_FALLBACK)
+
+    def _pin_timer(self, call, delay):
+        """Judge the digits typed so far after ``delay`` unless more come (or a new prompt starts) meanwhile."""
+        digits = len(call.digits)
         self.schedule(
-            self.pin_first_timeout,
-            {"type": "_PinTimeout", "channel_id": call.channel_id, "attempt": call.attempt, "digits": 0},
+            delay, {"type": "_PinTimeout", "channel_id": call.channel_id, "attempt": call.attempt, "digits": digits}
         )
+
+    async def on_PlaybackStarted(self, event):
+        playback_id = (event.get("playback") or {}).get("id")
+        call = self._at_pin(rules.event_channel_id(event))
+        if call is not None and playback_id is not None and call.prompt == playback_id:
+            self._pin_timer(call, self.pin_first_timeout)
 
     def _at_pin(self, channel_id, phase=Phase.PIN):
         call = self.state.call(channel_id)
@@ -253,15 +271,16 @@ class ConferenceApp:
         if call is None:
             return
         digit = str(event.get("digit", ""))
+        if call.prompt is not None:
+            # A caller who types stops the prompt (Asterisk would make the bridge wait for it to end).
+            prompt, call.prompt = call.prompt, None
+            await self.effects.stop_playback(prompt)
         if digit == "#":
             await self.check_pin(call)
             return
         if digit.isdigit() and len(call.digits) < MAX_PIN_DIGITS:
             call.digits += digit
-            self.schedule(
-                self.pin_digit_timeout,
-                {"type": "_PinTimeout", "channel_id": channel_id, "attempt": call.attempt, "digits": len(call.digits)},
-            )
+            self._pin_timer(call, self.pin_digit_timeout)
 
     async def on__PinTimeout(self, event):
         call = self._at_pin(event.get("channel_id"))
@@ -486,11 +505,13 @@ class ConferenceApp:
     async def do_mute(self, conference, command, actor_id):
         participant_id, channel_id = await self._target(conference, command)
         await self.ari.mute(channel_id, "in")
-        await self.effects.db(store.update, participant_id, muted=True, actor_id=actor_id)
+        # A muted caller's audio no longer reaches talk detection: no ChannelTalkingFinished will come.
+        await self.effects.db(store.update, participant_id, muted=True, talking=False, actor_id=actor_id)
 
     async def do_unmute(self, conference, command, actor_id):
         participant_id, channel_id = await self._target(conference, command)
         await self.ari.unmute(channel_id, "in")
+        await self.effects.talk_detect_afresh(channel_id)
         await self.effects.db(store.update, participant_id, muted=False, actor_id=actor_id)
 
     async def do_kick(self, conference, command, actor_id):
@@ -512,7 +533,10 @@ class ConferenceApp:
         targets = await self.effects.db(store.mute_all_targets, conference.pk, muted)
         change = self.ari.mute if muted else self.ari.unmute
         # Independent channels: Asterisk needs no order among them, so all at once.
-        calls = [change(channel_id, "in") for _pk, channel_id in targets]
+        if muted:
+            calls = [change(channel_id, "in") for _pk, channel_id in targets]
+        else:
+            calls = [self._unmute_and_listen(channel_id) for _pk, channel_id in targets]
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
         done, failed = [], 0
         for (participant_id, _channel_id), outcome in zip(targets, outcomes, strict=True):
@@ -526,6 +550,10 @@ class ConferenceApp:
         await self.effects.db(store.record_mute_all, conference.pk, muted, done, actor_id)
         if failed:
             raise Refusal(f"{failed} caller(s) could not be changed")
+
+    async def _unmute_and_listen(self, channel_id):
+        await self.ari.unmute(channel_id, "in")
+        await self.effects.talk_detect_afresh(channel_id)
 
     async def do_mute_all(self, conference, command, actor_id):
         await self._set_all_muted(conference, actor_id, True)
