@@ -62,6 +62,7 @@ sys.path.insert(0, str(ROOT))
 from bench import analysis, infra, report  # noqa: E402
 from bench.clients import ari_time  # noqa: E402
 from bench.infra import BenchError, log  # noqa: E402
+from bench.worker_probe import HANDLED  # noqa: E402
 
 PORT = 8195
 SECTION = "capacity"
@@ -69,19 +70,6 @@ FIXTURES = ROOT / "tests" / "fixtures" / "ari"
 RATES = [100, 200, 300, 500, 800, 1200]
 QUICK_RATES = [100, 200, 500]
 WAIT_TARGET_MS = 50
-# The events the worker's application has handlers for (at the commit the bench was written for).
-HANDLED = {
-    "StasisStart",
-    "StasisEnd",
-    "ChannelEnteredBridge",
-    "ChannelLeftBridge",
-    "ChannelTalkingStarted",
-    "ChannelTalkingFinished",
-    "ChannelDestroyed",
-    "ChannelDtmfReceived",
-    "PlaybackFinished",
-    "BridgeDestroyed",
-}
 DRAIN_TIMEOUT = 120.0
 
 
