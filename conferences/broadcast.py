@@ -89,52 +89,85 @@ def collecting():
 
 
 # Messages the channel layer refused (Redis down), kept in order and sent again
-# before anything newer: browsers get every event once the layer is back.
-_backlog = deque(maxlen=10_000)
+# before anything newer: browsers get every event once the layer is back. One
+# queue per group (a room's frames keep their order; rooms do not wait for each
+# other: with one queue for all, every room's broadcasts took turns behind
+# every other's), at most BACKLOG_LIMIT messages in all.
+BACKLOG_LIMIT = 10_000
+_backlogs: dict[str, deque] = {}
+
+# One flush of a group at a time per event loop: the worker's event processing
+# and its heartbeat both flush, and two flushes of one queue would send its head
+# twice and then pop a message neither sent.
+_flush_locks = weakref.WeakKeyDictionary()  # event loop -> {group: asyncio.Lock}
+
+
+def backlog_size():
+    return sum(len(queue) for queue in _backlogs.values())
+
+
+def _keep(group, message):
+    if backlog_size() >= BACKLOG_LIMIT:
+        max(_backlogs.values(), key=len).popleft()  # its pages see a gap in seq and resync
+    _backlogs.setdefault(group, deque()).append(message)
 
 
 async def send_collected(messages):
-    """Send collected messages in order, from async code; what fails waits in the backlog."""
-    _backlog.extend(messages)
-    await flush_backlog()
-
-
-# One flush at a time per event loop: the worker's event processing and its
-# heartbeat both flush, and two flushes of one deque would send its head twice
-# and then pop a message neither sent.
-_flush_locks = weakref.WeakKeyDictionary()
+    """Send collected messages in order, from async code; what fails waits in its group's backlog."""
+    groups = []
+    for group, message in messages:
+        _keep(group, message)
+        if group not in groups:
+            groups.append(group)
+    for group in groups:
+        await _flush_group(group)
 
 
 async def flush_backlog():
-    """Send what waits in the backlog, oldest first; stop at the first failure. Returns what is left."""
+    """Send what waits in the backlogs, oldest first per group; stop a group at its first failure.
+
+    Returns how many messages are left.
+    """
+    for group in [name for name, queue in _backlogs.items() if queue]:
+        await _flush_group(group)
+    return backlog_size()
+
+
+def _lock(group):
     loop = asyncio.get_running_loop()
-    lock = _flush_locks.get(loop)
+    locks = _flush_locks.get(loop)
+    if locks is None:
+        locks = _flush_locks[loop] = {}
+    lock = locks.get(group)
     if lock is None:
-        lock = _flush_locks[loop] = asyncio.Lock()
-    async with lock:
-        return await _flush_backlog()
+        lock = locks[group] = asyncio.Lock()
+    return lock
 
 
-async def _flush_backlog():
-    layer = get_channel_layer()
-    if layer is None:
-        _backlog.clear()
-        return 0
-    while _backlog:
-        group, message = _backlog[0]
-        try:
-            await layer.group_send(group, message)
-        except Exception as exc:
-            logger.warning(
-                "group %s: the channel layer refused %s (%s); %s message(s) wait",
-                group,
-                message.get("kind") or message.get("type"),
-                exc.__class__.__name__,
-                len(_backlog),
-            )
-            return len(_backlog)
-        _backlog.popleft()
-    return 0
+async def _flush_group(group):
+    async with _lock(group):
+        layer = get_channel_layer()
+        queue = _backlogs.get(group)
+        if queue is None:
+            return
+        if layer is None:
+            queue.clear()
+        while queue:
+            message = queue[0]
+            try:
+                await layer.group_send(group, message)
+            except Exception as exc:
+                logger.warning(
+                    "group %s: the channel layer refused %s (%s); %s message(s) wait",
+                    group,
+                    message.get("kind") or message.get("type"),
+                    exc.__class__.__name__,
+                    len(queue),
+                )
+                return
+            queue.popleft()
+        if not queue:
+            _backlogs.pop(group, None)
 
 
 def _group_send(group, message):

@@ -189,6 +189,8 @@ async def test_rooms_handled_at_once_keep_their_own_order_and_seq(running, make_
             event = dict(event)
             if "channel" in event:
                 event["channel"] = {**event["channel"], "id": f"{event['channel']['id']}-{room.pk}"}
+            if event["type"] == "StasisStart":
+                event["args"] = [room.number]
             if "bridge" in event and event["bridge"]:
                 bridge = event["bridge"]
                 event["bridge"] = {**bridge, "channels": [f"{cid}-{room.pk}" for cid in bridge.get("channels", [])]}
@@ -244,3 +246,33 @@ async def test_nothing_overtakes_a_resync(running, make_conference):
     await until(lambda: "add after" in order, 10)
     assert order.index("add before") < order.index("resync starts")
     assert order.index("resync reads") < order.index("add after")
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_room_made_after_the_worker_started_gets_its_first_caller_in_its_lane(running, make_conference):
+    first = await db(make_conference)("100")
+    worker = await running(FakeAri())
+    assert await worker._lane_of("event", stasis_start(first, "a", "301")) == first.pk
+    later = await db(make_conference)("200")  # created in the admin while the worker runs
+    assert await worker._lane_of("event", stasis_start(later, "b", "302")) == later.pk
+    # The channel's later events follow it into that lane.
+    assert await worker._lane_of("event", {"type": "ChannelDtmfReceived", "channel": {"id": "b"}}) == later.pk
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_numbers_that_are_no_room_are_not_looked_up_over_and_over(running, make_conference, monkeypatch):
+    room = await db(make_conference)("100")
+    worker = await running(FakeAri())
+    reads = []
+    real = worker._read_directory
+
+    async def counting():
+        reads.append(1)
+        await real()
+
+    monkeypatch.setattr(worker, "_read_directory", counting)
+    stranger = stasis_start(room, "x", "303")
+    stranger["args"] = ["999"]
+    for _ in range(20):
+        assert await worker._lane_of("event", stranger) == "server"
+    assert len(reads) == 1

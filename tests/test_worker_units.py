@@ -204,6 +204,39 @@ async def test_messages_the_layer_refuses_wait_and_go_out_in_order(monkeypatch, 
     assert await broadcast.flush_backlog() == 0
 
 
+async def test_rooms_broadcast_side_by_side_and_each_in_its_order(monkeypatch, fresh_layer):
+    """One room's slow broadcasts do not hold back another room's (a queue per group)."""
+    from conferences import broadcast
+
+    sent = []
+
+    async def group_send(group, message):
+        await asyncio.sleep(0.2 if group == "conference.1" else 0)
+        sent.append((group, message["seq"]))
+
+    monkeypatch.setattr(fresh_layer, "group_send", group_send)
+    slow = [("conference.1", broadcast.room_message({"type": "participant.updated", "seq": n})) for n in (1, 2, 3)]
+    fast = [("conference.2", broadcast.room_message({"type": "participant.updated", "seq": n})) for n in (1, 2)]
+    slow_task = asyncio.create_task(broadcast.send_collected(slow))
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(broadcast.send_collected(fast), 0.1)  # not behind room 1's 0.6 s
+    await slow_task
+    assert [seq for group, seq in sent if group == "conference.1"] == [1, 2, 3]
+    assert sent[:2] == [("conference.2", 1), ("conference.2", 2)]
+
+
+def test_the_backlog_is_bounded_by_dropping_the_oldest_of_the_longest_queue(monkeypatch):
+    from conferences import broadcast
+
+    monkeypatch.setattr(broadcast, "BACKLOG_LIMIT", 4)
+    monkeypatch.setattr(broadcast, "_backlogs", {})
+    for n in range(1, 5):
+        broadcast._keep("conference.1", {"seq": n})
+    broadcast._keep("conference.2", {"seq": 1})
+    assert [m["seq"] for m in broadcast._backlogs["conference.1"]] == [2, 3, 4]
+    assert broadcast.backlog_size() == 4
+
+
 async def test_concurrent_flushes_send_each_message_once_in_order(monkeypatch, fresh_layer):
     """The worker's events and its heartbeat flush at the same time: nothing twice, nothing lost."""
     from conferences import broadcast
@@ -216,7 +249,8 @@ async def test_concurrent_flushes_send_each_message_once_in_order(monkeypatch, f
 
     monkeypatch.setattr(fresh_layer, "group_send", group_send)
     frames = [("conference.1", broadcast.room_message({"type": "participant.updated", "seq": n})) for n in range(1, 6)]
-    broadcast._backlog.extend(frames[:3])
+    for group, message in frames[:3]:
+        broadcast._keep(group, message)
     results = await asyncio.gather(
         broadcast.flush_backlog(), broadcast.send_collected(frames[3:]), broadcast.flush_backlog()
     )

@@ -49,6 +49,7 @@ class Call:
     # In the room.
     participant_id: int | None = None
     moh: bool = False
+    talking: bool = False  # as talk detection last said
     kicked: bool = False
     kicked_by: int | None = None
     # Leaving: hang up when one of these playbacks finishes.

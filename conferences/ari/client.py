@@ -128,6 +128,11 @@ class AriClient:
 
     # --- Asterisk ------------------------------------------------------------
 
+    async def set_event_filter(self, app, event_types):
+        """Only these event types reach the application (``PUT /applications/{app}/eventFilter``)."""
+        body = {"allowed": [{"type": event_type} for event_type in event_types]}
+        await self.request("PUT", f"/applications/{quote(app, safe='')}/eventFilter", json=body)
+
     async def asterisk_info(self):
         return await self.request("GET", "/asterisk/info")
 

@@ -163,13 +163,7 @@ class Effects:
         await self.ari.set_variable(channel_id, "TALK_DETECT(set)", "")
 
     async def talk_detect_afresh(self, channel_id):
-        """Talk detection restarted: after a mute the detector never heard the caller stop.
-
-        ``POST /channels/{id}/mute`` drops the caller's audio before talk
-        detection: a caller muted while talking gets no ChannelTalkingFinished,
-        and the detector stays "talking", so after the unmute it would raise no
-        ChannelTalkingStarted either. Removed and set again, it starts from silence.
-        """
+        """Talk detection removed and set again: it starts from silence (see ConferenceApp._mute)."""
         await self.ari.set_variable(channel_id, "TALK_DETECT(remove)", "")
         await self.ari.set_variable(channel_id, "TALK_DETECT(set)", "")
 

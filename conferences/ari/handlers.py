@@ -81,6 +81,15 @@ class ConferenceApp:
 
     # --- dispatch ---------------------------------------------------------------
 
+    @classmethod
+    def event_types(cls):
+        """The ARI event types the application has a handler for (not its own timers)."""
+        return {name[3:] for name in dir(cls) if name.startswith("on_") and not name.startswith("on__")}
+
+    def handles(self, event):
+        """Whether ``event`` has a handler (ARI events and the worker's timers)."""
+        return hasattr(self, "on_" + str(event.get("type", "")))
+
     async def process_event(self, event):
         """Handle one ARI (or synthetic) event; errors are logged, never raised (the database's excepted)."""
         kind = event.get("type", "")
@@ -430,6 +439,7 @@ class ConferenceApp:
         if call is None or call.phase != Phase.PRESENT or call.participant_id is None:
             return
         await self.effects.db(store.update, call.participant_id, talking=talking)
+        call.talking = talking
 
     async def on_BridgeDestroyed(self, event):
         conference_id = self.conference_id_of_bridge((event.get("bridge") or {}).get("id"))
@@ -504,14 +514,12 @@ class ConferenceApp:
 
     async def do_mute(self, conference, command, actor_id):
         participant_id, channel_id = await self._target(conference, command)
-        await self.ari.mute(channel_id, "in")
-        # A muted caller's audio no longer reaches talk detection: no ChannelTalkingFinished will come.
+        await self._mute(channel_id)
         await self.effects.db(store.update, participant_id, muted=True, talking=False, actor_id=actor_id)
 
     async def do_unmute(self, conference, command, actor_id):
         participant_id, channel_id = await self._target(conference, command)
         await self.ari.unmute(channel_id, "in")
-        await self.effects.talk_detect_afresh(channel_id)
         await self.effects.db(store.update, participant_id, muted=False, actor_id=actor_id)
 
     async def do_kick(self, conference, command, actor_id):
@@ -531,13 +539,9 @@ class ConferenceApp:
 
     async def _set_all_muted(self, conference, actor_id, muted):
         targets = await self.effects.db(store.mute_all_targets, conference.pk, muted)
-        change = self.ari.mute if muted else self.ari.unmute
         # Independent channels: Asterisk needs no order among them, so all at once.
-        if muted:
-            calls = [change(channel_id, "in") for _pk, channel_id in targets]
-        else:
-            calls = [self._unmute_and_listen(channel_id) for _pk, channel_id in targets]
-        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        change = self._mute if muted else self._unmute
+        outcomes = await asyncio.gather(*(change(channel_id) for _pk, channel_id in targets), return_exceptions=True)
         done, failed = [], 0
         for (participant_id, _channel_id), outcome in zip(targets, outcomes, strict=True):
             if isinstance(outcome, AriError):
@@ -551,9 +555,23 @@ class ConferenceApp:
         if failed:
             raise Refusal(f"{failed} caller(s) could not be changed")
 
-    async def _unmute_and_listen(self, channel_id):
+    async def _mute(self, channel_id):
+        """Mute a caller's voice to the room.
+
+        ``POST /channels/{id}/mute`` drops the audio before talk detection, so
+        a caller muted while talking gets no ChannelTalkingFinished, and its
+        detector stays "talking": after the unmute it would never raise
+        ChannelTalkingStarted again. Such a caller's detector starts afresh
+        (and the caller is recorded as not talking).
+        """
+        await self.ari.mute(channel_id, "in")
+        call = self.state.call(channel_id)
+        if call is not None and call.talking:
+            await self.effects.talk_detect_afresh(channel_id)
+            call.talking = False
+
+    async def _unmute(self, channel_id):
         await self.ari.unmute(channel_id, "in")
-        await self.effects.talk_detect_afresh(channel_id)
 
     async def do_mute_all(self, conference, command, actor_id):
         await self._set_all_muted(conference, actor_id, True)

@@ -132,11 +132,7 @@ def mute_all_targets(conference_id, muted):
 
 def record_mute_all(conference_id, muted, done, actor_id):
     """The participants muted or unmuted, then the room's one timeline entry for it, in one hop."""
-    for participant_id in done:
-        changes = {"muted": True, "talking": False} if muted else {"muted": False}  # no talk detection when muted
-        services.participant_update(participant_id=participant_id, actor_id=actor_id, audit=False, **changes)
-    kind = ConferenceEvent.Kind.MUTED_ALL if muted else ConferenceEvent.Kind.UNMUTED_ALL
-    services.conference_record(conference_id=conference_id, kind=kind, actor_id=actor_id)
+    services.participants_set_muted(conference_id=conference_id, participant_ids=done, muted=muted, actor_id=actor_id)
 
 
 # --- resync ------------------------------------------------------------------------------------

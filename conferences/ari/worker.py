@@ -43,8 +43,10 @@ PING_INTERVAL = 10.0
 PING_TIMEOUT = 10.0
 DB_RETRY_FIRST = 0.2
 DB_RETRY_MAX = 5.0
-DIRECTORY_REFRESH_MIN = 1.0  # seconds between two reads of the room numbers for callers of unknown ones
+NO_ROOM_SECONDS = 5.0  # how long a number found to be no room is believed before it is looked up again
 STOP_TIMEOUT = 10.0  # seconds the lanes have to finish the item in hand at shutdown
+TALKING_EVENTS = frozenset({"ChannelTalkingStarted", "ChannelTalkingFinished"})
+TALKING_MARK = "_conference_talking_mark"  # put into a talking event by the dispatcher (see _mark_talking)
 
 
 class WorkerConflict(Exception):
@@ -76,7 +78,10 @@ class AriWorker:
         # Where items go: the room of each channel the worker routed, the room of each number.
         self.room_of_channel: dict[str, object] = {}
         self.directory: dict[str, int] = {}
-        self._directory_read_at = None
+        self.no_room: dict[str, float] = {}  # number -> when it was found to be no room
+        self.latest_talking: dict[str, int] = {}  # channel id -> number of its latest talking event
+        self._talking_marks = 0
+        self.coalesced = 0  # talking events skipped for a later one of the same caller
         self.stopping = stopping or asyncio.Event()
         self.owner = lease.new_owner()
         self.connected = False
@@ -104,6 +109,9 @@ class AriWorker:
             self.replaced = True
             self.stopping.set()
             return
+        if self.superseded(event):
+            self.coalesced += 1
+            return  # a later talking event of the same caller waits behind this one in its lane
         await self.app.process_event(event)
 
     def schedule(self, delay, event):
@@ -186,6 +194,7 @@ class AriWorker:
                 logger.info("server %s: connected to %s", self.server.name, self.ari.base_url)
                 self.queue.put_nowait(("resync", None))
                 reader = asyncio.create_task(self._read(socket))
+                await self._filter_events()
                 stopper = asyncio.create_task(self.stopping.wait())
                 try:
                     await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -205,6 +214,22 @@ class AriWorker:
             error = describe_error(exc)
         await self._set_link(False, error)
         return error
+
+    async def _filter_events(self):
+        """Ask Asterisk for the events the application handles only.
+
+        A conference's channels raise many more (ChannelVarset for every
+        BRIDGEPEER change, ChannelDialplan, ChannelStateChange...): about nine
+        in ten of what the busy-PBX bench's rooms sent. Each costs Asterisk its
+        JSON and the worker a parse and a trip through its lanes. An Asterisk
+        without the filter (before 16.29/18.14) sends everything; the worker
+        ignores the rest then.
+        """
+        try:
+            wanted = sorted(self.app.event_types() | {"ApplicationReplaced"})
+            await self.ari.set_event_filter(self.server.app_name, wanted)
+        except AriError as exc:
+            logger.info("server %s: no event filter (%s); unhandled events are dropped here", self.server.name, exc)
 
     async def _read(self, socket):
         async for raw in socket:
@@ -245,13 +270,41 @@ class AriWorker:
                 if kind == "event" and item.get("type") == "ApplicationReplaced":
                     await self.process_event(item)
                     continue
-                self.lanes.submit(await self._lane_of(kind, item), (kind, item))
+                if kind == "event" and not self.app.handles(item):
+                    continue  # no handler: not worth a trip through a lane
+                key = await self._lane_of(kind, item)
+                self._mark_talking(kind, item)
+                self.lanes.submit(key, (kind, item))
         finally:
             # The lanes finish the item in hand; what is still queued is left to the next start's resync.
             await self.lanes.close(STOP_TIMEOUT)
 
     async def _lane_item(self, pair):
         await self._process_item(*pair)
+
+    def _mark_talking(self, kind, item):
+        """Number a talking event of a caller (``TALKING_MARK``), so that ``process_event`` can skip it if superseded.
+
+        Talking events are whole state (talking or not) and the most frequent:
+        a caller who pauses between words sends one every second or so. When
+        a room's lane falls behind, only the latest of one caller's queued
+        talking events is worth a database write and a broadcast; the earlier
+        ones are skipped when their turn comes. With no backlog nothing is
+        skipped.
+        """
+        if kind != "event" or item.get("type") not in TALKING_EVENTS:
+            return
+        channel_id = rules.event_channel_id(item)
+        if channel_id is None:
+            return
+        self._talking_marks += 1
+        self.latest_talking[channel_id] = self._talking_marks
+        item[TALKING_MARK] = self._talking_marks
+
+    def superseded(self, event):
+        """Whether a talking event has a later one of the same caller queued behind it."""
+        mark = event.get(TALKING_MARK)
+        return mark is not None and self.latest_talking.get(rules.event_channel_id(event), mark) != mark
 
     async def _lane_of(self, kind, item):
         """The lane of an item (see rules.lane_of_event); remembers which room each channel went to."""
@@ -264,26 +317,42 @@ class AriWorker:
             room_of_number=self.directory.get,
         )
         if isinstance(key, rules.LookUp):
-            # A room created after the last read, or no room: read the numbers again (at most once a second).
-            await self._read_directory(at_most_every=DIRECTORY_REFRESH_MIN)
-            key = self.directory.get(key.number, rules.SERVER)
+            key = await self._look_up(key.number)
         channel_id = rules.event_channel_id(item)
         if channel_id is not None:
             if item.get("type") == "ChannelDestroyed":
                 self.room_of_channel.pop(channel_id, None)
+                self.latest_talking.pop(channel_id, None)
             elif item.get("type") in ("StasisStart", "ChannelEnteredBridge"):
                 self.room_of_channel[channel_id] = key
         return key
 
-    async def _read_directory(self, *, at_most_every=0.0):
-        now = asyncio.get_running_loop().time()
-        if self._directory_read_at is not None and now - self._directory_read_at < at_most_every:
-            return
-        self._directory_read_at = now
+    async def _look_up(self, number):
+        """The lane of a caller of a number the worker does not know: a room created since the last read, or none.
+
+        The numbers are read again, so a new room's first caller goes to its
+        room's lane like every later one (its seats are counted there). A
+        number that is no room is remembered as such for NO_ROOM_SECONDS:
+        someone dialling every number costs one read per number and period.
+        """
+        loop = asyncio.get_running_loop()
+        if loop.time() - self.no_room.get(number, -NO_ROOM_SECONDS) < NO_ROOM_SECONDS:
+            return rules.SERVER
+        await self._read_directory()
+        conference_id = self.directory.get(number)
+        if conference_id is None:
+            if len(self.no_room) > 10_000:
+                self.no_room.clear()
+            self.no_room[number] = loop.time()
+            return rules.SERVER
+        return conference_id
+
+    async def _read_directory(self):
         try:
             self.directory = await self.app.effects.db(store.room_directory, self.server.pk)
         except DatabaseUnavailable as exc:
             logger.warning("server %s: room numbers unreadable (%s); keeping the last ones", self.server.name, exc)
+        self.no_room.clear()
 
     async def _after_resync(self):
         """After a resync (alone): the numbers read afresh, each known channel routed to its room."""
