@@ -59,7 +59,10 @@ class DatabaseThreads:
     """
 
     def __init__(self, threads=None):
-        self.threads = threads or DB_THREADS
+        # SQLite (the embedded default) takes one writer at a time: more threads would only
+        # wait for each other's locks. Correct either way; one thread there.
+        sqlite = connections["default"].vendor == "sqlite"
+        self.threads = threads or (1 if sqlite else DB_THREADS)
         self.executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="ari-db")
 
     async def run(self, func):
