@@ -11,23 +11,16 @@ Database errors that pass (an unreachable or locked database) come out as
 """
 
 import logging
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
-from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
-from django.db import InterfaceError, OperationalError, connections
 
 from conferences import broadcast
 from conferences.ari.client import AriError, AriNotFound
+from conferences.dbthreads import TRANSIENT_DB_ERRORS
 
 logger = logging.getLogger(__name__)
 
-TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
 PROMPT_HANGUP_TIMEOUT = 15.0  # hang up even when PlaybackFinished never comes
-# Database threads of one worker: rooms whose events are handled at the same time
-# (conferences/ari/lanes.py) do their database work at the same time too.
-DB_THREADS = 4
 
 
 class DatabaseUnavailable(Exception):
@@ -44,51 +37,6 @@ async def call_service(func, /, **kwargs):
     result, outbox = await database_sync_to_async(run)()
     await broadcast.send_collected(outbox)
     return result
-
-
-class DatabaseThreads:
-    """A worker's own pool of database threads, each keeping its connection open between hops.
-
-    Channels' ``database_sync_to_async`` runs every call in one thread per
-    process (thread-sensitive) and closes the connection after each call when
-    ``CONN_MAX_AGE`` is 0, the default: a worker would then wait for one room's
-    database work before the next room's, and open a new PostgreSQL
-    connection for every event. Here each of ``DB_THREADS`` threads keeps its
-    connection; one that broke (the database restarted) is closed after the
-    error, and the hop is tried again with the event (``DatabaseUnavailable``).
-    """
-
-    def __init__(self, threads=None):
-        # SQLite (the embedded default) takes one writer at a time: more threads would only
-        # wait for each other's locks. Correct either way; one thread there.
-        sqlite = connections["default"].vendor == "sqlite"
-        self.threads = threads or (1 if sqlite else DB_THREADS)
-        self.executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="ari-db")
-
-    async def run(self, func):
-        def call():
-            try:
-                return func()
-            except TRANSIENT_DB_ERRORS:
-                connections["default"].close()  # the next hop in this thread connects afresh
-                raise
-
-        return await sync_to_async(call, thread_sensitive=False, executor=self.executor)()
-
-    def close(self):
-        """Close every thread's connection, then the threads (a test database can then be dropped)."""
-        barrier = threading.Barrier(self.threads, timeout=10)
-
-        def close_here():
-            connections.close_all()
-            try:
-                barrier.wait()  # one call per thread: each waits until all threads took one
-            except threading.BrokenBarrierError:
-                pass
-
-        for future in [self.executor.submit(close_here) for _ in range(self.threads)]:
-            future.result(timeout=15)
-        self.executor.shutdown(wait=True)
 
 
 class Effects:

@@ -5,7 +5,7 @@ queue. One dispatcher task takes ARI events, moderation requests and timers
 from it in order and hands each to the lane of the room it concerns
 (conferences/ari/lanes.py): one room's items are handled one at a time, in
 order; different rooms' at the same time, each with its own database thread
-(conferences/ari/effects.py, DatabaseThreads). After every (re)connect the
+(conferences/dbthreads.py, DatabaseThreads). After every (re)connect the
 first item is a resync with Asterisk's bridges and channels, since Asterisk
 does not queue events for a disconnected application: the dispatcher waits
 until every lane is idle, runs it alone, then goes on.
@@ -27,9 +27,10 @@ from django.db import connections
 from conferences import broadcast, moderation, services
 from conferences.ari import lease, rules, store
 from conferences.ari.client import AriClient, AriError
-from conferences.ari.effects import TRANSIENT_DB_ERRORS, DatabaseThreads, DatabaseUnavailable, call_service
+from conferences.ari.effects import DatabaseUnavailable, call_service
 from conferences.ari.handlers import ConferenceApp
 from conferences.ari.lanes import Lanes
+from conferences.dbthreads import TRANSIENT_DB_ERRORS, DatabaseThreads
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class AriWorker:
     def __init__(self, server, *, stopping=None):
         self.server = server
         self.ari = AriClient(server.ari_url, server.username, server.password)
-        self.database = DatabaseThreads()
+        self.database = DatabaseThreads(name="ari-db")
         self.app = ConferenceApp(
             server_id=server.pk,
             app_name=server.app_name,
