@@ -33,8 +33,11 @@ def _access_row_changed(sender, instance, **kwargs):
 
 
 @receiver([post_save, post_delete], sender=User)
-def _user_changed(sender, instance, **kwargs):
-    # is_active, is_superuser or the user itself may have changed.
+def _user_changed(sender, instance, update_fields=None, **kwargs):
+    # is_active, is_superuser or the user itself may have changed. Not for a login's own save of
+    # last_login: every open socket of the user would re-check and resend its snapshot.
+    if update_fields is not None and set(update_fields) <= {"last_login"}:
+        return
     transaction.on_commit(partial(broadcast.send_user_access_changed, instance.pk))
 
 
