@@ -30,20 +30,30 @@ import json
 import logging
 import time
 
-from channels.db import database_sync_to_async
+from channels.consumer import get_handler_name
 from channels.exceptions import ChannelFull
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.db.models import Count
 
-from conferences import access, broadcast, closecodes, fanout, frames, moderation, socketcap
+from conferences import access, broadcast, closecodes, dbthreads, fanout, frames, moderation, socketcap
 from conferences.models import Conference, Participant
 from conferences.sessions import session_user
 
 logger = logging.getLogger(__name__)
 
-db = database_sync_to_async
+
+async def db_call(func, /, *args):
+    """One database hop of a socket, on the web process's database threads (conferences/dbthreads.py).
+
+    Not Channels' ``database_sync_to_async``: its one thread per process made
+    every socket of the process wait for every other's hops (a thousand pages
+    opening at once waited there in turn), and with ``CONN_MAX_AGE=0`` each
+    hop opened a new database connection.
+    """
+    return await dbthreads.web().call(func, *args)
+
 
 CLOSE_NOT_LOGGED_IN = closecodes.NOT_LOGGED_IN
 CLOSE_FORBIDDEN = closecodes.FORBIDDEN
@@ -76,8 +86,12 @@ def _conference(slug):
     return Conference.objects.select_related("server").filter(slug=slug).first()
 
 
-def _snapshot(conference_id, user):
-    """The room's present state and the seq it corresponds to, read consistently."""
+def _snapshot(conference_id):
+    """The room's present state and the seq it corresponds to, read consistently.
+
+    The same for every viewer (the hub serves it to every socket of the room,
+    conferences/fanout.py); ``can_moderate`` is added per socket.
+    """
     with transaction.atomic():
         # The row lock orders this read with the services, which take the
         # room's next seq on the same row: seq and roster belong together.
@@ -89,8 +103,21 @@ def _snapshot(conference_id, user):
         "conference": broadcast.conference_state(conference, len(participants)),
         "participants": [broadcast.participant_state(p) for p in participants],
         "asterisk": {"connected": conference.server.connected},
-        "can_moderate": access.can_moderate(user, conference),
     }
+
+
+def _room_connect(session_key, slug):
+    """Everything a room socket's handshake needs, in one hop: ``(closing code or None, user, room, role)``."""
+    user = session_user(session_key)
+    if user is None:
+        return CLOSE_NOT_LOGGED_IN, None, None, None
+    conference = _conference(slug)
+    if conference is None:
+        return CLOSE_NOT_FOUND, user, None, None
+    role = access.conference_role(user, conference)
+    if role is None:
+        return CLOSE_FORBIDDEN, user, None, None
+    return None, user, conference, role
 
 
 def _room_check(session_key, user_id, conference_id):
@@ -136,10 +163,13 @@ def _visible_rooms(user):
     return [(room.pk, broadcast.conference_state(room, counts.get(room.pk, 0))) for room in rooms]
 
 
-def _session_rooms(session_key, user_id):
-    """The user of a room-list socket and the rooms it may see: ``(user, rooms)``, user None when logged out."""
+def _session_rooms(session_key, user_id=None):
+    """The user of a room-list socket and the rooms it may see: ``(user, rooms)``, user None when logged out.
+
+    ``user_id``: the user the socket was opened for (None at the handshake).
+    """
     user = session_user(session_key)
-    if user is None or user.pk != user_id:
+    if user is None or (user_id is not None and user.pk != user_id):
         return None, []
     return user, _visible_rooms(user)
 
@@ -171,23 +201,27 @@ class TokenBucket:
 
 
 class FanOutConsumer(AsyncWebsocketConsumer):
-    """Room events that come through the socket's own channel skip Channels' per-message thread hop.
+    """No message of a socket takes Channels' per-message thread hop.
 
-    ``AsyncConsumer.dispatch`` runs ``close_old_connections`` in a thread
-    (``aclose_old_connections``) before every handler. A room event reaches
-    every socket watching the room, and its handler only forwards text: in
-    a profile of the benchmark that hop was the largest single cost of the
-    fan-out (docs/performance.md). Handlers that read the database go through
-    ``database_sync_to_async``, which closes stale connections itself. (The
-    room page's sockets get room events from the hub, which calls
-    ``room_event`` directly; the room list's sockets get them here.)
+    ``AsyncConsumer.dispatch`` runs ``close_old_connections`` in the process's
+    one thread-sensitive thread (``aclose_old_connections``) before every
+    handler: for a room event that reaches every socket of a room (in a
+    profile of the benchmark, the largest single cost of the fan-out,
+    docs/performance.md), and for every handshake and browser frame (in a
+    connect storm every socket waited there in turn). The sockets' database
+    hops run on the web's own database threads (``db_call``), which look
+    after their connections themselves; the thread-sensitive thread's
+    connection belongs to Django's HTTP views, which close it per request.
     """
 
     async def dispatch(self, message):
         if message.get("type") == broadcast.ROOM_EVENT:
             await self.room_event(message)
             return
-        await super().dispatch(message)
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
 
 class GuardedConsumer(FanOutConsumer):
@@ -243,22 +277,20 @@ class GuardedConsumer(FanOutConsumer):
             self.groups_joined.remove(group)
         await self.channel_layer.group_discard(group, self.channel_name)
 
-    async def authenticate(self):
-        """Accept, then check the login and claim a place under the per-user cap; False when refused (closed)."""
-        await self.accept()
-        user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
-            await self.close(CLOSE_NOT_LOGGED_IN)
-            return False
+    async def admit(self, user):
+        """Claim a place under the per-user cap for a logged-in ``user``; False when refused (closed).
+
+        Then join the user's and the session's groups (at the same time: the
+        socket waits for one Redis round trip, not two).
+        """
         self.user_id = user.pk
-        self.session_key = getattr(self.scope.get("session"), "session_key", None)
+        self.scope["user"] = user
         if not await self._claim_place():
             logger.info("user %s: %s sockets open already; refusing another", user.pk, settings.MAX_SOCKETS_PER_USER)
             await self.close(CLOSE_TOO_MANY_SOCKETS)
             return False
-        await self.join_group(broadcast.user_group(user.pk))
-        if self.session_key:
-            await self.join_group(broadcast.session_group(self.session_key))
+        groups = [broadcast.user_group(user.pk), broadcast.session_group(self.session_key)]
+        await asyncio.gather(*(self.join_group(group) for group in groups))
         return True
 
     async def _claim_place(self):
@@ -327,18 +359,22 @@ class ConferenceConsumer(GuardedConsumer):
         self.snapshot_at = 0.0
 
     async def connect(self):
-        if not await self.authenticate():
+        """Accept, then check everything in one database hop, join the hub and send the snapshot.
+
+        Refusals, in this order: 4401 not logged in, 4404 no such room, 4403
+        no access, 4429 too many sockets.
+        """
+        await self.accept()
+        self.session_key = self.scope.get("session_key")
+        refusal, user, conference, role = await db_call(
+            _room_connect, self.session_key, self.scope["url_route"]["kwargs"]["slug"]
+        )
+        if refusal is not None:
+            await self.close(refusal)
             return
-        user = self.scope["user"]
-        conference = await db(_conference)(self.scope["url_route"]["kwargs"]["slug"])
-        if conference is None:
-            await self.close(CLOSE_NOT_FOUND)
+        if not await self.admit(user):
             return
-        self.role = await db(access.conference_role)(user, conference)
-        if self.role is None:
-            await self.close(CLOSE_FORBIDDEN)
-            return
-        self.conference = conference
+        self.conference, self.role = conference, role
         self.start_task(self._watch(), name="room-socket-check")
         # Room events come through the process's hub; they wait while the snapshot is built.
         self.snapshot_pending = True
@@ -376,8 +412,8 @@ class ConferenceConsumer(GuardedConsumer):
         while True:
             await asyncio.sleep(SESSION_CHECK_SECONDS)
             try:
-                refusal, user, role, room_seq = await db(_room_check)(
-                    self.session_key, self.user_id, self.conference.pk
+                refusal, user, role, room_seq = await db_call(
+                    _room_check, self.session_key, self.user_id, self.conference.pk
                 )
             except DatabaseError as exc:
                 # The database is briefly unavailable: look again next time.
@@ -400,7 +436,7 @@ class ConferenceConsumer(GuardedConsumer):
                         self.last_seq,
                         room_seq,
                     )
-                    await self.send_snapshot()
+                    await self.send_snapshot(fresh=True)
                 seq_at_last_check = self.last_seq
             except DatabaseError as exc:
                 logger.warning("room %s: socket check failed: %s", self.conference.pk, exc)
@@ -408,26 +444,41 @@ class ConferenceConsumer(GuardedConsumer):
                 # The check must outlive any one failure: it is what ends revoked sockets.
                 logger.exception("room %s: socket check failed", self.conference.pk)
 
-    async def send_snapshot(self):
+    async def send_snapshot(self, *, fresh=False):
+        """Send the room's snapshot (from the hub: shared with the room's other sockets), then what followed it.
+
+        ``fresh``: read after this call (a resync, the lost-event repair),
+        not a snapshot the hub keeps.
+        """
         self.snapshot_pending = True
+        after = []
         try:
-            snapshot = await db(_snapshot)(self.conference.pk, self.scope["user"])
-            self.last_seq = snapshot["seq"]
-            self.snapshot_text = json.dumps(snapshot)
+            seq, text, after = await self.hub.snapshot(
+                self.conference.pk, self.role == access.MODERATOR, self._read_snapshot, fresh=fresh
+            )
+            self.last_seq = seq
+            self.snapshot_text = text
             self.snapshot_at = time.monotonic()
-            await self.send(text_data=self.snapshot_text)
+            await self.send(text_data=text)
         finally:
             self.snapshot_pending = False
-            waiting, self.waiting_events = self.waiting_events, []
+            # The messages the hub heard after its snapshot, then those that came to this socket
+            # meanwhile (the same message objects: each once, in order; seq filters the rest).
+            given = {id(message) for message in after}
+            waiting = after + [m for m in self.waiting_events if id(m) not in given]
+            self.waiting_events = []
             for message in waiting:
                 await self.room_event(message)
+
+    async def _read_snapshot(self):
+        return await db_call(_snapshot, self.conference.pk)
 
     async def resync(self):
         """A snapshot for a page that asks: the last one again when nothing happened since, else a fresh one."""
         if self.snapshot_text is not None and time.monotonic() - self.snapshot_at < SNAPSHOT_REUSE_SECONDS:
             await self.send(text_data=self.snapshot_text)
             return
-        await self.send_snapshot()
+        await self.send_snapshot(fresh=True)
 
     # --- from the browser -----------------------------------------------------------
 
@@ -480,7 +531,9 @@ class ConferenceConsumer(GuardedConsumer):
             await self.reply(request_id, False, "request_id already in use")
             return
         # Login, permission and target are checked on every action, from fresh rows.
-        error = await db(_moderation_check)(self.session_key, self.user_id, self.conference.pk, action, participant_id)
+        error = await db_call(
+            _moderation_check, self.session_key, self.user_id, self.conference.pk, action, participant_id
+        )
         if error is not None:
             await self.reply(request_id, False, error)
             return
@@ -533,7 +586,7 @@ class ConferenceConsumer(GuardedConsumer):
     async def access_changed(self, message):
         """Grants changed (room, user or group): close if no longer allowed, else refresh the role."""
         try:
-            refusal, user, role, _seq = await db(_room_check)(self.session_key, self.user_id, self.conference.pk)
+            refusal, user, role, _seq = await db_call(_room_check, self.session_key, self.user_id, self.conference.pk)
         except DatabaseError as exc:
             logger.warning("room %s: access check failed (%s); the periodic check repeats it", self.conference.pk, exc)
             return
@@ -548,18 +601,28 @@ class RoomListConsumer(GuardedConsumer):
     """Live counts for the room list: the rooms a user may see, and their conference.updated frames only."""
 
     async def connect(self):
-        if not await self.authenticate():
-            return
-        if await self.send_rooms():
-            self.start_task(self._watch(), name="room-list-check")
-
-    async def send_rooms(self):
-        """Join the groups of the rooms the user may see now and send them; False when logged out (closed)."""
-        user, rooms = await db(_session_rooms)(self.session_key, self.user_id)
+        await self.accept()
+        self.session_key = self.scope.get("session_key")
+        user, rooms = await db_call(_session_rooms, self.session_key)
         if user is None:
             await self.close(CLOSE_NOT_LOGGED_IN)
-            return False
-        self.scope["user"] = user
+            return
+        if not await self.admit(user):
+            return
+        await self.send_rooms(rooms)
+        self.start_task(self._watch(), name="room-list-check")
+
+    async def send_rooms(self, rooms=None):
+        """Join the groups of the rooms the user may see now and send them; False when logged out (closed).
+
+        ``rooms``: read in the same hop as the login check already.
+        """
+        if rooms is None:
+            user, rooms = await db_call(_session_rooms, self.session_key, self.user_id)
+            if user is None:
+                await self.close(CLOSE_NOT_LOGGED_IN)
+                return False
+            self.scope["user"] = user
         wanted = {broadcast.room_group(pk) for pk, _state in rooms}
         for group in [g for g in self.groups_joined if g.startswith("conference.") and g not in wanted]:
             await self.leave_group(group)
@@ -576,7 +639,7 @@ class RoomListConsumer(GuardedConsumer):
         while True:
             await asyncio.sleep(SESSION_CHECK_SECONDS)
             try:
-                visible = await db(_visible_room_ids)(self.session_key, self.user_id)
+                visible = await db_call(_visible_room_ids, self.session_key, self.user_id)
                 if visible is None:
                     await self.close(CLOSE_NOT_LOGGED_IN)
                     return

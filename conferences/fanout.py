@@ -7,13 +7,29 @@ is the only member for its process; it forwards the text to each of the
 process's sockets of that room directly. Other messages of the room's group
 (access changes) go on to the sockets' own channels.
 
+The hub joins a room's group once, when the room's first socket arrives (the
+membership is renewed hourly), and keeps the room's last snapshot with the
+events that came after it (``RoomView``): a socket that connects gets that
+snapshot and those events, so a thousand pages opening at once cost one
+database read per room, not one each, and no socket waits for another's
+Redis round trip. The snapshot is read only while the hub is a member of the
+room's group, so every event after it reaches the hub (the same rule a socket
+keeps on its own: join first, then read). It serves new sockets for
+SNAPSHOT_MAX_AGE seconds or SINCE_LIMIT events, whichever comes first, and
+is dropped when the hub sees a gap in the room's seq. A page's ``resync``
+and the periodic repair read afresh (``fresh=True``: a read that began after
+the request), since they may be repairing an event the hub lost too.
+
 If the hub's receive fails (the channel layer's Redis went away), it closes
 every socket it serves: pages reconnect and resync, as they do when their own
 consumer fails.
 """
 
 import asyncio
+import itertools
+import json
 import logging
+import time
 import weakref
 from collections import defaultdict
 
@@ -24,6 +40,9 @@ logger = logging.getLogger(__name__)
 CLOSE_LAYER_FAILED = closecodes.SERVER_ERROR
 # How often a hub renews its group memberships (channels_redis forgets members after a day).
 REFRESH_SECONDS = 3600.0
+# How long, and for how many later events, a room's snapshot serves new sockets.
+SNAPSHOT_MAX_AGE = 2.0
+SINCE_LIMIT = 200
 
 _hubs = weakref.WeakKeyDictionary()  # channel layer -> RoomHub
 
@@ -36,6 +55,56 @@ def hub_for(layer):
     return hub
 
 
+def _retrieve(task):
+    """A read whose sockets all closed meanwhile: its failure is not 'never retrieved'."""
+    if not task.cancelled():
+        task.exception()
+
+
+class RoomView:
+    """What a hub keeps of one room: its last snapshot, the room messages since, and the read in flight."""
+
+    def __init__(self):
+        self.member = False  # the hub's channel is in the room's group
+        self.snapshot = None  # the room's state without the viewer's part (can_moderate)
+        self.read_at = 0.0
+        self.since = []  # room messages received since the read of ``snapshot`` began
+        self.texts = {}  # can_moderate -> the snapshot as sent
+        self.reading = None  # the read in flight: a task
+        self.asks = 0  # snapshot requests so far
+        self.read_after = 0  # the requests made before the read in flight began
+        self.last_seq = None
+
+    def usable(self):
+        return (
+            self.snapshot is not None
+            and self.reading is None
+            and len(self.since) <= SINCE_LIMIT
+            and time.monotonic() - self.read_at < SNAPSHOT_MAX_AGE
+        )
+
+    def heard(self, message):
+        """A room message the hub received: kept for sockets that connect later."""
+        seq = message.get("seq")
+        if seq is not None:
+            if self.last_seq is not None and seq > self.last_seq + 1:
+                self.read_at = float("-inf")  # the hub missed an event: the next socket reads afresh
+            if self.last_seq is None or seq > self.last_seq:
+                self.last_seq = seq
+        if self.snapshot is not None or self.reading is not None:
+            self.since.append(message)
+            if len(self.since) > SINCE_LIMIT and self.reading is None:
+                self.snapshot, self.since, self.texts = None, [], {}
+
+    def served(self, can_moderate):
+        """``(snapshot text, messages after it)`` for a new socket."""
+        text = self.texts.get(can_moderate)
+        if text is None:
+            text = self.texts[can_moderate] = json.dumps({**self.snapshot, "can_moderate": can_moderate})
+        after = [m for m in self.since if m.get("seq") is None or m["seq"] > self.snapshot["seq"]]
+        return self.snapshot["seq"], text, after
+
+
 class RoomHub:
     def __init__(self, layer, loop):
         self.layer = layer
@@ -44,21 +113,94 @@ class RoomHub:
         self.task = None
         self.refresher = None
         self.rooms = defaultdict(set)  # conference id -> consumers
+        self.views = {}  # conference id -> RoomView
         self.lock = asyncio.Lock()
 
-    async def join(self, conference_id, consumer):
+    async def _ensure_channel(self):
+        if self.channel is not None:
+            return self.channel
         async with self.lock:
             if self.channel is None:
                 # The default prefix: channels_redis reads a process's local channels from one
                 # Redis key per prefix, and one receiver at a time; a prefix of its own would
                 # leave the hub waiting behind the sockets' receive.
-                self.channel = await self.layer.new_channel()
-                self.task = self.loop.create_task(self._run(self.channel))
-                self.refresher = self.loop.create_task(self._refresh(self.channel))
-            # Every join also renews the membership's age: the layer forgets members
-            # older than its group_expiry (a day), and a wall display stays for longer.
-            await self.layer.group_add(broadcast.room_group(conference_id), self.channel)
-            self.rooms[conference_id].add(consumer)
+                channel = await self.layer.new_channel()
+                self.task = self.loop.create_task(self._run(channel))
+                self.refresher = self.loop.create_task(self._refresh(channel))
+                self.channel = channel
+        return self.channel
+
+    async def join(self, conference_id, consumer):
+        """Serve ``consumer`` the room's events; the hub joins the room's group with the room's first socket."""
+        channel = await self._ensure_channel()
+        view = self.views.get(conference_id)
+        if view is None:
+            view = self.views[conference_id] = RoomView()
+        self.rooms[conference_id].add(consumer)
+        if view.member:
+            return
+        # Only a room's first socket (and those that arrive meanwhile) waits here. The hub's lock
+        # orders the room's group add after the discard of a room that emptied just before.
+        async with self.lock:
+            if view.member or self.views.get(conference_id) is not view or self.channel != channel:
+                return
+            try:
+                await self.layer.group_add(broadcast.room_group(conference_id), channel)
+            except BaseException:
+                self._forget(conference_id, consumer)
+                if conference_id not in self.rooms:
+                    self.views.pop(conference_id, None)
+                raise
+            view.member = True
+
+    async def snapshot(self, conference_id, can_moderate, read, *, fresh=False):
+        """The room's snapshot for one socket, and the room messages after it: ``(seq, text, messages)``.
+
+        ``read()`` reads the room's state from the database (without
+        ``can_moderate``). Sockets that ask at the same time share one read;
+        with ``fresh`` the read began after the call.
+        """
+        view = self.views.get(conference_id)
+        if view is None or not view.member:
+            raise RuntimeError("the socket has not joined the room")
+        view.asks += 1
+        asked = view.asks
+        while True:
+            if not fresh and view.usable():
+                return view.served(can_moderate)
+            if view.reading is None:
+                view.reading = self.loop.create_task(self._read(view, read))
+                view.reading.add_done_callback(_retrieve)
+                view.read_after = view.asks  # the asks this read answers as fresh
+            reading, answers = view.reading, view.read_after
+            await asyncio.shield(reading)  # its failure is every waiting socket's
+            if (not fresh or answers >= asked) and view.snapshot is not None:
+                return view.served(can_moderate)
+            # A read that began before this ask, or a snapshot dropped meanwhile: read again.
+
+    async def _read(self, view, read):
+        view.since, view.texts = [], {}
+        try:
+            snapshot = await read()
+        except BaseException:
+            view.snapshot, view.since = None, []
+            raise
+        finally:
+            view.reading = None
+        view.snapshot, view.read_at = snapshot, time.monotonic()
+        view.since = [m for m in view.since if m.get("seq") is None or m["seq"] > snapshot["seq"]]
+        numbered = [snapshot["seq"], *(m["seq"] for m in view.since if m.get("seq") is not None)]
+        if any(later != earlier + 1 for earlier, later in itertools.pairwise(numbered)):
+            view.read_at = float("-inf")  # served to the sockets that asked (they resync); not kept
+        view.last_seq = max(view.last_seq or 0, numbered[-1])
+        return snapshot
+
+    def _forget(self, conference_id, consumer):
+        members = self.rooms.get(conference_id)
+        if members is not None:
+            members.discard(consumer)
+            if not members:
+                del self.rooms[conference_id]
 
     async def _refresh(self, channel):
         """Renew the hub's memberships while it serves rooms, well inside the layer's group expiry."""
@@ -70,25 +212,32 @@ class RoomHub:
             async with self.lock:
                 if self.channel != channel:
                     return  # this hub's channel failed; a new one renews its own
-                for conference_id in list(self.rooms):
+                for conference_id, view in list(self.views.items()):
+                    if not view.member:
+                        continue
                     try:
                         await self.layer.group_add(broadcast.room_group(conference_id), channel)
                     except Exception as exc:  # noqa: BLE001 (retried at the next round)
                         logger.warning("room %s: renewing the group membership failed: %s", conference_id, exc)
 
     async def leave(self, conference_id, consumer):
+        members = self.rooms.get(conference_id)
+        if not members or consumer not in members:
+            return
+        self._forget(conference_id, consumer)
+        if conference_id in self.rooms:
+            return
+        view = self.views.pop(conference_id, None)
+        if view is None or not view.member:
+            return
         async with self.lock:
-            members = self.rooms.get(conference_id)
-            if not members or consumer not in members:
+            view.member = False
+            if self.channel is None:
                 return
-            members.discard(consumer)
-            if not members:
-                del self.rooms[conference_id]
-                if self.channel is not None:
-                    try:
-                        await self.layer.group_discard(broadcast.room_group(conference_id), self.channel)
-                    except Exception as exc:  # noqa: BLE001 (the layer is down: the group expires)
-                        logger.warning("room %s: leaving the group failed: %s", conference_id, exc)
+            try:
+                await self.layer.group_discard(broadcast.room_group(conference_id), self.channel)
+            except Exception as exc:  # noqa: BLE001 (the layer is down: the group expires)
+                logger.warning("room %s: leaving the group failed: %s", conference_id, exc)
 
     async def _run(self, channel):
         try:
@@ -96,6 +245,10 @@ class RoomHub:
                 message = await self.layer.receive(channel)
                 conference_id = message.get("conference")
                 forward = message.get("type") != broadcast.ROOM_EVENT
+                if not forward:
+                    view = self.views.get(conference_id)
+                    if view is not None:
+                        view.heard(message)
                 for consumer in list(self.rooms.get(conference_id, ())):
                     try:
                         if forward:
@@ -112,6 +265,7 @@ class RoomHub:
             logger.warning("room hub: the channel layer failed (%s); closing its sockets", exc)
             consumers = [c for members in self.rooms.values() for c in members]
             self.rooms.clear()
+            self.views.clear()
             self.channel = None
             for consumer in consumers:
                 try:

@@ -46,3 +46,28 @@ def session_user(session_key):
     if any(constant_time_compare(session_hash, fallback) for fallback in user.get_session_auth_fallback_hash()):
         return user
     return None
+
+
+class SessionKeyMiddleware:
+    """Put the handshake's session key into ``scope["session_key"]``: no database hop at the handshake.
+
+    Channels' ``AuthMiddlewareStack`` loads the session and then the user at
+    every handshake, each through the process's one thread-sensitive database
+    thread: in a connect storm every socket of the process waited there in
+    turn. The consumers check the session themselves with ``session_user``,
+    from fresh rows, in their one connect hop on the web's database threads
+    (conferences/dbthreads.py).
+    """
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def __call__(self, scope, receive, send):
+        key = scope.get("cookies", {}).get(settings.SESSION_COOKIE_NAME) or None
+        return await self.inner({**scope, "session_key": key}, receive, send)
+
+
+def SessionKeyMiddlewareStack(inner):  # noqa: N802 (named like Channels' AuthMiddlewareStack)
+    from channels.sessions import CookieMiddleware
+
+    return CookieMiddleware(SessionKeyMiddleware(inner))

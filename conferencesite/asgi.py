@@ -1,7 +1,8 @@
 """ASGI entry point: HTTP through Django, WebSockets through Channels.
 
-WebSockets are authenticated with the Django session cookie and refused at the
-handshake when their Origin is not one of the allowed hosts.
+WebSockets are authenticated with the Django session cookie (checked by the
+consumers, conferences/sessions.py) and refused at the handshake when their
+Origin is not one of the allowed hosts.
 """
 
 import os
@@ -13,11 +14,11 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "conferencesite.settings")
 # Set up Django (apps, models) before anything imports a consumer.
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from conferences.sessions import SessionKeyMiddlewareStack  # noqa: E402
 from conferencesite import daphne_limits  # noqa: E402
 from conferencesite.routing import websocket_urlpatterns  # noqa: E402
 from conferencesite.startup import on_process_start  # noqa: E402
@@ -29,6 +30,6 @@ daphne_limits.install(settings.WEBSOCKET_MAX_QUEUED_BYTES)
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": AllowedHostsOriginValidator(SessionKeyMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -89,6 +89,16 @@ def superuser(db):
     return User.objects.create_superuser(username="root", password="pw-Tr0ub4dor", email="")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _web_database_threads(django_db_setup, django_db_blocker):
+    """The web's database threads keep their connections: closed before the test database is dropped."""
+    yield
+    from conferences import dbthreads
+
+    with django_db_blocker.unblock():
+        dbthreads.close_web()
+
+
 @pytest.fixture(autouse=True)
 def _fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -60,9 +60,9 @@ async def test_a_resync_with_nothing_new_reuses_the_last_snapshot(connect, viewe
     reads = []
     real = consumers._snapshot
 
-    def counting(conference_id, user):
+    def counting(conference_id):
         reads.append(conference_id)
-        return real(conference_id, user)
+        return real(conference_id)
 
     monkeypatch.setattr(consumers, "_snapshot", counting)
     alice = await db(make_participant)(room, "chan-a", caller_name="Alice")
