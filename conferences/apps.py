@@ -10,6 +10,9 @@ class ConferencesConfig(AppConfig):
         from django.db.models.signals import post_migrate
 
         from conferences import auth_backends, checks, signals  # noqa: F401  (register the checks and receivers)
+        from conferencesite import redis_fixes
+
+        redis_fixes.install()
 
         post_migrate.connect(_sync_default_server, sender=self)
 

@@ -50,9 +50,12 @@ def _redis():
     loop = asyncio.get_running_loop()
     client = _clients.get(loop)
     if client is None:
-        client = _clients[loop] = redis.asyncio.Redis.from_url(
-            settings.REDIS_URL, socket_connect_timeout=3, socket_timeout=3
+        # A pool that waits for a free connection: sockets connecting at once share a few
+        # connections instead of opening one each (conferencesite/layers.py says why).
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            settings.REDIS_URL, max_connections=8, timeout=3, socket_connect_timeout=3, socket_timeout=3
         )
+        client = _clients[loop] = redis.asyncio.Redis(connection_pool=pool)
     return client
 
 

@@ -17,11 +17,30 @@ of Redis at a time per process.
 Two more leftovers of channels_redis are cleared here: the empty queue of a
 receive cancelled while it was reading (``receive``) and messages that reached
 the process for a socket that had just closed (``sweep``).
+
+And ``group_add`` takes one round trip to Redis instead of two (channels_redis
+awaits its ZADD, then its EXPIRE): every socket joins two groups at its
+handshake (its user's and its session's), so in a connect storm that was four
+round trips per socket, each needing a pooled connection of its own for the
+time (new connections are not free: conferencesite/redis_fixes.py).
+
+Its pools wait for a free connection (at most POOL_CONNECTIONS per Redis),
+where channels_redis's open one more for every command sent while the others
+are busy: a thousand sockets connecting at once opened hundreds of
+connections, each a TCP handshake and two ``CLIENT SETINFO`` round trips,
+and kept them all afterwards.
 """
 
 import asyncio
+import time
 
+import redis.asyncio
 from channels_redis.core import RedisChannelLayer as BaseRedisChannelLayer
+
+# Connections per Redis of one process's layer; more commands at once wait for one of them
+# (POOL_WAIT_SECONDS at most, then the command fails like any Redis error).
+POOL_CONNECTIONS = 32
+POOL_WAIT_SECONDS = 10
 
 
 class RedisChannelLayer(BaseRedisChannelLayer):
@@ -81,6 +100,25 @@ class RedisChannelLayer(BaseRedisChannelLayer):
             if self.receive_buffer.get(channel) is queue and not queue.empty():
                 del self.receive_buffer[channel]
         self._unread = {channel: queue for channel, queue in self.receive_buffer.items() if not queue.empty()}
+
+    def create_pool(self, index):
+        host = dict(self.hosts[index])
+        address = host.pop("address", None)
+        if address is None:  # Sentinel or keyword hosts: channels_redis's own pools
+            return super().create_pool(index)
+        return redis.asyncio.BlockingConnectionPool.from_url(
+            address, max_connections=POOL_CONNECTIONS, timeout=POOL_WAIT_SECONDS, **host
+        )
+
+    async def group_add(self, group, channel):
+        assert self.require_valid_group_name(group), "Group name not valid"
+        assert self.require_valid_channel_name(channel), "Channel name not valid"
+        group_key = self._group_key(group)
+        connection = self.connection(self.consistent_hash(group))
+        async with connection.pipeline(transaction=False) as pipe:
+            pipe.zadd(group_key, {channel: time.time()})
+            pipe.expire(group_key, self.group_expiry)
+            await pipe.execute()
 
     async def close_pools(self):
         loop = asyncio.get_running_loop()

@@ -70,3 +70,70 @@ async def test_a_receive_cancelled_while_it_reads_redis_loses_no_one_elses_messa
         raw.close()
         await layer.flush()
     assert received == list(range(ATTEMPTS))
+
+
+async def test_a_group_add_is_one_round_trip_and_sets_the_expiry(redis_layer, redis_url, monkeypatch):
+    import redis.asyncio.client
+
+    layer = redis_layer
+    channel = await layer.new_channel()
+    executed = []
+    real = redis.asyncio.client.Pipeline.execute
+
+    async def counting(self, *args, **kwargs):
+        executed.append([command[0][0] for command in self.command_stack])
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.asyncio.client.Pipeline, "execute", counting)
+    await layer.group_add("conference.4242", channel)
+    assert executed == [["ZADD", "EXPIRE"]]
+    raw = RawRedis(redis_url)
+    try:
+        key = layer._group_key("conference.4242")
+        assert channel.encode() in raw.command("ZRANGE", key, 0, -1)
+        ttl = int(raw.command("TTL", key).split(b"\r\n")[0][1:])
+        assert 0 < ttl <= layer.group_expiry
+    finally:
+        raw.close()
+    await layer.group_discard("conference.4242", channel)
+    await layer.flush()
+
+
+async def test_many_commands_at_once_share_a_bounded_number_of_connections(redis_layer):
+    from conferencesite import layers
+
+    layer = redis_layer
+    channels = [await layer.new_channel() for _ in range(400)]
+    await asyncio.gather(*(layer.group_add(f"user.{n}", channel) for n, channel in enumerate(channels)))
+    pool = layer.connection(0).connection_pool
+    opened = len(pool._available_connections) + len(pool._in_use_connections)
+    assert 1 <= opened <= layers.POOL_CONNECTIONS
+    # And every one of them got through.
+    members = await asyncio.gather(*(layer.connection(0).zcard(layer._group_key(f"user.{n}")) for n in range(400)))
+    assert members == [1] * 400
+    await layer.flush()
+
+
+def test_redis_py_looks_its_version_up_once_per_process(monkeypatch):
+    """redis-py 7.4 read its own package metadata for every new connection (conferencesite/redis_fixes.py)."""
+    from importlib import metadata
+
+    import redis
+    from redis.driver_info import DriverInfo
+
+    lookups = []
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: lookups.append(name) or real(name))
+    redis.utils.get_lib_version.cache_clear()
+    infos = [DriverInfo() for _ in range(50)]
+    assert lookups == ["redis"] and {info.lib_version for info in infos} == {redis.__version__}
+
+
+def test_the_redis_fix_refuses_another_redis_py(monkeypatch):
+    import redis
+
+    from conferencesite import redis_fixes
+
+    monkeypatch.setattr(redis, "__version__", "8.0.0")
+    with pytest.raises(RuntimeError, match="written for redis-py 7.4.1, found 8.0.0"):
+        redis_fixes.install()
