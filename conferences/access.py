@@ -28,7 +28,7 @@ def conference_role(user, conference):
     if user.is_superuser:
         return MODERATOR
     roles = set(
-        ConferenceAccess.objects.filter(_grant_filter(user), conference=conference).values_list("role", flat=True)
+        ConferenceAccess.objects.filter(_grant_filter(user), conference_id=conference.pk).values_list("role", flat=True)
     )
     if MODERATOR in roles:
         return MODERATOR

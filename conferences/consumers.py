@@ -82,8 +82,33 @@ INTERNAL_ERROR = "the request failed; try again"
 # --- database helpers (run in the database thread) -----------------------------------------
 
 
+# Rooms looked up by slug at handshakes, kept this long per process: a thousand pages of a
+# room opening at once look it up once (the lookup was a third of a handshake's database
+# time). A room deleted meanwhile: its snapshot read fails, the socket closes 4011.
+ROOM_LOOKUP_SECONDS = 2.0
+_rooms_by_slug = {}  # slug -> (Room, when looked up)
+
+
+class Room:
+    """What a socket keeps of its room: its id and its server's."""
+
+    __slots__ = ("pk", "server_id")
+
+    def __init__(self, pk, server_id):
+        self.pk, self.server_id = pk, server_id
+
+
 def _conference(slug):
-    return Conference.objects.select_related("server").filter(slug=slug).first()
+    now = time.monotonic()
+    known = _rooms_by_slug.get(slug)
+    if known is not None and now - known[1] < ROOM_LOOKUP_SECONDS:
+        return known[0]
+    row = Conference.objects.filter(slug=slug).values_list("pk", "server_id").first()
+    room = Room(*row) if row is not None else None
+    if len(_rooms_by_slug) > 10_000:  # slugs that do not exist, sent on purpose
+        _rooms_by_slug.clear()
+    _rooms_by_slug[slug] = (room, now)
+    return room
 
 
 def _snapshot(conference_id):
@@ -471,7 +496,7 @@ class ConferenceConsumer(GuardedConsumer):
                 await self.room_event(message)
 
     async def _read_snapshot(self):
-        return await db_call(_snapshot, self.conference.pk)
+        return await dbthreads.web("snapshots").call(_snapshot, self.conference.pk)
 
     async def resync(self):
         """A snapshot for a page that asks: the last one again when nothing happened since, else a fresh one."""

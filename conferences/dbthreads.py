@@ -52,7 +52,7 @@ class DatabaseThreads:
         # SQLite (the embedded default) takes one writer at a time: more threads would only
         # wait for each other's locks. Correct either way; one thread there.
         sqlite = connections["default"].vendor == "sqlite"
-        self.threads = threads or (1 if sqlite else DB_THREADS)
+        self.threads = 1 if sqlite else (threads or DB_THREADS)
         self.executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix=name)
 
     async def run(self, func):
@@ -88,24 +88,29 @@ class DatabaseThreads:
         self.executor.shutdown(wait=True)
 
 
-_web = None
+# The web process's pools: "sockets" for each socket's own hops (its handshake check, its
+# periodic checks, moderator actions), "snapshots" for the room hub's reads of room state,
+# which many sockets wait for: they do not queue behind a storm of handshake checks.
+WEB_POOLS = {"sockets": 2, "snapshots": 1}
+_web = {}
 _web_lock = threading.Lock()
 
 
-def web():
-    """The web process's pool for its sockets' database hops (created on first use)."""
-    global _web
-    if _web is None:
+def web(purpose="sockets"):
+    """A pool of the web process (created on first use): ``"sockets"`` or ``"snapshots"``."""
+    pool = _web.get(purpose)
+    if pool is None:
         with _web_lock:
-            if _web is None:
-                _web = DatabaseThreads(name="web-db")
-    return _web
+            pool = _web.get(purpose)
+            if pool is None:
+                pool = _web[purpose] = DatabaseThreads(WEB_POOLS[purpose], name=f"web-db-{purpose}")
+    return pool
 
 
 def close_web():
-    """Close the web pool's connections and threads (tests, before their database is dropped)."""
-    global _web
+    """Close the web pools' connections and threads (tests, before their database is dropped)."""
     with _web_lock:
-        pool, _web = _web, None
-    if pool is not None:
+        pools = list(_web.values())
+        _web.clear()
+    for pool in pools:
         pool.close()

@@ -98,3 +98,13 @@ def _no_socket_places_left_from_other_tests():
     socketcap._local.clear()
     yield
     socketcap._local.clear()
+
+
+@pytest.fixture(autouse=True)
+def _no_room_lookups_left_from_other_tests():
+    """Rooms looked up by slug are kept for seconds per process; each test's rooms are new."""
+    from conferences import consumers
+
+    consumers._rooms_by_slug.clear()
+    yield
+    consumers._rooms_by_slug.clear()

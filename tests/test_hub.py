@@ -238,3 +238,18 @@ async def test_logging_in_again_does_not_make_the_users_open_sockets_resend_snap
     await db(viewer.save)()
     message = await first.receive_output(timeout=3)
     assert message == {"type": "websocket.close", "code": consumers.CLOSE_NOT_LOGGED_IN}
+
+
+async def test_a_room_deleted_after_its_lookup_was_kept_closes_new_sockets_cleanly(connect, viewer, room, login):
+    first, _ = await connect(viewer)
+    await frame(first)
+    await first.disconnect()
+    await db(Conference.objects.filter(pk=room.pk).delete)()
+    # Within ROOM_LOOKUP_SECONDS the slug still names the room: the snapshot read finds nothing.
+    late, _ = await connect(viewer)
+    message = await late.receive_output(timeout=3)
+    assert message["type"] == "websocket.close" and message["code"] in (
+        consumers.CLOSE_INTERNAL_ERROR,
+        consumers.CLOSE_NOT_FOUND,
+        consumers.CLOSE_FORBIDDEN,
+    )
