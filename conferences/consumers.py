@@ -31,7 +31,7 @@ import logging
 import time
 
 from channels.consumer import get_handler_name
-from channels.exceptions import ChannelFull
+from channels.exceptions import ChannelFull, StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError, transaction
@@ -247,6 +247,11 @@ class FanOutConsumer(AsyncWebsocketConsumer):
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
+
+    async def websocket_disconnect(self, message):
+        """As Channels' (its ``groups`` are not used here), without its thread-sensitive hop at the end."""
+        await self.disconnect(message["code"])
+        raise StopConsumer()
 
 
 class GuardedConsumer(FanOutConsumer):

@@ -329,6 +329,7 @@ async def test_no_message_takes_a_thread_hop(connect, viewer, room, monkeypatch)
     assert len(hops) == before
     # Nor do the handshake and the browser's frames: the socket's database hops have threads of their own.
     await send(communicator, {"action": "resync", "request_id": "r1"})
+    await communicator.disconnect()
     assert len(hops) == before == 0
 
 
