@@ -37,10 +37,16 @@
     return `${minutes}:${seconds}`;
   }
 
-  /** Reconnect delay in ms: exponential from `base` to `max`, with jitter (never below base). */
+  /**
+   * Reconnect delay in ms. The first retry comes anywhere between base / 4 and 2.25 x base
+   * (1 s on average): pages dropped together — a web restart, a deploy — spread their
+   * reconnects over two seconds instead of all arriving at once. Later retries grow
+   * exponentially to `max`, each between half and all of its step.
+   */
   function backoffDelay(attempt, random = Math.random, base = 1000, max = 30000) {
-    const ceiling = Math.min(max, base * 2 ** Math.max(0, attempt));
-    return Math.round(Math.max(base, ceiling * (0.75 + 0.25 * random())));
+    if (attempt <= 0) return Math.round(base / 4 + 2 * base * random());
+    const ceiling = Math.min(max, base * 2 ** attempt);
+    return Math.round(ceiling * (0.5 + 0.5 * random()));
   }
 
   /** Fill "%(name)s" placeholders; values are inserted as is, once (no re-expansion). */

@@ -25,17 +25,25 @@ test("durations", () => {
   assert.equal(room.formatDuration(Number.NaN), "0:00");
 });
 
-test("backoff grows from 1 s to 30 s with jitter", () => {
-  assert.equal(room.backoffDelay(0, () => 0), 1000);
-  assert.equal(room.backoffDelay(0, () => 1), 1000);
+test("backoff: the first retry spread over 0.25-2.25 s, then growing to 30 s with jitter", () => {
+  assert.equal(room.backoffDelay(0, () => 0), 250);
+  assert.equal(room.backoffDelay(0, () => 0.375), 1000);
+  assert.equal(room.backoffDelay(0, () => 1), 2250);
   assert.equal(room.backoffDelay(1, () => 1), 2000);
+  assert.equal(room.backoffDelay(1, () => 0), 1000);
   assert.equal(room.backoffDelay(3, () => 1), 8000);
   assert.equal(room.backoffDelay(10, () => 1), 30000);
-  assert.equal(room.backoffDelay(50, () => 0), 22500);
+  assert.equal(room.backoffDelay(50, () => 0), 15000);
   for (let attempt = 0; attempt < 20; attempt += 1) {
     const delay = room.backoffDelay(attempt);
-    assert.ok(delay >= 1000 && delay <= 30000, `${attempt}: ${delay}`);
+    assert.ok(delay >= 250 && delay <= 30000, `${attempt}: ${delay}`);
   }
+  // A thousand pages dropped at once: their first retries spread out, none in the same 10 ms as 5 % of them.
+  const firsts = Array.from({ length: 1000 }, () => room.backoffDelay(0));
+  const buckets = new Map();
+  for (const delay of firsts) buckets.set(Math.floor(delay / 10), (buckets.get(Math.floor(delay / 10)) || 0) + 1);
+  assert.ok(Math.max(...buckets.values()) < 50, `at most ${Math.max(...buckets.values())} in one 10 ms`);
+  assert.ok(Math.min(...firsts) >= 250 && Math.max(...firsts) <= 2250);
 });
 
 test("interpolate fills placeholders once and leaves hostile values alone", () => {
