@@ -86,3 +86,32 @@ def test_removing_a_grant_takes_effect_at_once(conference, make_user, grant):
     assert access.can_moderate(user, conference)
     row.delete()
     assert not access.can_view(user, conference)
+
+
+def test_the_plain_statement_finds_the_same_grants_as_the_queryset(conference, make_conference, make_user, grant, group):
+    """access._granted_roles (one plain statement, on every handshake) against the QuerySet it replaced."""
+    from django.contrib.auth.models import Group
+
+    other_room = make_conference("556")
+    other_group = Group.objects.create(name="sales")
+    people = {
+        "none": make_user(),
+        "user grant": make_user(),
+        "group grant": make_user(groups=[group]),
+        "both": make_user(groups=[group, other_group]),
+        "another room only": make_user(groups=[other_group]),
+    }
+    grant(conference, user=people["user grant"])
+    grant(conference, group=group, role=MODERATOR)
+    grant(conference, user=people["both"])
+    grant(other_room, group=other_group, role=MODERATOR)
+    grant(other_room, user=people["none"])
+    for name, user in people.items():
+        for room in (conference, other_room):
+            expected = set(
+                ConferenceAccess.objects.filter(access._grant_filter(user), conference=room).values_list("role", flat=True)
+            )
+            assert access._granted_roles(user.pk, room.pk) == expected, (name, room.number)
+    assert access.conference_role(people["both"], conference) == MODERATOR
+    assert access.conference_role(people["another room only"], conference) is None
+    assert access.conference_role(people["another room only"], other_room) == MODERATOR

@@ -185,3 +185,34 @@ def test_session_user_honours_secret_key_fallbacks(settings, client, make_user):
     settings.SECRET_KEY = "a-rotated-secret-key-" + "x" * 40
     assert sessions.session_user(key) == user  # still valid through the fallback, as for requests
     assert Session.objects.filter(session_key=key).exists()  # and nothing was flushed or cycled
+
+
+@pytest.mark.django_db
+def test_the_plain_statements_read_what_the_session_engine_and_the_backend_read(make_user, client, settings):
+    """sessions._session_data and _backend_user (plain statements) against SessionStore.load and ModelBackend."""
+    from django.contrib.auth.backends import ModelBackend
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.contrib.sessions.models import Session
+    from django.utils import timezone
+
+    from conferences import sessions
+
+    user = make_user("plain", first_name="Ada", last_login=timezone.now())
+    client.force_login(user)
+    key = client.cookies["sessionid"].value
+    assert sessions._session_data(key) == SessionStore(key).load() != {}
+    backend = "django.contrib.auth.backends.ModelBackend"
+    fast, slow = sessions._backend_user(backend, user.pk), ModelBackend().get_user(user.pk)
+    assert fast == slow and fast.get_session_auth_hash() == slow.get_session_auth_hash()
+    assert {f.attname: getattr(fast, f.attname) for f in fast._meta.concrete_fields} == {
+        f.attname: getattr(slow, f.attname) for f in slow._meta.concrete_fields
+    }
+    assert sessions._backend_user(backend, 10**9) is None
+    # Expired, unknown, malformed and tampered keys: nothing, as the engine says.
+    Session.objects.filter(session_key=key).update(expire_date=timezone.now() - timezone.timedelta(seconds=1))
+    assert sessions._session_data(key) == {} == SessionStore(key).load()
+    for bad in ("nope", "x" * 40, "' OR 1=1 --"):
+        assert sessions._session_data(bad) == {} == SessionStore(bad).load()
+    # Inactive users are refused by the fast path too.
+    type(user).objects.filter(pk=user.pk).update(is_active=False)
+    assert sessions._backend_user(backend, user.pk) is None
