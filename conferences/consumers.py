@@ -349,11 +349,14 @@ class GuardedConsumer(FanOutConsumer):
         for task in list(self.tasks):
             task.cancel()
         await self.release_more()
-        for group in list(self.groups_joined):
+
+        async def leave(group):
             try:
                 await self.channel_layer.group_discard(group, self.channel_name)
             except Exception as exc:  # noqa: BLE001 (the layer is down: the membership expires)
                 logger.warning("socket: leaving group %s failed: %s", group, exc)
+
+        await asyncio.gather(*(leave(group) for group in self.groups_joined))  # one round trip's wait, not one each
         self.groups_joined.clear()
         if self.cap_user_id is not None:
             try:

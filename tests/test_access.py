@@ -88,7 +88,9 @@ def test_removing_a_grant_takes_effect_at_once(conference, make_user, grant):
     assert not access.can_view(user, conference)
 
 
-def test_the_plain_statement_finds_the_same_grants_as_the_queryset(conference, make_conference, make_user, grant, group):
+def test_the_plain_statement_finds_the_same_grants_as_the_queryset(
+    conference, make_conference, make_user, grant, group
+):
     """access._granted_roles (one plain statement, on every handshake) against the QuerySet it replaced."""
     from django.contrib.auth.models import Group
 
@@ -109,7 +111,9 @@ def test_the_plain_statement_finds_the_same_grants_as_the_queryset(conference, m
     for name, user in people.items():
         for room in (conference, other_room):
             expected = set(
-                ConferenceAccess.objects.filter(access._grant_filter(user), conference=room).values_list("role", flat=True)
+                ConferenceAccess.objects.filter(access._grant_filter(user), conference=room).values_list(
+                    "role", flat=True
+                )
             )
             assert access._granted_roles(user.pk, room.pk) == expected, (name, room.number)
     assert access.conference_role(people["both"], conference) == MODERATOR
