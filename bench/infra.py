@@ -594,6 +594,22 @@ def pids_named(comm):
     return found
 
 
+def descendants(pid):
+    """The processes started by ``pid``, their children and so on (a server's worker processes)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            parent = _parent(int(entry))
+            if parent is not None:
+                children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def sandbox_asterisk_pids():
     """The sandbox's Asterisk (its pid file), not other Asterisk instances on this machine."""
     state = Path(os.environ.get("ASTERISK_SANDBOX_DIR", "/var/tmp/conference-asterisk"))  # noqa: S108 (the sandbox's own default)

@@ -70,8 +70,15 @@ RAW_RELAY_CLIENTS = 200
 SECTIONS = ("connect-storm", "fanout-needs", "asgi-servers")
 
 
-def server_command(server, port):
-    """The command line of one web process of ``server`` on ``port`` (access logs off, one process)."""
+def split_server(spec):
+    """``(server, variant)`` of a ``--server`` item: ``daphne`` or ``daphne+persistent``."""
+    server, _, variant = spec.partition("+")
+    return server, variant
+
+
+def server_command(spec, port):
+    """The command line of one web process of ``spec`` on ``port`` (access logs off, one worker process)."""
+    server, _variant = split_server(spec)
     host = "127.0.0.1"
     if server == "daphne":
         return [str(BIN / "daphne"), "-b", host, "-p", str(port), APP]
@@ -99,6 +106,9 @@ def server_command(server, port):
 
 
 SERVERS = ("daphne", "uvicorn", "uvicorn-sansio", "uvicorn-wsproto", "hypercorn", "granian")
+# ``<server>+persistent``: the web processes keep their PostgreSQL connections (DATABASE_URL's
+# ``conn_max_age=60``, conferencesite/env.py) instead of today's default of one connection per ORM hop.
+VARIANTS = {"": {}, "persistent": {"DATABASE_URL": f"{infra.DATABASE_URL}?conn_max_age=60"}}
 
 
 class NodeClients:
@@ -176,23 +186,25 @@ def storm_figures(opened, count):
     t0 = opened["t0"]
     ready, refused, dropped, waiting = [], 0, 0, 0
     codes, errors = Counter(), Counter()
+    dropped_after = []  # ms from a dropped page's start to its close
     last = None
-    for _id, _kind, started, handshake, ready_at, closed, status, error in opened["viewers"]:
+    for _id, _kind, started, handshake, ready_at, closed, status, error, closed_at in opened["viewers"]:
         if ready_at is not None:
             ready.append((ready_at - started) * 1000)
             last = max(last or 0.0, ready_at)
             if closed is not None:
                 codes[closed] += 1
             continue
-        if closed is not None and closed != -1:
-            codes[closed] += 1  # closed after the handshake (4401, 4429, 1011, ...)
-            dropped += 1
-        elif status is not None or (handshake is None and error in ("ECONNREFUSED", "ECONNRESET")):
-            refused += 1
+        if status is not None or (handshake is None and error == "ECONNREFUSED"):
+            refused += 1  # the handshake was answered with an HTTP status, or the connection refused
             codes[f"HTTP {status}" if status else error] += 1
-        elif closed == -1:
+        elif closed is not None:
+            # Closed by the server before a snapshot: a close code (4401, 4429, 1011), or 1006 for a
+            # connection dropped without a close frame (before or after the handshake).
             dropped += 1
-            codes[error or "dropped"] += 1
+            codes[f"{closed} {'after' if handshake else 'before'} the handshake"] += 1
+            if closed_at is not None:
+                dropped_after.append((closed_at - started) * 1000)
         else:
             waiting += 1
         if error:
@@ -206,9 +218,69 @@ def storm_figures(opened, count):
         "refused": refused,
         "dropped": dropped,
         "waiting": waiting,
+        "dropped_after": analysis.summary(dropped_after),
         "codes": {str(k): v for k, v in codes.most_common()},
         "errors": dict(errors.most_common(5)),
     }
+
+
+# The inclusive figures are shown for the product's and its libraries' code, not the servers' main loops.
+INCLUSIVE_OF = ("conferences/", "channels/", "channels_redis/", "django/", "asgiref/", "psycopg/", "redis/")
+
+
+def profile_summary(path, top=15):
+    """Where a profiled web process's time went, from py-spy's collapsed stacks (``--format raw``).
+
+    Threads apart (``--threads``: each stack starts with its thread); per function its own samples
+    (the stack's last frame) and its inclusive samples (anywhere in the stack, once per stack).
+    """
+    own, inclusive, threads = Counter(), Counter(), Counter()
+    total = 0
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        return {"error": str(exc)}
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        total += n
+        threads[frames[0]] += n
+        own[frames[-1]] += n
+        for frame in set(frames[1:]):
+            if any(part in frame for part in INCLUSIVE_OF):
+                inclusive[frame] += n
+    return {
+        "samples": total,
+        "threads": threads.most_common(6),
+        "own": own.most_common(top),
+        "inclusive": inclusive.most_common(top * 2),
+    }
+
+
+class Profiler:
+    """py-spy recording one process (all its threads) until stopped."""
+
+    def __init__(self, pid, out):
+        self.out = out
+        spy = BIN / "py-spy"
+        if not spy.exists():
+            raise BenchError("--profile needs py-spy in .venv (pip install -r requirements-dev.txt)")
+        cmd = [str(spy), "record", "-p", str(pid), "--format", "raw", "--threads", "--subprocesses"]
+        cmd += ["-r", "200", "-o", str(out)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
+        time.sleep(1.0)  # attached before the storm starts
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        return profile_summary(self.out)
 
 
 class WebBench(run.Bench):
@@ -263,7 +335,7 @@ class WebBench(run.Bench):
             self.ari.cleanup()
         self.server = server
         self.web_names, self.ports = [], []
-        env = {**infra.base_env(), "MAX_SOCKETS_PER_USER": BENCH_SOCKET_CAP}
+        env = {**infra.base_env(), "MAX_SOCKETS_PER_USER": BENCH_SOCKET_CAP, **VARIANTS[split_server(server)[1]]}
         for i in range(webs):
             port = run.WEB_PORT + i
             if infra.port_open(port):
@@ -302,9 +374,23 @@ class WebBench(run.Bench):
             self.procs.stop(name)
         self.web_names = []
 
+    def web_pids(self):
+        """The web processes and their children (hypercorn and granian serve from a worker process)."""
+        pids = [self.procs.procs[n].pid for n in self.web_names]
+        return pids + [child for pid in pids for child in infra.descendants(pid)]
+
+    def wait_web_quiet(self, timeout=60.0):
+        pids = self.web_pids()
+        end = time.time() + timeout
+        while time.time() < end:
+            before = sum(infra.cpu_seconds(pid) or 0.0 for pid in pids)
+            time.sleep(1.0)
+            if sum(infra.cpu_seconds(pid) or 0.0 for pid in pids) - before < 0.05 * len(self.web_names):
+                return
+
     def processes(self):
         return {
-            "web": [self.procs.procs[n].pid for n in self.web_names],
+            "web": self.web_pids(),
             "worker": [self.procs.procs[self.worker_name].pid],
             "needs relay": [self.procs.procs["needs-relay"].pid],
             "raw relay": [self.procs.procs["relay"].pid],
@@ -362,6 +448,10 @@ class WebBench(run.Bench):
     def storm(self, count, target):
         """``count`` pages (or page-needs clients) opened within one second; their times to the snapshot."""
         specs = self.page_specs(count) if target == "project" else self.needs_specs(count)
+        profiler = None
+        if self.args.profile and target == "project" and len(self.ports) == 1 and count == max(self.args.storms):
+            out = self.log_dir / f"storm-{self.server}-{count}.pyspy"
+            profiler = Profiler(self.procs.procs[self.web_names[0]].pid, out)
         cpu_before = self.cpu_snapshot()
         started = time.time()
         opened = self.node.call(
@@ -371,6 +461,8 @@ class WebBench(run.Bench):
         cpu = self.cpu_delta(cpu_before, self.cpu_snapshot())
         figures = storm_figures(opened, count)
         figures.update(target=target, webs=len(self.ports), seconds=seconds, cpu=cpu)
+        if profiler is not None:
+            figures["profile"] = profiler.stop()
         if target == "project":
             figures["web_rss_mb"] = sum(m["rss_mb"] for m in self.memory("web"))
         log(
@@ -535,7 +627,8 @@ def run_child(args, code, label, workdir):
     cmd = [infra.VENV_PY, str(Path(__file__).resolve()), "--child", str(out), "--code", str(code)]
     cmd += ["--server", ",".join(args.servers), "--storms", ",".join(map(str, args.storms))]
     cmd += ["--fanouts", ",".join(map(str, args.fanouts)), "--storm-timeout", str(args.storm_timeout)]
-    cmd += [flag for flag, on in (("--two-web", args.two_web), ("--keep-asterisk", args.keep_asterisk)) if on]
+    flags = (("--two-web", args.two_web), ("--keep-asterisk", args.keep_asterisk), ("--profile", args.profile))
+    cmd += [flag for flag, on in flags if on]
     return infra.run_measurement(cmd, out, label, args.limit, quiet_load=args.quiet_load)
 
 
@@ -545,11 +638,18 @@ def numbers(text):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--server", default="daphne", help=f"comma list of ASGI servers: {', '.join(SERVERS)}")
+    parser.add_argument(
+        "--server",
+        default="daphne",
+        help=f"comma list of ASGI servers: {', '.join(SERVERS)}; NAME+persistent: with conn_max_age=60",
+    )
     parser.add_argument("--storms", default="200,500,1000", help="pages per connect storm (comma list)")
     parser.add_argument("--fanouts", default="200,1000", help="pages per fan-out scenario (comma list)")
     parser.add_argument("--storm-timeout", type=float, default=30.0, help="seconds a storm's page waits (30)")
     parser.add_argument("--two-web", action="store_true", help="also 2,000 pages over two web processes")
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy on the web process during the largest one-process storm"
+    )
     parser.add_argument("--quick", action="store_true", help="storm and fan-out of 200 pages, no report")
     parser.add_argument("--code", default=str(ROOT), help="the checkout whose product is measured (default: this)")
     parser.add_argument("--baseline", metavar="REF", help="a checkout or commit measured first, in the same run")
@@ -560,7 +660,7 @@ def main(argv=None):
     parser.add_argument("--child", metavar="RESULTS_JSON", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.servers = [s.strip() for s in args.server.split(",") if s.strip()]
-    unknown = [s for s in args.servers if s not in SERVERS]
+    unknown = [s for s in args.servers if split_server(s)[0] not in SERVERS or split_server(s)[1] not in VARIANTS]
     if unknown:
         parser.error(f"unknown server(s) {unknown}; known: {', '.join(SERVERS)}")
     args.storms, args.fanouts = numbers(args.storms), numbers(args.fanouts)

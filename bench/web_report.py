@@ -26,6 +26,13 @@ LACKS = {
     "`--backpressure`; proxy headers not handled (a reverse proxy's X-Forwarded-For needs middleware)",
 }
 
+
+def lacks(spec):
+    server, _, variant = spec.partition("+")
+    text = LACKS.get(server, "")
+    return f"{text} (+persistent: `conn_max_age=60`)" if variant else text
+
+
 PROSE = {
     "connect-storm": "_Placeholder: where a connection's time goes (profile) and what would absorb the storm._",
     "fanout-needs": "_Placeholder: what the fan-out figures say against the page-needs relay._",
@@ -61,6 +68,8 @@ def storm_rows(measured):
             if s["target"] == "project":
                 ok = s["all_ms"] is not None and s["all_ms"] <= STORM_TARGET_MS and not s["dropped"] + s["refused"]
             codes = ", ".join(f"{k}: {v}" for k, v in s["codes"].items()) or "–"
+            if s.get("dropped_after", {}).get("p50") is not None:
+                codes += f" (dropped after {trio(s['dropped_after'])} ms)"
             all_in = fmt(s["all_ms"]) if s["all_ms"] is not None else f"not all ({s['ready']:,} of {s['pages']:,})"
             rows.append(
                 [
@@ -134,9 +143,7 @@ def server_rows(measured):
     rows = []
     for config in results["configs"]:
         if config.get("error"):
-            rows.append(
-                [config["server"], f"failed: {config['error'][:150]}", "", "", "", "", LACKS.get(config["server"], "")]
-            )
+            rows.append([config["server"], f"failed: {config['error'][:150]}", "", "", "", "", lacks(config["server"])])
             continue
         storms = {(s["pages"], s["webs"]): s for s in config["storms"] if s["target"] == "project"}
         fanouts = {f["pages"]: f for f in config["fanouts"]}
@@ -155,10 +162,53 @@ def server_rows(measured):
                 "–" if f1000 is None else f"{pair(f1000['project'])} ({pair(f1000['needs'])})",
                 "–" if top is None else fmt(top["web_us_per_frame"]),
                 "–" if f1000 is None else fmt(sum(m["rss_mb"] for m in f1000["memory"]["web"])),
-                LACKS.get(config["server"], ""),
+                lacks(config["server"]),
             ]
         )
     return rows
+
+
+def short(frame):
+    """A py-spy frame ``function (path/to/file.py:line)`` with the path cut to its package."""
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    for cut in ("site-packages/", "/work/", "python3.11/"):
+        if cut in where:
+            where = where.split(cut, 1)[1]
+    return f"`{name}` ({where})" if where else f"`{name}`"
+
+
+def profile_lines(measured):
+    out = []
+    for name, _server, config in runs(measured):
+        for s in config["storms"]:
+            prof = s.get("profile")
+            if not prof:
+                continue
+            if prof.get("error") or not prof.get("samples"):
+                out += [f"No profile of {name}'s {s['pages']:,}-page storm: {prof.get('error', 'no samples')}.", ""]
+                continue
+            total = prof["samples"]
+            out += [
+                f"<details><summary>{name}: the web process under py-spy during the {s['pages']:,}-page storm "
+                f"({total:,} samples at 200 Hz over every thread; idle waits are not sampled)</summary>\n",
+                table(
+                    ["thread", "busy samples", "share"],
+                    [[t, f"{n:,}", f"{100 * n / total:.0f} %"] for t, n in prof["threads"]],
+                ),
+                "",
+                table(
+                    ["function (own time)", "samples", "share"],
+                    [[short(f), f"{n:,}", f"{100 * n / total:.0f} %"] for f, n in prof["own"]],
+                ),
+                "",
+                table(
+                    ["function (inclusive)", "samples", "share"],
+                    [[short(f), f"{n:,}", f"{100 * n / total:.0f} %"] for f, n in prof["inclusive"]],
+                ),
+                "\n</details>\n",
+            ]
+    return out
 
 
 def header_lines(section, measured, command, seconds):
@@ -208,6 +258,7 @@ def render(section, measured, *, command, seconds, previous=""):
                 storm_rows(measured),
             ),
             "",
+            *profile_lines(measured),
         ]
     elif section == "fanout-needs":
         out += [

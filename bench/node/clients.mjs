@@ -40,6 +40,7 @@ class Viewer {
     this.opened = null; // when the handshake completed
     this.readyAt = null; // when the viewer had what a page shows first (its snapshot)
     this.status = null; // the HTTP status of a refused handshake
+    this.closedAt = null;
     this.onReady = null;
   }
 
@@ -54,7 +55,8 @@ class Viewer {
           headers,
           origin: this.spec.origin,
           perMessageDeflate: false,
-          handshakeTimeout: timeoutMs,
+          // Past the bench's own wait, so that a page still waiting then is counted as waiting, not dropped.
+          handshakeTimeout: timeoutMs + 5000,
           maxPayload: 4 * 1024 * 1024,
         });
       } catch (exc) {
@@ -94,6 +96,7 @@ class Viewer {
       });
       ws.on("close", (code) => {
         this.closed = code || -1;
+        this.closedAt = now();
         finish();
       });
     });
@@ -324,7 +327,11 @@ async function open(specs, spreadMs, timeoutMs, concurrency) {
   return {
     t0,
     finished: now(),
-    viewers: viewers.map((v) => [v.id, v.kind, v.started, v.opened, v.readyAt, v.closed, v.status, v.error]),
+    // A viewer's close is reported only when it came before the wait was over (a later one is not the storm's).
+    viewers: viewers.map((v) => {
+      const closed = v.closedAt !== null && v.closedAt <= v.started + timeoutMs / 1000 ? v.closed : null;
+      return [v.id, v.kind, v.started, v.opened, v.readyAt, closed, v.status, v.error, v.closedAt];
+    }),
   };
 }
 
