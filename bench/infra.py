@@ -216,7 +216,7 @@ def stop_sandbox():
 
 
 def create_and_migrate_db():
-    """The database ``conference_bench``, migrated by the code under test (dropped first after use_code)."""
+    """The database ``DB_NAME``, migrated by the code under test (dropped first after use_code)."""
     if CODE["fresh_db"]:
         drop = f"drop database if exists {DB_NAME} with (force)"
         run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", drop], timeout=60)
@@ -228,7 +228,7 @@ def create_and_migrate_db():
             "-U",
             "postgres",
             "-Atqc",
-            "select 1 from pg_database where datname='conference_bench'",
+            f"select 1 from pg_database where datname='{DB_NAME}'",  # noqa: S608 (the bench's own constant)
         ],
         timeout=30,
     ).stdout.strip()

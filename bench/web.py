@@ -60,7 +60,13 @@ from bench.clients import ari_time  # noqa: E402
 from bench.infra import BenchError, log  # noqa: E402
 
 NODE_DIR = ROOT / "bench" / "node"
-NEEDS_PORT = 8191
+# Its own database, Redis database and ports, so that it can run beside bench/run.py or bench/busy.py
+# (on another sandbox: ASTERISK_SANDBOX_DIR / ASTERISK_SANDBOX_PORT) without either disturbing the other.
+DB_NAME = "conference_bench_web"
+REDIS_DB = 15
+WEB_PORT = 8121  # and 8122 for the second web process
+RAW_RELAY_PORT = 8192
+NEEDS_PORT = 8193
 APP = "conferencesite.asgi:application"
 BIN = ROOT / ".venv" / "bin"
 # The bench's pages are all sessions of one superuser: the per-user socket cap must not refuse them.
@@ -108,7 +114,17 @@ def server_command(spec, port):
 SERVERS = ("daphne", "uvicorn", "uvicorn-sansio", "uvicorn-wsproto", "hypercorn", "granian")
 # ``<server>+persistent``: the web processes keep their PostgreSQL connections (DATABASE_URL's
 # ``conn_max_age=60``, conferencesite/env.py) instead of today's default of one connection per ORM hop.
-VARIANTS = {"": {}, "persistent": {"DATABASE_URL": f"{infra.DATABASE_URL}?conn_max_age=60"}}
+VARIANTS = {"": {}, "persistent": {"conn_max_age": "60"}}
+
+
+def use_own_resources():
+    """Point bench/infra.py and bench/run.py at this bench's database, Redis database and ports."""
+    infra.DB_NAME = DB_NAME
+    infra.DATABASE_URL = f"postgres://postgres@127.0.0.1:5432/{DB_NAME}"
+    infra.REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
+    # Other benches share none of these with this one: only other runs of it are in the way.
+    infra.FOREIGN_MARKERS = ("bench/web.py",)
+    run.WEB_PORT, run.RELAY_PORT = WEB_PORT, RAW_RELAY_PORT
 
 
 class NodeClients:
@@ -335,7 +351,7 @@ class WebBench(run.Bench):
             self.ari.cleanup()
         self.server = server
         self.web_names, self.ports = [], []
-        env = {**infra.base_env(), "MAX_SOCKETS_PER_USER": BENCH_SOCKET_CAP, **VARIANTS[split_server(server)[1]]}
+        env = {**infra.base_env(), "MAX_SOCKETS_PER_USER": BENCH_SOCKET_CAP, **self.variant_env(server)}
         for i in range(webs):
             port = run.WEB_PORT + i
             if infra.port_open(port):
@@ -387,6 +403,13 @@ class WebBench(run.Bench):
             time.sleep(1.0)
             if sum(infra.cpu_seconds(pid) or 0.0 for pid in pids) - before < 0.05 * len(self.web_names):
                 return
+
+    @staticmethod
+    def variant_env(server):
+        options = VARIANTS[split_server(server)[1]]
+        if not options:
+            return {}
+        return {"DATABASE_URL": infra.DATABASE_URL + "?" + "&".join(f"{k}={v}" for k, v in options.items())}
 
     def processes(self):
         return {
@@ -596,6 +619,7 @@ class WebBench(run.Bench):
 
 
 def measure(args):
+    use_own_resources()
     infra.use_code(args.code)
     if infra.CODE["root"] != ROOT:
         sys.path.insert(0, str(infra.CODE["root"]))
