@@ -262,10 +262,14 @@ def profile_summary(path, top=15):
             continue
         n = int(count)
         frames = stack.split(";")
+        # With --subprocesses each stack starts with its process, then its thread.
+        heads = [f for f in frames[:2] if f.startswith(("process ", "thread "))]
+        pid = heads[0].split(":")[0] if heads and heads[0].startswith("process ") else ""
+        thread = next((h for h in heads if h.startswith("thread ")), "?")
         total += n
-        threads[frames[0]] += n
+        threads[f"{pid} {thread}".strip()] += n
         own[frames[-1]] += n
-        for frame in set(frames[1:]):
+        for frame in set(frames[len(heads) :]):
             if any(part in frame for part in INCLUSIVE_OF):
                 inclusive[frame] += n
     return {
@@ -486,6 +490,7 @@ class WebBench(run.Bench):
         figures.update(target=target, webs=len(self.ports), seconds=seconds, cpu=cpu)
         if profiler is not None:
             figures["profile"] = profiler.stop()
+            figures["profile_file"] = str(profiler.out)
         if target == "project":
             figures["web_rss_mb"] = sum(m["rss_mb"] for m in self.memory("web"))
         log(
@@ -656,6 +661,32 @@ def run_child(args, code, label, workdir):
     return infra.run_measurement(cmd, out, label, args.limit, quiet_load=args.quiet_load)
 
 
+def write_sections(measured, out, command, seconds, write=True):
+    from bench import web_report
+
+    for section in SECTIONS:
+        text = web_report.render(
+            section, measured, command=command, seconds=seconds, previous=report.previous_section(out, section)
+        )
+        print(text)
+        if write:
+            report.write_section(out, section, text)
+    if write:
+        log(f"wrote the sections {', '.join(SECTIONS)} of {out}")
+
+
+def render_again(path, out):
+    """The sections from a finished run's results (after a change of wording or of the profile's summary)."""
+    saved = json.loads(path.read_text())
+    for _label, results in saved["measured"]:
+        for config in results["configs"]:
+            for storm in config["storms"]:
+                if storm.get("profile") and storm.get("profile_file") and Path(storm["profile_file"]).exists():
+                    storm["profile"] = profile_summary(storm["profile_file"])
+    write_sections(saved["measured"], out, saved["command"], saved["seconds"])
+    return 0
+
+
 def numbers(text):
     return [int(x) for x in text.split(",") if x.strip()]
 
@@ -682,7 +713,14 @@ def main(argv=None):
     parser.add_argument("--keep-asterisk", action="store_true", help="leave a sandbox this run started running")
     parser.add_argument("--quiet-load", type=float, metavar="LOAD", help="wait for the load average under LOAD")
     parser.add_argument("--child", metavar="RESULTS_JSON", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--render",
+        metavar="WEB_RESULTS_JSON",
+        help="write the sections again from a finished run's web-results.json (profiles re-read from their files)",
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        return render_again(Path(args.render), Path(args.out))
     args.servers = [s.strip() for s in args.server.split(",") if s.strip()]
     unknown = [s for s in args.servers if split_server(s)[0] not in SERVERS or split_server(s)[1] not in VARIANTS]
     if unknown:
@@ -696,8 +734,6 @@ def main(argv=None):
     if args.child:
         return child_main(args)
 
-    from bench import web_report
-
     started = time.time()
     try:
         measured = infra.measure_checkouts(
@@ -710,21 +746,10 @@ def main(argv=None):
         return 1
     out = Path(args.out)
     command = report.command_line("bench/web.py", argv)
-    for section in SECTIONS:
-        text = web_report.render(
-            section,
-            measured,
-            command=command,
-            seconds=time.time() - started,
-            previous=report.previous_section(out, section),
-        )
-        print(text)
-        if not args.no_report:
-            report.write_section(out, section, text)
-    if not args.no_report:
-        log(f"wrote the sections {', '.join(SECTIONS)} of {out}")
+    seconds = time.time() - started
+    write_sections(measured, out, command, seconds, write=not args.no_report)
     dump = Path(measured[-1][1]["log_dir"]) / "web-results.json"
-    dump.write_text(json.dumps(measured, default=str))
+    dump.write_text(json.dumps({"measured": measured, "command": command, "seconds": seconds}, default=str))
     log(f"results in {dump}")
     return 0
 
