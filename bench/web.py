@@ -3,13 +3,18 @@
     .venv/bin/python bench/web.py                                  # this checkout, daphne: the full run
     .venv/bin/python bench/web.py --quick                          # 200 pages only, no report (about 2 min)
     .venv/bin/python bench/web.py --baseline 58ddf60               # that commit measured first, same run
-    .venv/bin/python bench/web.py --server daphne,uvicorn,uvicorn-wsproto,hypercorn,granian
+    .venv/bin/python bench/web.py --server daphne,daphne+persistent,uvicorn,uvicorn-wsproto,hypercorn,granian --profile
+    .venv/bin/python bench/web.py --render /tmp/conference-bench-…/web-results.json   # the sections again
 
-The production layout (PostgreSQL ``conference_bench``, Redis database 13,
-``manage.py ari_worker`` through bench/worker_probe.py, the sandbox Asterisk
-of scripts/asterisk-sandbox; set ASTERISK_SANDBOX_DIR and ASTERISK_SANDBOX_PORT
-for another sandbox than the default one), with the web process(es) run by
-the ASGI server(s) named by ``--server``. Beside the product, in the same run:
+The production layout (PostgreSQL ``conference_bench_web``, Redis database 15,
+ports 8121-8122 / 8192-8193 -- its own, so that bench/run.py or bench/busy.py
+can run beside it on another sandbox --, ``manage.py ari_worker`` through
+bench/worker_probe.py, the sandbox Asterisk of scripts/asterisk-sandbox; set
+ASTERISK_SANDBOX_DIR and ASTERISK_SANDBOX_PORT for another sandbox than the
+default one), with the web process(es) run by the ASGI server(s) named by
+``--server`` (``NAME+persistent``: the web processes keep their PostgreSQL
+connections, ``conn_max_age=60``). ``--profile`` samples the web process with
+py-spy during the largest one-process storm (where a connection's time goes). Beside the product, in the same run:
 bench/needs_relay.py (what a page needs, as small JSON: the honest baseline)
 and bench/relay.py (every raw ARI frame: the seed-style anchor).
 
