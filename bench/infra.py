@@ -216,7 +216,7 @@ def stop_sandbox():
 
 
 def create_and_migrate_db():
-    """The database ``conference_bench``, migrated by the code under test (dropped first after use_code)."""
+    """The database ``DB_NAME``, migrated by the code under test (dropped first after use_code)."""
     if CODE["fresh_db"]:
         drop = f"drop database if exists {DB_NAME} with (force)"
         run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c", drop], timeout=60)
@@ -228,7 +228,7 @@ def create_and_migrate_db():
             "-U",
             "postgres",
             "-Atqc",
-            "select 1 from pg_database where datname='conference_bench'",
+            f"select 1 from pg_database where datname='{DB_NAME}'",  # noqa: S608 (the bench's own constant)
         ],
         timeout=30,
     ).stdout.strip()
@@ -591,6 +591,22 @@ def pids_named(comm):
                     found.append(int(entry))
             except OSError:
                 continue
+    return found
+
+
+def descendants(pid):
+    """The processes started by ``pid``, their children and so on (a server's worker processes)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            parent = _parent(int(entry))
+            if parent is not None:
+                children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
     return found
 
 
