@@ -91,13 +91,14 @@ class DatabaseThreads:
 # The web process's pools: "sockets" for each socket's own hops (its handshake check, its
 # periodic checks, moderator actions), "snapshots" for the room hub's reads of room state,
 # which many sockets wait for: they do not queue behind a storm of handshake checks.
-WEB_POOLS = {"sockets": 2, "snapshots": 1}
+# "health": /readyz's check (a database that hangs holds that thread, not a socket's).
+WEB_POOLS = {"sockets": 2, "snapshots": 1, "health": 1}
 _web = {}
 _web_lock = threading.Lock()
 
 
 def web(purpose="sockets"):
-    """A pool of the web process (created on first use): ``"sockets"`` or ``"snapshots"``."""
+    """A pool of the web process (created on first use): ``"sockets"``, ``"snapshots"`` or ``"health"``."""
     pool = _web.get(purpose)
     if pool is None:
         with _web_lock:
