@@ -38,6 +38,16 @@ def env_bool(name, default, environ=None):
     raise ImproperlyConfigured(f"{name} must be True or False, got {value!r}.")
 
 
+def env_choice(name, default, choices, environ=None):
+    """One of ``choices`` (case-insensitive); anything else is an error naming them."""
+    value = env_str(name, environ=environ)
+    if value is None:
+        return default
+    if value.lower() not in choices:
+        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, got {value!r}.")
+    return value.lower()
+
+
 def env_list(name, default, environ=None):
     """Parse a comma-separated list; empty items are an error (a stray comma)."""
     value = env_str(name, environ=environ)

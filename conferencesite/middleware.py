@@ -1,8 +1,16 @@
-"""Response headers that Django's SecurityMiddleware does not set; the login throttle's 429."""
+"""Response headers that Django's SecurityMiddleware does not set; the login throttle's 429; request ids."""
 
+import re
+import uuid
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpResponse
 
 from conferences import auth_backends
+from conferencesite import logformat
+
+# A request id sent by the proxy (X-Request-ID) is kept when it looks like one; any other gets a new one.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 CONTENT_SECURITY_POLICY = "; ".join(
     [
@@ -64,4 +72,48 @@ class LoginThrottleMiddleware:
             form.add_error(None, auth_backends.THROTTLED_MESSAGE)
             response.context_data["throttled"] = True
             response.status_code = 429
+        return response
+
+
+class RequestIdMiddleware:
+    """Every request gets an id: the proxy's ``X-Request-ID`` when it looks like one, else a new one.
+
+    It is in the logs of everything the request does (``request_id``,
+    conferencesite/logformat.py) and in the response's ``X-Request-ID``.
+    Sync and async, so that it adds no thread hop under ASGI.
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    @staticmethod
+    def _id(request):
+        sent = request.headers.get("X-Request-ID", "")
+        return sent if REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+
+    def __call__(self, request):
+        if iscoroutinefunction(self):
+            return self._acall(request)
+        value = self._id(request)
+        token = logformat.request_id.set(value)
+        try:
+            response = self.get_response(request)
+        finally:
+            logformat.request_id.reset(token)
+        response["X-Request-ID"] = value
+        return response
+
+    async def _acall(self, request):
+        value = self._id(request)
+        token = logformat.request_id.set(value)
+        try:
+            response = await self.get_response(request)
+        finally:
+            logformat.request_id.reset(token)
+        response["X-Request-ID"] = value
         return response

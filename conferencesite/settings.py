@@ -63,6 +63,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "conferencesite.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "conferencesite.middleware.SecurityHeadersMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -148,14 +149,17 @@ if HTTPS:
 # HSTS preloading is a commitment for the whole domain that only its owner can make.
 SILENCED_SYSTEM_CHECKS = ["security.W021"]
 
+# LOG_FORMAT=json: JSON lines with the room, channel and request ids (conferencesite/logformat.py).
+LOG_FORMAT = env.env_choice("LOG_FORMAT", "text", ("text", "json"))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {"()": "conferencesite.logformat.JsonFormatter"},
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "console": {"class": "logging.StreamHandler", "formatter": "json" if LOG_FORMAT == "json" else "plain"},
     },
     "root": {"handlers": ["console"], "level": "INFO"},
     "loggers": {

@@ -152,6 +152,7 @@ def run_manage(*args, **environ):
         ("DATABASE_URL", "mysql://x/y"),
         ("REDIS_URL", "localhost:6379"),
         ("ARI_URL", "pbx:8088"),
+        ("LOG_FORMAT", "xml"),
     ],
 )
 def test_malformed_variable_stops_start_up_with_its_name(variable, value):

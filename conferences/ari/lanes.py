@@ -17,6 +17,8 @@ import asyncio
 import contextlib
 import logging
 
+from conferencesite import logformat
+
 logger = logging.getLogger(__name__)
 
 
@@ -79,6 +81,8 @@ class Lanes:
                     await task
 
     async def _run(self, lane):
+        if isinstance(lane.key, int) and not isinstance(lane.key, bool):  # a room's lane (not the server's)
+            logformat.room.set(lane.key)  # this lane's task only: every log line of its items names the room
         while True:
             item = await lane.queue.get()
             if self.closing:

@@ -31,6 +31,7 @@ from conferences.ari.effects import DatabaseUnavailable, call_service
 from conferences.ari.handlers import ConferenceApp
 from conferences.ari.lanes import Lanes
 from conferences.dbthreads import TRANSIENT_DB_ERRORS, DatabaseThreads
+from conferencesite import logformat
 
 logger = logging.getLogger(__name__)
 
@@ -281,7 +282,13 @@ class AriWorker:
             await self.lanes.close(STOP_TIMEOUT)
 
     async def _lane_item(self, pair):
-        await self._process_item(*pair)
+        kind, item = pair
+        # The caller's channel in every log line of this event (LOG_FORMAT=json; the lane names the room).
+        token = logformat.channel.set(rules.event_channel_id(item) if kind == "event" else None)
+        try:
+            await self._process_item(kind, item)
+        finally:
+            logformat.channel.reset(token)
 
     def _mark_talking(self, kind, item):
         """Number a talking event of a caller (``TALKING_MARK``), so that ``process_event`` can skip it if superseded.
