@@ -19,6 +19,15 @@ import websockets
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def run_manage(*args, **environ):
+    """``manage.py ARGS`` in a process of its own, with the project's variables only from ``environ``."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "ARI_", "DATABASE_URL", "REDIS_URL"))}
+    clean.update(environ)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=clean, capture_output=True, text=True, timeout=120
+    )
+
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -99,30 +99,20 @@ def test_a_link_is_fresh_for_three_worker_heartbeats():
 
 def test_behind_https_the_probes_answer_plain_http_and_pages_redirect(tmp_path):
     """With DJANGO_HTTPS=True every plain-HTTP request is redirected to HTTPS, except the probes."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from tests.stack import run_manage
 
-    root = Path(__file__).resolve().parent.parent
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "ARI_", "DATABASE_URL", "REDIS_URL"))}
-    env.update(
-        DJANGO_HTTPS="True",
-        DJANGO_ALLOWED_HOSTS="testserver",
-        DJANGO_TRUSTED_PROXIES="127.0.0.1",
-        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
-    )
     code = (
         "from django.test import Client; c = Client(); "
         "print(c.get('/healthz').status_code, c.get('/accounts/login/').status_code, c.get('/healthz/').status_code)"
     )
-    result = subprocess.run(
-        [sys.executable, "manage.py", "shell", "-c", code],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = run_manage(
+        "shell",
+        "-c",
+        code,
+        DJANGO_HTTPS="True",
+        DJANGO_ALLOWED_HOSTS="testserver",
+        DJANGO_TRUSTED_PROXIES="127.0.0.1",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[-3:] == ["200", "301", "301"]

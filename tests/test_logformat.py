@@ -2,8 +2,6 @@
 
 import json
 import logging
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -68,31 +66,18 @@ async def test_a_rooms_lane_names_its_room_in_every_log_line():
     assert logformat.room.get() is None  # set in the lane's task only
 
 
-def test_log_format_json_makes_the_processes_log_json_lines(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "ARI_", "DATABASE_URL", "REDIS_URL"))}
-    env.update(LOG_FORMAT="json", DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}")
+def test_log_format_json_makes_the_processes_log_json_lines(tmp_path, monkeypatch):
+    from tests.stack import run_manage
+
+    monkeypatch.delenv("LOG_FORMAT", raising=False)
+    database = f"sqlite:///{tmp_path / 'db.sqlite3'}"
     code = "import logging; logging.getLogger('conferences').warning('two\\nlines %s', 'here', extra={'room': 5})"
-    result = subprocess.run(
-        [sys.executable, "manage.py", "shell", "-c", code],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_manage("shell", "-c", code, LOG_FORMAT="json", DATABASE_URL=database)
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
     assert {"message": "two\nlines here", "room": 5, "level": "WARNING"}.items() <= lines[-1].items()
     # Plain text stays the default.
-    env.pop("LOG_FORMAT")
-    result = subprocess.run(
-        [sys.executable, "manage.py", "shell", "-c", code],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_manage("shell", "-c", code, DATABASE_URL=database)
     assert "WARNING conferences: two" in result.stderr
 
 

@@ -9,6 +9,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from conferencesite import env
+from tests.stack import run_manage
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -132,14 +133,6 @@ def test_dev_secret_key_is_created_once_and_private(tmp_path):
     assert len(first) >= 50
     assert env.dev_secret_key(path) == first
     assert oct(path.stat().st_mode & 0o777) == "0o600"
-
-
-def run_manage(*args, **environ):
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "ARI_", "DATABASE_URL", "REDIS_URL"))}
-    clean.update(environ)
-    return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=clean, capture_output=True, text=True, timeout=120
-    )
 
 
 @pytest.mark.parametrize(
