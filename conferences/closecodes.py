@@ -12,3 +12,6 @@ NOT_FOUND = 4404
 TOO_MANY_SOCKETS = 4429
 # The server failed while handling the socket (an error, the channel layer gone): the page reconnects.
 SERVER_ERROR = 4011
+# The page did not take its frames: more than WEBSOCKET_MAX_QUEUED_BYTES waited for it
+# (conferences/consumers.py, FanOutConsumer). The page reconnects and gets a fresh snapshot.
+TOO_SLOW = 4008

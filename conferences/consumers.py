@@ -29,8 +29,9 @@ import asyncio
 import json
 import logging
 import time
+from collections import deque
 
-from channels.consumer import get_handler_name
+from channels.consumer import AsyncConsumer, get_handler_name
 from channels.exceptions import ChannelFull, StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
@@ -73,6 +74,8 @@ SESSION_CHECK_SECONDS = 30.0
 # A resync with no event since the last snapshot sent gets that snapshot
 # again (no database read) while it is younger than this.
 SNAPSHOT_REUSE_SECONDS = 30.0
+# How long a close waits for the frames handed over before it (FanOutConsumer.close).
+CLOSE_FLUSH_SECONDS = 1.0
 
 DATABASE_DOWN = "the database is unavailable; try again"
 LAYER_BUSY = "the server is busy; try again"
@@ -226,7 +229,20 @@ class TokenBucket:
 
 
 class FanOutConsumer(AsyncWebsocketConsumer):
-    """No message of a socket takes Channels' per-message thread hop.
+    """A socket that never makes its sender wait, and no message of it takes Channels' per-message thread hop.
+
+    **Frames are handed over, not awaited.** ``send()`` puts the frame in the
+    socket's outbox and returns; one writer task per socket (started when
+    the outbox stops being empty) hands the frames to the ASGI server in
+    order. The room hub forwards an event to every socket of a room in one
+    pass: under uvicorn a send waits while the client's TCP buffer is full,
+    and awaiting it there would hold the whole room behind one page that
+    stopped reading. The outbox is bounded: when more than
+    ``settings.WEBSOCKET_MAX_QUEUED_BYTES`` (1 MiB) waits, it is dropped and
+    the socket closed with 4008 (closecodes.TOO_SLOW; the page reconnects
+    and gets a fresh snapshot). Frames are ASCII (``json.dumps`` escapes
+    the rest), so their length is their size. ``close()`` goes after the
+    frames already handed over, waiting at most CLOSE_FLUSH_SECONDS for them.
 
     ``AsyncConsumer.dispatch`` runs ``close_old_connections`` in the process's
     one thread-sensitive thread (``aclose_old_connections``) before every
@@ -238,6 +254,82 @@ class FanOutConsumer(AsyncWebsocketConsumer):
     after their connections themselves; the thread-sensitive thread's
     connection belongs to Django's HTTP views, which close it per request.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.outbox = deque()
+        self.outbox_bytes = 0
+        self.writer = None
+        self.outbox_closed = False  # overflowed, closing or gone: frames are dropped
+        self.close_sent = False
+
+    async def send(self, text_data=None, bytes_data=None, close=False):
+        if text_data is not None:
+            self.hand_over(text_data)
+        elif bytes_data is not None:
+            self.hand_over(bytes_data)
+        if close:
+            await self.close(close)
+
+    def hand_over(self, data):
+        """Queue one frame for the socket without waiting for it (see the class)."""
+        if self.outbox_closed:
+            return
+        self.outbox.append(data)
+        self.outbox_bytes += len(data)
+        limit = settings.WEBSOCKET_MAX_QUEUED_BYTES
+        if limit and self.outbox_bytes > limit:
+            self._overflowed(limit)
+        elif self.writer is None:
+            self.writer = asyncio.get_running_loop().create_task(self._write())
+
+    async def _write(self):
+        try:
+            while self.outbox:
+                data = self.outbox.popleft()
+                self.outbox_bytes -= len(data)
+                key = "text" if isinstance(data, str) else "bytes"
+                await AsyncConsumer.send(self, {"type": "websocket.send", key: data})
+        except Exception as exc:  # noqa: BLE001 (the connection went away: its disconnect follows)
+            logger.debug("socket %s: a send failed (%r); dropping its outbox", self.scope.get("path"), exc)
+            self._drop_outbox()
+        finally:
+            self.writer = None
+
+    def _drop_outbox(self):
+        self.outbox_closed = True
+        self.outbox.clear()
+        self.outbox_bytes = 0
+
+    def _overflowed(self, limit):
+        logger.warning(
+            "socket %s: %s bytes wait for a client that does not read (limit %s); closing it",
+            self.scope.get("path"),
+            self.outbox_bytes,
+            limit,
+        )
+        self._drop_outbox()
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            writer.cancel()  # a send stuck behind the client's full buffer
+        # The close frame queues behind what the server holds already; the server gives up
+        # on the connection after its close timeout (uvicorn's websockets: 10 s).
+        asyncio.get_running_loop().create_task(self.close(closecodes.TOO_SLOW))
+
+    async def close(self, code=None, reason=None):
+        """Close once (a second close is a no-op: ASGI servers refuse it), after the frames handed over."""
+        if self.close_sent:
+            return
+        self.close_sent = True
+        writer = self.writer
+        if writer is not None and not self.outbox_closed:
+            # What was handed over goes first; a client that does not take it does not hold the close.
+            await asyncio.wait([writer], timeout=CLOSE_FLUSH_SECONDS)
+        self._drop_outbox()
+        try:
+            await super().close(code, reason)
+        except Exception as exc:  # noqa: BLE001 (the client left first: its disconnect follows)
+            logger.debug("socket %s: closing failed (%r)", self.scope.get("path"), exc)
 
     async def dispatch(self, message):
         if message.get("type") == broadcast.ROOM_EVENT:

@@ -267,8 +267,10 @@ class RoomHub:
             self.rooms.clear()
             self.views.clear()
             self.channel = None
-            for consumer in consumers:
-                try:
-                    await consumer.close(CLOSE_LAYER_FAILED)
-                except Exception as close_exc:  # noqa: BLE001 (the socket is gone already)
-                    logger.warning("closing a socket failed: %r", close_exc)
+            # At the same time: a close waits for what its socket was handed (FanOutConsumer.close).
+            results = await asyncio.gather(
+                *(consumer.close(CLOSE_LAYER_FAILED) for consumer in consumers), return_exceptions=True
+            )
+            for result in results:
+                if isinstance(result, Exception):
+                    logger.warning("closing a socket failed: %r", result)

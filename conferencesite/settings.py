@@ -47,7 +47,8 @@ ARI_APP = env.env_str("ARI_APP", "conference")
 # Open WebSockets one user may hold across all web processes (room pages and room lists).
 MAX_SOCKETS_PER_USER = env.env_int("MAX_SOCKETS_PER_USER", 20, minimum=1)
 # Bytes a WebSocket may have waiting for a client that does not read before it
-# is dropped (conferencesite/daphne_limits.py); 0 turns the limit off.
+# is closed (conferences/consumers.py, FanOutConsumer; under daphne also
+# conferencesite/daphne_limits.py); 0 turns the limit off.
 WEBSOCKET_MAX_QUEUED_BYTES = env.env_int("WEBSOCKET_MAX_QUEUED_BYTES", 1024 * 1024, minimum=0)
 
 INSTALLED_APPS = [
