@@ -231,6 +231,30 @@ class Viewer:
             self.roster.pop(participant["id"], None)
 
 
+def channel_layer(redis_url):
+    """A channel layer on ``redis_url`` configured as the processes' (to send room events as the worker does)."""
+    from django.utils.module_loading import import_string
+
+    from conferencesite import env
+
+    config = env.channel_layers_for(redis_url)["default"]
+    return import_string(config["BACKEND"])(**config.get("CONFIG", {}))
+
+
+async def send_room_events(redis_url, conference_id, first_seq, count, gap=0.01):
+    """``count`` numbered room frames (``conference.updated``) to a room's group, ``gap`` seconds apart."""
+    from conferences import broadcast
+
+    layer = channel_layer(redis_url)
+    for seq in range(first_seq, first_seq + count):
+        frame = {"type": "conference.updated", "seq": seq, "conference": {"slug": "x", "participant_count": seq}}
+        await layer.group_send(broadcast.room_group(conference_id), broadcast.room_message(frame, conference_id))
+        await asyncio.sleep(gap)
+    close = getattr(layer, "close_pools", None)
+    if close is not None:
+        await close()
+
+
 def make_sessions(user, count):
     """Logged-in session keys for ``user`` (as if it had logged in ``count`` times)."""
     from django.contrib.sessions.backends.db import SessionStore

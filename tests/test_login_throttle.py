@@ -4,7 +4,7 @@ Each attack of issue 11 point 2 is tried as an attacker would: through the
 site login, the admin login and a basic-auth view standing for "anything added
 later"; with look-alike usernames; with a forged X-Forwarded-For from a direct
 client and through a trusted proxy; with guesses sent at once from 20 threads;
-and over real HTTP against daphne started with the shipped systemd command line.
+and over real HTTP against the web process (uvicorn) started with the shipped systemd command line.
 """
 
 import asyncio
@@ -282,7 +282,7 @@ def test_behind_a_trusted_proxy_each_client_is_counted_apart(make_user, trusted)
 @pytest.mark.parametrize(
     "attacker_peer,attacker_header",
     [
-        ("203.0.113.66", "198.51.100.7"),  # straight to daphne, claiming to be the victim
+        ("203.0.113.66", "198.51.100.7"),  # straight to the web process, claiming to be the victim
         ("127.0.0.1", "198.51.100.7, 203.0.113.66"),  # through a proxy that appends to the client's header
     ],
 )
@@ -476,35 +476,36 @@ def shipped_web_command():
     return shlex.split(exec_start)
 
 
-def test_shipped_daphne_command_lines_do_not_believe_proxy_headers():
+def test_shipped_web_command_lines_do_not_believe_proxy_headers():
     units = sorted((ROOT / "deploy/systemd").glob("*.service"))
     assert units
     for unit in units:
         for line in _config_lines(unit):
             if line.startswith("ExecStart="):
-                assert "--proxy-headers" not in line, unit.name
-    assert Path(shipped_web_command()[0]).name == "daphne"
+                assert "--proxy-headers" not in line and "--forwarded-allow-ips" not in line, unit.name
+    # The product's command, whose uvicorn settings turn proxy headers off (tests/test_serve.py).
+    assert shipped_web_command()[1:3] == ["manage.py", "serve"]
     for script in [ROOT / "Makefile", *sorted((ROOT / "scripts").iterdir())]:
         if script.is_file():
             assert "--proxy-headers" not in "\n".join(_config_lines(script)), script.name
 
 
-# --- Over real HTTP, against daphne started as the systemd unit starts it -----------------------
+# --- Over real HTTP, against the web process started as the systemd unit starts it ---------------
 
 
-class ShippedDaphne(Processes):
+class ShippedWeb(Processes):
     """The suite's processes, with the web process started by the shipped unit's command line."""
 
     def start_web(self):
         words = shipped_web_command()
-        words[0] = str(Path(sys.executable).with_name("daphne"))
+        words[0] = sys.executable
         self.web = self._spawn("web", *(word.replace("%i", str(self.port)) for word in words))
 
 
 @pytest.fixture
-def shipped_daphne(redis_url, tmp_path, settings):
-    """Start the shipped daphne with extra environment; its cache (the throttle's counts) on the test Redis."""
-    # Users made from here on get passwords daphne's default hashers can check.
+def shipped_web(redis_url, tmp_path, settings):
+    """Start the shipped web process with extra environment; its cache (the throttle's counts) on the test Redis."""
+    # Users made from here on get passwords the web process's default hashers can check.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.PBKDF2PasswordHasher"]
     started = []
     client = redis.Redis.from_url(redis_url)
@@ -515,7 +516,7 @@ def shipped_daphne(redis_url, tmp_path, settings):
 
     def start(**environ):
         clear_counts()
-        stack = ShippedDaphne({**base_env(database_url(), redis_url), **environ}, "unused", tmp_path / "logs")
+        stack = ShippedWeb({**base_env(database_url(), redis_url), **environ}, "unused", tmp_path / "logs")
         started.append(stack)
         stack.start_web()
         asyncio.run(stack.web_up())
@@ -543,8 +544,8 @@ def http_login(base, login_path, username, password, forwarded_for):
 
 @pytest.mark.integration
 @pytest.mark.django_db(transaction=True)
-def test_real_daphne_rotating_x_forwarded_for_does_not_defeat_the_admin_login_throttle(make_user, shipped_daphne):
-    base = shipped_daphne()
+def test_real_web_process_rotating_x_forwarded_for_does_not_defeat_the_admin_login_throttle(make_user, shipped_web):
+    base = shipped_web()
     make_user("staffer", is_staff=True)
     make_user("control", is_staff=True)
     # The right password works from this client when no guessing came first.
@@ -562,9 +563,9 @@ def test_real_daphne_rotating_x_forwarded_for_does_not_defeat_the_admin_login_th
 
 @pytest.mark.integration
 @pytest.mark.django_db(transaction=True)
-def test_real_daphne_behind_a_declared_proxy_counts_each_forwarded_client(make_user, shipped_daphne):
+def test_real_web_process_behind_a_declared_proxy_counts_each_forwarded_client(make_user, shipped_web):
     """With DJANGO_TRUSTED_PROXIES=127.0.0.1 (the shipped nginx), the header nginx writes is believed."""
-    base = shipped_daphne(DJANGO_TRUSTED_PROXIES="127.0.0.1")
+    base = shipped_web(DJANGO_TRUSTED_PROXIES="127.0.0.1")
     make_user("staffer", is_staff=True)
     for _ in range(LIMIT):
         assert http_login(base, "/admin/login/", "staffer", "wrong", "203.0.113.5").status_code == 200

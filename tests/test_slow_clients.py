@@ -1,10 +1,12 @@
-"""Slow and greedy clients against real daphne processes: the send limit and the per-user socket cap.
+"""Slow and greedy clients against real web processes (``manage.py serve``): the send limit and the per-user cap.
 
 The short version of bench/greedy.py (which runs 50 such sockets for 10
 minutes and writes docs/reliability.md's figures): here 10 non-reading
 sockets spam ``resync`` in a room whose snapshot is big, and each must be
 dropped by the server once 1 MiB waits for it, with the web process's memory
-back near where it started and everything the sockets held given back.
+back near where it started and everything the sockets held given back; and
+while they are stuck, a normal page of the same room gets every room event
+at once (the hub never waits on one socket's send).
 """
 
 import asyncio
@@ -19,12 +21,22 @@ from conferences import socketcap
 from conferences.models import AsteriskServer, Conference, ConferenceAccess, Participant
 from tests.live import db
 from tests.sandbox import eventually
-from tests.stack import NonReadingClient, Processes, Viewer, base_env, database_url, make_sessions, rss_kib
+from tests.stack import (
+    NonReadingClient,
+    Processes,
+    Viewer,
+    base_env,
+    database_url,
+    make_sessions,
+    rss_kib,
+    send_room_events,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 GREEDY = 10
 PRESENT = 300  # callers in the room: a snapshot of about 60 KB
+EVENTS = 50  # room events sent while the greedy sockets are stuck
 
 
 def seed_room():
@@ -85,13 +97,28 @@ async def test_sockets_that_do_not_read_are_dropped_at_1_mib(tmp_path, redis_url
             await client.connect()
         peak = before
         started = time.monotonic()
+        events = None  # room events sent while the greedy sockets are stuck
+        events_before = watcher.events
+        delivered_while_stuck = None
         while time.monotonic() - started < 90 and any(c.dropped_after is None for c in clients):
             for client in clients:
                 await client.send('{"action": "resync", "request_id": "r"}')
             peak = max(peak, rss_kib(stack.web.pid))
+            if events is None and time.monotonic() - started > 2.5:
+                events = asyncio.create_task(send_room_events(redis_url, room.pk, watcher.seq + 1, EVENTS))
+                events_sent_at = time.monotonic()
+            if delivered_while_stuck is None and watcher.events - events_before >= EVENTS:
+                connected = sum(c.dropped_after is None for c in clients)
+                delivered_while_stuck = (time.monotonic() - events_sent_at, connected)
             await asyncio.sleep(0.1)  # 10 frames a second each: twice the sustained rate limit
         assert all(c.dropped_after is not None for c in clients), [c.dropped_after for c in clients]
-        assert web_log(tmp_path).count("does not read (limit 1048576); dropping the connection") == GREEDY
+        assert web_log(tmp_path).count("does not read (limit 1048576); closing it") == GREEDY
+        # The normal page had every event within a second of the last being sent, while
+        # greedy sockets of its room were still connected with their buffers full.
+        await events
+        assert delivered_while_stuck is not None, (watcher.events - events_before, EVENTS)
+        seconds, still_connected = delivered_while_stuck
+        assert seconds < EVENTS * 0.01 + 1.0 and still_connected > 0, delivered_while_stuck
         # What the web process held for them is bounded by the limit (plus Python's own overhead).
         assert peak - before < GREEDY * 3 * 1024, (before, peak)
         # The normal page was never disturbed, and the dropped sockets gave back their places.

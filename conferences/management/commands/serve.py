@@ -1,16 +1,36 @@
-"""Serve the site with daphne; in the embedded mode also run the ARI worker in this process.
+"""Serve the site with uvicorn; in the embedded mode also run the ARI worker in this process.
+
+uvicorn (its ``websockets`` implementation, httptools, uvloop) is the
+product's ASGI server, chosen by measurement (docs/performance.md, "ASGI
+servers": the best fan-out at 1,000 pages and the least CPU per frame). The
+settings that matter for the product live here, so that ``make run``, the
+systemd unit and the tests run the same server the same way:
+
+- no proxy headers: the client address comes only from the proxies in
+  ``DJANGO_TRUSTED_PROXIES`` (conferences/client_address.py);
+- a browser message over 1 MiB closes its socket (1009), as daphne did; the
+  consumers answer frames over ``frames.MAX_FRAME_BYTES`` (4 KiB) with an error;
+- the outbound limit (1 MiB waiting for a client that does not read) is the
+  consumers' own (conferences/consumers.py, ``FanOutConsumer``), not the
+  server's; a dead client is found by pings (20 s, 20 s to answer);
+- a listen backlog of 2,048, so that a thousand pages reconnecting at once
+  are queued by the kernel rather than refused;
+- no ``Server`` header; access logs off (the reverse proxy keeps them).
 
 With no REDIS_URL the channel layer lives in this process's memory, so the
 worker must live here too: this command starts one worker per enabled Asterisk
-server on daphne's event loop and stops them cleanly with the server.
+server on the server's event loop and stops them cleanly before the server.
 """
 
 import asyncio
 import logging
+import re
 
-from daphne.management.commands.runserver import Command as DaphneRunserver
-from daphne.server import Server
+import uvicorn
+from django.apps import apps
 from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django.db import connections
 
 from conferences import checks
 from conferences.ari.worker import AriWorker
@@ -19,36 +39,72 @@ from conferencesite.startup import on_process_start
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_ADDRESS = "127.0.0.1:8000"
+BACKLOG = 2048
+MAX_MESSAGE_BYTES = 1024 * 1024
+PING_SECONDS = 20.0
+GRACEFUL_SHUTDOWN_SECONDS = 10
+WORKER_STOP_SECONDS = 12
 
-class EmbeddedWorkerServer(Server):
-    """A daphne server that runs ARI workers on its own event loop."""
+_ADDRESS = re.compile(r"^(?:(?P<host>\[[0-9a-fA-F:.]+\]|[^:\[\]]+):)?(?P<port>\d{1,5})$")
 
-    servers = ()
 
-    def run(self):
-        from twisted.internet import defer, reactor
+def parse_address(value):
+    """``(host, port)`` of ``host:port``, ``[ipv6]:port`` or ``port`` (on 127.0.0.1)."""
+    match = _ADDRESS.match(value or "")
+    if match is None or not 0 < int(match["port"]) < 65536:
+        raise CommandError(f'"{value}" is not an address and port, such as 127.0.0.1:8000 or [::1]:8000')
+    host = (match["host"] or "127.0.0.1").strip("[]")
+    return host, int(match["port"])
 
+
+def uvicorn_config(app, host, port, **overrides):
+    """The product's uvicorn settings (see the module)."""
+    options = {
+        "host": host,
+        "port": port,
+        "ws": "websockets",
+        "ws_max_size": MAX_MESSAGE_BYTES,
+        "ws_ping_interval": PING_SECONDS,
+        "ws_ping_timeout": PING_SECONDS,
+        "ws_per_message_deflate": False,
+        "proxy_headers": False,
+        "server_header": False,
+        "access_log": False,
+        "log_config": None,  # Django's LOGGING (conferencesite/settings.py) stays in force
+        "lifespan": "off",
+        "backlog": BACKLOG,
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_SECONDS,
+    }
+    options.update(overrides)
+    return uvicorn.Config(app, **options)
+
+
+class EmbeddedWorkerServer(uvicorn.Server):
+    """A uvicorn server that runs ARI workers on its own event loop."""
+
+    def __init__(self, config, asterisk_servers=()):
+        super().__init__(config)
+        self.asterisk_servers = list(asterisk_servers)
         self._stopping = None
         self._tasks = []
-        reactor.callWhenRunning(self._start_workers)
-        reactor.addSystemEventTrigger(
-            "before", "shutdown", lambda: defer.Deferred.fromFuture(asyncio.ensure_future(self._stop_workers()))
-        )
-        super().run()
 
-    def _start_workers(self):
+    async def startup(self, sockets=None):
+        await super().startup(sockets=sockets)
         self._stopping = asyncio.Event()
-        for server in self.servers:
+        for server in self.asterisk_servers:
             worker = AriWorker(server, stopping=self._stopping)
             task = asyncio.ensure_future(worker.run())
             task.add_done_callback(lambda t, name=server.name: _report(name, t))
             self._tasks.append(task)
 
-    async def _stop_workers(self):
+    async def shutdown(self, sockets=None):
+        # The workers first: they say goodbye to Asterisk while the channel layer is still there.
         if self._stopping is not None:
             self._stopping.set()
         if self._tasks:
-            await asyncio.wait(self._tasks, timeout=12)
+            await asyncio.wait(self._tasks, timeout=WORKER_STOP_SECONDS)
+        await super().shutdown(sockets=sockets)
 
 
 def _report(name, task):
@@ -59,26 +115,46 @@ def _report(name, task):
         logger.error("server %s: embedded worker ended: %s", name, exc)
 
 
-class Command(DaphneRunserver):
+class Command(BaseCommand):
     help = (
-        "Serve the site (daphne). Without REDIS_URL, also runs the ARI worker of every enabled "
+        "Serve the site (uvicorn). Without REDIS_URL, also runs the ARI worker of every enabled "
         "Asterisk server in this process (the embedded mode)."
     )
 
     def add_arguments(self, parser):
-        super().add_arguments(parser)
+        parser.add_argument("addrport", nargs="?", default=DEFAULT_ADDRESS, help="host:port (default 127.0.0.1:8000)")
+        parser.add_argument(
+            "--insecure",
+            action="store_true",
+            dest="insecure_serving",
+            help="Serve static files even if DEBUG is False (the embedded mode; behind nginx, nginx serves them).",
+        )
+        parser.add_argument(
+            "--nostatic", action="store_false", dest="use_static_handler", help="Never serve static files."
+        )
         group = parser.add_mutually_exclusive_group()
         group.add_argument("--worker", dest="worker", action="store_true", default=None, help="Always run workers.")
         group.add_argument("--no-worker", dest="worker", action="store_false", help="Never run workers here.")
 
     def handle(self, *args, **options):
-        options["use_reloader"] = False  # one process: the workers must not run twice
+        host, port = parse_address(options["addrport"])
         embedded = options["worker"] if options["worker"] is not None else not settings.REDIS_URL
         checks.set_process_role("embedded" if embedded else "web")
         on_process_start()
-        EmbeddedWorkerServer.servers = list(AsteriskServer.objects.filter(enabled=True)) if embedded else []
+        from conferencesite.asgi import application
+
+        app = application
+        static = options["use_static_handler"] and apps.is_installed("django.contrib.staticfiles")
+        if static and (settings.DEBUG or options["insecure_serving"]):
+            from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+
+            app = ASGIStaticFilesHandler(application)
+        asterisk_servers = list(AsteriskServer.objects.filter(enabled=True)) if embedded else []
         if embedded:
-            names = ", ".join(server.name for server in EmbeddedWorkerServer.servers) or "none configured yet"
+            names = ", ".join(server.name for server in asterisk_servers) or "none configured yet"
             self.stdout.write(f"Embedded ARI worker for: {names}")
-        self.server_cls = EmbeddedWorkerServer
-        super().handle(*args, **options)
+        shown = f"[{host}]" if ":" in host else host
+        self.stdout.write(f"Serving on http://{shown}:{port}/ (uvicorn {uvicorn.__version__})")
+        self.stdout.flush()
+        connections.close_all()  # the event loop's thread does no ORM work; threads open their own
+        EmbeddedWorkerServer(uvicorn_config(app, host, port), asterisk_servers).run()
