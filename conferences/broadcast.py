@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
+from conferences import metrics
+
 logger = logging.getLogger(__name__)
 
 # The message type consumers handle: its "frame" goes to the browser as is.
@@ -157,6 +159,7 @@ async def _flush_group(group):
             try:
                 await layer.group_send(group, message)
             except Exception as exc:
+                metrics.LAYER_FAILURES.labels("broadcast").inc()
                 logger.warning(
                     "group %s: the channel layer refused %s (%s); %s message(s) wait",
                     group,
@@ -183,6 +186,7 @@ def _group_send(group, message):
     except Exception:
         # A channel layer outage must not undo a committed change: browsers
         # catch up through seq gaps and resync.
+        metrics.LAYER_FAILURES.labels("broadcast").inc()
         logger.exception("group %s: sending %s failed", group, message.get("type"))
 
 

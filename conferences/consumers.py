@@ -38,7 +38,7 @@ from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.db.models import Count
 
-from conferences import access, broadcast, closecodes, dbthreads, fanout, frames, moderation, socketcap
+from conferences import access, broadcast, closecodes, dbthreads, fanout, frames, metrics, moderation, socketcap
 from conferences.models import Conference, Participant
 from conferences.sessions import session_user
 
@@ -290,6 +290,7 @@ class FanOutConsumer(AsyncWebsocketConsumer):
                 self.outbox_bytes -= len(data)
                 key = "text" if isinstance(data, str) else "bytes"
                 await AsyncConsumer.send(self, {"type": "websocket.send", key: data})
+                metrics.FRAMES.sent += 1
         except Exception as exc:  # noqa: BLE001 (the connection went away: its disconnect follows)
             logger.debug("socket %s: a send failed (%r); dropping its outbox", self.scope.get("path"), exc)
             self._drop_outbox()
@@ -308,6 +309,7 @@ class FanOutConsumer(AsyncWebsocketConsumer):
             self.outbox_bytes,
             limit,
         )
+        metrics.FRAMES.dropped += len(self.outbox)
         self._drop_outbox()
         writer, self.writer = self.writer, None
         if writer is not None:
@@ -347,6 +349,8 @@ class FanOutConsumer(AsyncWebsocketConsumer):
 
 
 class GuardedConsumer(FanOutConsumer):
+    metrics_kind = "room"  # conference_open_sockets{kind} (conferences/metrics.py)
+
     """A socket that gives back everything it holds however it ends, and never lets an error out.
 
     Channels does not call ``disconnect()`` when a handler raises: the
@@ -367,6 +371,7 @@ class GuardedConsumer(FanOutConsumer):
         self.user_id = None
         self.session_key = None
         self.bucket = TokenBucket(RATE_PER_SECOND, RATE_BURST)
+        self.m_open = None  # this socket's open-sockets gauge, once admitted
 
     async def __call__(self, scope, receive, send):
         try:
@@ -411,6 +416,8 @@ class GuardedConsumer(FanOutConsumer):
             logger.info("user %s: %s sockets open already; refusing another", user.pk, settings.MAX_SOCKETS_PER_USER)
             await self.close(CLOSE_TOO_MANY_SOCKETS)
             return False
+        self.m_open = metrics.OPEN_SOCKETS.labels(self.metrics_kind)
+        self.m_open.inc()
         groups = [broadcast.user_group(user.pk), broadcast.session_group(self.session_key)]
         await asyncio.gather(*(self.join_group(group) for group in groups))
         return True
@@ -438,6 +445,9 @@ class GuardedConsumer(FanOutConsumer):
         if self.released:
             return
         self.released = True
+        if self.m_open is not None:
+            self.m_open.dec()
+            self.m_open = None
         for task in list(self.tasks):
             task.cancel()
         await self.release_more()
@@ -479,6 +489,7 @@ class ConferenceConsumer(GuardedConsumer):
         self.waiting_events = []
         self.last_seq = 0
         self.pending = {}
+        self.pending_since = {}  # request key -> (monotonic time it arrived, action): the reply time metric
         # The last snapshot sent, for a resync when nothing happened since.
         self.snapshot_text = None
         self.snapshot_at = 0.0
@@ -638,7 +649,14 @@ class ConferenceConsumer(GuardedConsumer):
         pending = self.pending.pop(str(request.request_id), None)
         if pending is not None:
             pending[0].cancel()
+        self._replied(str(request.request_id), "error")
         await self.reply(request.request_id, False, error)
+
+    def _replied(self, key, outcome):
+        since = self.pending_since.pop(key, None)
+        if since is not None:
+            started, action = since
+            metrics.MODERATION_REPLY.labels(action, outcome).observe(time.monotonic() - started)
 
     async def handle_request(self, request):
         if request.action == "resync":
@@ -655,6 +673,7 @@ class ConferenceConsumer(GuardedConsumer):
         if key in self.pending:
             await self.reply(request_id, False, "request_id already in use")
             return
+        arrived = time.monotonic()
         # Login, permission and target are checked on every action, from fresh rows.
         error = await db_call(
             _moderation_check, self.session_key, self.user_id, self.conference.pk, action, participant_id
@@ -665,6 +684,7 @@ class ConferenceConsumer(GuardedConsumer):
         if action not in moderation.PARTICIPANT_ACTIONS:
             participant_id = None
         self.pending[key] = (self.start_task(self._expire(key, request_id), name="room-socket-reply"), request_id)
+        self.pending_since[key] = (arrived, metrics.action_label(action))
         await moderation.send_request(
             server_id=self.conference.server_id,
             conference_id=self.conference.pk,
@@ -678,6 +698,7 @@ class ConferenceConsumer(GuardedConsumer):
     async def _expire(self, key, request_id):
         await asyncio.sleep(REPLY_TIMEOUT)
         if self.pending.pop(key, None) is not None:
+            self._replied(key, "timeout")
             await self.reply(request_id, False, moderation.WORKER_DOWN)
 
     async def reply(self, request_id, ok, error=None):
@@ -706,6 +727,7 @@ class ConferenceConsumer(GuardedConsumer):
             return  # not ours, or already answered by the timeout
         task, request_id = pending
         task.cancel()
+        self._replied(str(message.get("request_id")), "ok" if message.get("ok") else "error")
         await self.reply(request_id, bool(message.get("ok")), message.get("error"))
 
     async def access_changed(self, message):
@@ -724,6 +746,8 @@ class ConferenceConsumer(GuardedConsumer):
 
 class RoomListConsumer(GuardedConsumer):
     """Live counts for the room list: the rooms a user may see, and their conference.updated frames only."""
+
+    metrics_kind = "rooms"
 
     async def connect(self):
         await self.accept()

@@ -33,7 +33,7 @@ import time
 import weakref
 from collections import defaultdict
 
-from conferences import broadcast, closecodes
+from conferences import broadcast, closecodes, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -218,6 +218,7 @@ class RoomHub:
                     try:
                         await self.layer.group_add(broadcast.room_group(conference_id), channel)
                     except Exception as exc:  # noqa: BLE001 (retried at the next round)
+                        metrics.LAYER_FAILURES.labels("group").inc()
                         logger.warning("room %s: renewing the group membership failed: %s", conference_id, exc)
 
     async def leave(self, conference_id, consumer):
@@ -237,6 +238,7 @@ class RoomHub:
             try:
                 await self.layer.group_discard(broadcast.room_group(conference_id), self.channel)
             except Exception as exc:  # noqa: BLE001 (the layer is down: the group expires)
+                metrics.LAYER_FAILURES.labels("group").inc()
                 logger.warning("room %s: leaving the group failed: %s", conference_id, exc)
 
     async def _run(self, channel):
@@ -262,6 +264,7 @@ class RoomHub:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001
+            metrics.LAYER_FAILURES.labels("hub").inc()
             logger.warning("room hub: the channel layer failed (%s); closing its sockets", exc)
             consumers = [c for members in self.rooms.values() for c in members]
             self.rooms.clear()

@@ -96,3 +96,25 @@ async def readyz(request):
         "servers": servers,
     }
     return _no_store(JsonResponse(body, status=200 if ready else 503))
+
+
+async def metrics(request):
+    """This process's Prometheus metrics (conferences/metrics.py), for a scraper holding ``METRICS_TOKEN``.
+
+    Without a token configured the path does not exist (404); a request
+    without the right ``Authorization: Bearer`` header gets 401.
+    """
+    from django.conf import settings
+    from django.http import Http404, HttpResponse
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+    from conferences import metrics as product_metrics
+
+    token = settings.METRICS_TOKEN
+    if not token:
+        raise Http404
+    if not product_metrics.token_matches(request.headers.get("Authorization"), token):
+        response = HttpResponse("a bearer token is needed\n", status=401, content_type="text/plain")
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return _no_store(response)
+    return _no_store(HttpResponse(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST))

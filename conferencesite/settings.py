@@ -44,6 +44,9 @@ ARI_USERNAME = env.env_str("ARI_USERNAME")
 ARI_PASSWORD = env.env_str("ARI_PASSWORD")
 ARI_APP = env.env_str("ARI_APP", "conference")
 
+# The bearer token a Prometheus scraper sends for /metrics (conferences/metrics.py); empty: no /metrics.
+METRICS_TOKEN = env.env_str("METRICS_TOKEN", "")
+
 # Open WebSockets one user may hold across all web processes (room pages and room lists).
 MAX_SOCKETS_PER_USER = env.env_int("MAX_SOCKETS_PER_USER", 20, minimum=1)
 # Bytes a WebSocket may have waiting for a client that does not read before it
@@ -140,7 +143,7 @@ if HTTPS:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = True
     # Load balancers and systemd probe the backend over plain HTTP (conferencesite/health.py).
-    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = 60 * 60 * 24 * 365
@@ -166,5 +169,7 @@ LOGGING = {
     "loggers": {
         "django": {"level": "INFO"},
         "daphne": {"level": "WARNING"},
+        # uvicorn logs every WebSocket's opening and closing at INFO; manage.py serve prints its address itself.
+        "uvicorn": {"level": "WARNING"},
     },
 }

@@ -100,8 +100,10 @@ class Processes:
             "web", sys.executable, "manage.py", "serve", "--no-worker", "--insecure", f"127.0.0.1:{self.port}"
         )
 
-    def start_worker(self):
-        self.worker = self._spawn("worker", sys.executable, "manage.py", "ari_worker", "--server", self.server_name)
+    def start_worker(self, *extra):
+        self.worker = self._spawn(
+            "worker", sys.executable, "manage.py", "ari_worker", "--server", self.server_name, *extra
+        )
 
     @staticmethod
     def stop(process, sig=signal.SIGTERM):

@@ -24,7 +24,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connections
 
-from conferences import broadcast, moderation, services
+from conferences import broadcast, metrics, moderation, services
 from conferences.ari import lease, rules, store
 from conferences.ari.client import AriClient, AriError
 from conferences.ari.effects import DatabaseUnavailable, call_service
@@ -49,6 +49,7 @@ NO_ROOM_SECONDS = 5.0  # how long a number found to be no room is believed befor
 STOP_TIMEOUT = 10.0  # seconds the lanes have to finish the item in hand at shutdown
 TALKING_EVENTS = frozenset({"ChannelTalkingStarted", "ChannelTalkingFinished"})
 TALKING_MARK = "_conference_talking_mark"  # put into a talking event by the dispatcher (see _mark_talking)
+RECEIVED_AT = "_conference_received_at"  # put into every event when read: its wait in the lanes (metrics)
 
 
 class WorkerConflict(Exception):
@@ -93,6 +94,11 @@ class AriWorker:
         self.resyncs = 0
         self.ping_interval = PING_INTERVAL
         self.ping_timeout = PING_TIMEOUT
+        # Prometheus series of this server (conferences/metrics.py), looked up once.
+        self.m_link = metrics.ARI_LINK_UP.labels(server.name)
+        self.m_received = metrics.ARI_EVENTS_RECEIVED.labels(server.name)
+        self.m_handled = metrics.ARI_EVENTS_HANDLED.labels(server.name)
+        self.m_wait = metrics.QUEUE_WAIT.labels(server.name)
 
     def __repr__(self):
         return f"<AriWorker server={self.server.name}>"
@@ -241,10 +247,13 @@ class AriWorker:
                 logger.warning("server %s: ignoring a frame that is not JSON", self.server.name)
                 continue
             if isinstance(event, dict):
+                self.m_received.inc()
+                event[RECEIVED_AT] = time.monotonic()
                 self.queue.put_nowait(("event", event))
 
     async def _set_link(self, connected, error=""):
         self.connected = connected
+        self.m_link.set(1 if connected else 0)
         try:
             await call_service(
                 services.server_set_link_status, server_id=self.server.pk, connected=connected, error=error
@@ -285,8 +294,14 @@ class AriWorker:
         kind, item = pair
         # The caller's channel in every log line of this event (LOG_FORMAT=json; the lane names the room).
         token = logformat.channel.set(rules.event_channel_id(item) if kind == "event" else None)
+        if kind == "event":
+            received = item.get(RECEIVED_AT)
+            if received is not None:
+                self.m_wait.observe(time.monotonic() - received)
         try:
             await self._process_item(kind, item)
+            if kind == "event":
+                self.m_handled.inc()
         finally:
             logformat.channel.reset(token)
 
@@ -419,10 +434,13 @@ class AriWorker:
         if expires_at and expires_at < time.time():
             logger.info("server %s: dropped an expired %s request", self.server.name, command.get("action"))
             return
+        started = time.monotonic()
         if not self.connected:
             ok, error = False, "the link to Asterisk is down"
         else:
             ok, error = await self.app.handle_command(command)
+        action = metrics.action_label(command.get("action"))
+        metrics.COMMANDS.labels(self.server.name, action).observe(time.monotonic() - started)
         if reply_channel:
             reply = {"type": moderation.REPLY_TYPE, "request_id": command.get("request_id"), "ok": ok}
             if not ok:
