@@ -40,37 +40,75 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--server", default="default", help="Asterisk server name (default: %(default)s)")
-        parser.add_argument("--all", action="store_true", help="Run every enabled server in this process.")
+        parser.add_argument(
+            "--all",
+            action="store_true",
+            help="Run every enabled server in this process, following the admin: servers added, disabled or "
+            "edited later are started, stopped or restarted within seconds.",
+        )
         parser.add_argument(
             "--check",
             action="store_true",
             help=f"Report whether the link is up and confirmed in the last {FRESH_SECONDS} s; exit 0 if so.",
         )
+        parser.add_argument(
+            "--metrics",
+            metavar="ADDRESS",
+            help="Serve Prometheus metrics over plain HTTP at host:port (loopback or a monitoring network only).",
+        )
 
-    def handle(self, *args, server, all, check, **options):
+    def handle(self, *args, server, all, check, metrics=None, **options):
         if check:
             return self.health(server, all)
+        if metrics:
+            self.serve_metrics(metrics)
         checks.set_process_role("worker")
         self.check(display_num_errors=False, fail_level=40)  # errors (e.g. E003) stop the worker here
         keep_database_connection()
         on_process_start()
-        servers = self.servers(server, all)
+        if all:
+            asyncio.run(self.run_supervisor())
+            return
+        servers = self.servers(server)
         code = asyncio.run(self.run_workers(servers))
         if code:
             sys.exit(code)
 
-    def servers(self, name, all_servers):
-        if all_servers:
-            servers = list(AsteriskServer.objects.filter(enabled=True))
-            if not servers:
-                raise CommandError("No enabled Asterisk server: add one in the admin or set ARI_URL.")
-            return servers
+    def serve_metrics(self, address):
+        """prometheus_client's own listener, in a thread of its own (the event loop never serves a scrape)."""
+        from prometheus_client import start_http_server
+
+        from conferences.management.commands.serve import parse_address
+
+        host, port = parse_address(address)
+        try:
+            start_http_server(port, addr=host)
+        except OSError as exc:
+            raise CommandError(f"cannot serve metrics on {address}: {exc.strerror or exc}") from exc
+        self.stdout.write(f"Metrics on http://{host}:{port}/metrics")
+
+    def servers(self, name):
         server = AsteriskServer.objects.filter(name=name).first()
         if server is None:
             raise CommandError(f"No Asterisk server named {name!r}: add it in the admin or set ARI_URL.")
         if not server.enabled:
             raise CommandError(f"Asterisk server {name!r} is disabled in the admin.")
         return [server]
+
+    async def run_supervisor(self):
+        """``--all``: a worker for every enabled server, following the admin live (conferences/ari/supervisor.py)."""
+        from conferences.ari.supervisor import WorkerSupervisor
+
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+        names = await asyncio.to_thread(
+            lambda: list(AsteriskServer.objects.filter(enabled=True).values_list("name", flat=True))
+        )
+        self.stdout.write(f"Workers for: {', '.join(names) or 'no enabled server yet'} (servers added later start too)")
+        self.stdout.flush()
+        await WorkerSupervisor(stopping=stopping).run()
 
     async def run_workers(self, servers):
         stopping = asyncio.Event()

@@ -18,13 +18,15 @@ systemd unit and the tests run the same server the same way:
 - no ``Server`` header; access logs off (the reverse proxy keeps them).
 
 With no REDIS_URL the channel layer lives in this process's memory, so the
-worker must live here too: this command starts one worker per enabled Asterisk
-server on the server's event loop and stops them cleanly before the server.
+worker must live here too: this command runs one worker per enabled Asterisk
+server on the server's event loop, following the admin live
+(conferences/ari/supervisor.py), and stops them cleanly before the server.
 """
 
 import asyncio
 import logging
 import re
+import warnings
 
 import uvicorn
 from django.apps import apps
@@ -33,7 +35,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
 from conferences import checks
-from conferences.ari.worker import AriWorker
+from conferences.ari.supervisor import WorkerSupervisor
 from conferences.models import AsteriskServer
 from conferencesite.startup import on_process_start
 
@@ -60,6 +62,9 @@ def parse_address(value):
 
 def uvicorn_config(app, host, port, **overrides):
     """The product's uvicorn settings (see the module)."""
+    # uvicorn 0.54 warns that `websockets` will mean its sans-I/O implementation some day; the
+    # implementation is chosen here by measurement (docs/performance.md), not by that default.
+    warnings.filterwarnings("ignore", message="The `websockets` implementation is deprecated")
     options = {
         "host": host,
         "port": port,
@@ -81,38 +86,34 @@ def uvicorn_config(app, host, port, **overrides):
 
 
 class EmbeddedWorkerServer(uvicorn.Server):
-    """A uvicorn server that runs ARI workers on its own event loop."""
+    """A uvicorn server that runs the ARI workers of the enabled servers on its own event loop.
 
-    def __init__(self, config, asterisk_servers=()):
+    The workers follow the admin live (conferences/ari/supervisor.py): a server
+    added, disabled, re-enabled or edited is started, stopped or restarted
+    within seconds, without restarting the site.
+    """
+
+    def __init__(self, config, *, embedded):
         super().__init__(config)
-        self.asterisk_servers = list(asterisk_servers)
+        self.embedded = embedded
         self._stopping = None
-        self._tasks = []
+        self._supervisor = None
 
     async def startup(self, sockets=None):
         await super().startup(sockets=sockets)
-        self._stopping = asyncio.Event()
-        for server in self.asterisk_servers:
-            worker = AriWorker(server, stopping=self._stopping)
-            task = asyncio.ensure_future(worker.run())
-            task.add_done_callback(lambda t, name=server.name: _report(name, t))
-            self._tasks.append(task)
+        if self.embedded:
+            self._stopping = asyncio.Event()
+            self._supervisor = asyncio.ensure_future(WorkerSupervisor(stopping=self._stopping).run())
 
     async def shutdown(self, sockets=None):
         # The workers first: they say goodbye to Asterisk while the channel layer is still there.
         if self._stopping is not None:
             self._stopping.set()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=WORKER_STOP_SECONDS)
+            done, _ = await asyncio.wait([self._supervisor], timeout=WORKER_STOP_SECONDS + 2)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    logger.error("embedded workers ended: %r", task.exception())
         await super().shutdown(sockets=sockets)
-
-
-def _report(name, task):
-    if task.cancelled():
-        return
-    exc = task.exception()
-    if exc is not None:
-        logger.error("server %s: embedded worker ended: %s", name, exc)
 
 
 class Command(BaseCommand):
@@ -132,6 +133,12 @@ class Command(BaseCommand):
         parser.add_argument(
             "--nostatic", action="store_false", dest="use_static_handler", help="Never serve static files."
         )
+        parser.add_argument(
+            "--ws",
+            choices=("websockets", "websockets-sansio"),
+            default="websockets",
+            help="uvicorn's WebSocket implementation (bench/web.py measures both; websockets is the default).",
+        )
         group = parser.add_mutually_exclusive_group()
         group.add_argument("--worker", dest="worker", action="store_true", default=None, help="Always run workers.")
         group.add_argument("--no-worker", dest="worker", action="store_false", help="Never run workers here.")
@@ -149,12 +156,13 @@ class Command(BaseCommand):
             from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
             app = ASGIStaticFilesHandler(application)
-        asterisk_servers = list(AsteriskServer.objects.filter(enabled=True)) if embedded else []
         if embedded:
-            names = ", ".join(server.name for server in asterisk_servers) or "none configured yet"
-            self.stdout.write(f"Embedded ARI worker for: {names}")
+            names = ", ".join(AsteriskServer.objects.filter(enabled=True).values_list("name", flat=True))
+            self.stdout.write(
+                f"Embedded ARI worker for: {names or 'none configured yet'} (servers added later start too)"
+            )
         shown = f"[{host}]" if ":" in host else host
         self.stdout.write(f"Serving on http://{shown}:{port}/ (uvicorn {uvicorn.__version__})")
         self.stdout.flush()
         connections.close_all()  # the event loop's thread does no ORM work; threads open their own
-        EmbeddedWorkerServer(uvicorn_config(app, host, port), asterisk_servers).run()
+        EmbeddedWorkerServer(uvicorn_config(app, host, port, ws=options["ws"]), embedded=embedded).run()
