@@ -1,5 +1,6 @@
 # The two commands: `make run` and `make test`. Both set everything up first.
-.PHONY: run test lint asterisk asterisk-stop
+# `make demo`: the site with the sandbox Asterisk and simulated callers, to see it work.
+.PHONY: run demo test lint asterisk asterisk-stop
 
 # Optional local configuration for `make run` (see .env.example).
 -include .env
@@ -7,6 +8,9 @@ export
 
 run:
 	scripts/run
+
+demo:
+	scripts/demo
 
 test:
 	scripts/test

@@ -1,0 +1,49 @@
+"""`make demo`'s data: the sandbox server, two rooms and a demo account (its password printed on every run)."""
+
+import secrets
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+from django.utils.translation import gettext as _
+
+from conferences.models import AsteriskServer, Conference
+
+ROOMS = (
+    ("100", "daily", "Daily stand-up"),
+    ("200", "support", "Support line"),
+)
+
+
+class Command(BaseCommand):
+    help = "Set up the demo: the ARI_URL server, rooms 100 and 200, and a 'demo' superuser with a new password."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--username", default="demo")
+        parser.add_argument("--url", default="http://127.0.0.1:8000", help="where the site is served (printed)")
+
+    @transaction.atomic
+    def handle(self, *args, username, url, **options):
+        server = AsteriskServer.objects.sync_default_from_settings()
+        if server is None:
+            raise CommandError("ARI_URL is not set: the demo needs the sandbox Asterisk (scripts/demo sets it).")
+        for number, slug, name in ROOMS:
+            room = Conference.objects.filter(server=server, number=number).first()
+            if room is None:
+                Conference.objects.create(server=server, number=number, slug=slug, name=name)
+        User = get_user_model()
+        password = secrets.token_urlsafe(9)
+        user = User.objects.filter(username=username).first() or User(username=username)
+        user.is_staff = user.is_superuser = user.is_active = True
+        user.set_password(password)
+        user.save()
+        lines = [
+            "",
+            _("The demo is ready: simulated callers come, go and talk in two rooms."),
+            _("Open %(url)s/ and log in:") % {"url": url.rstrip("/")},
+            f"    username: {username}",
+            f"    password: {password}",
+            _("(a new password on every start; Ctrl-C stops the demo)"),
+            "",
+        ]
+        self.stdout.write(self.style.SUCCESS("\n".join(lines)))
