@@ -102,6 +102,12 @@ def server_command(spec, port):
             "--backlog",
             "4096",
         ]
+    if server.startswith("serve"):  # the product's own command (uvicorn with the product's settings)
+        serve_py = Path(infra.CODE["root"]) / "conferences" / "management" / "commands" / "serve.py"
+        if "uvicorn" not in serve_py.read_text():
+            raise BenchError("this checkout's manage.py serve is not the uvicorn one (measure it as daphne)")
+        ws = {"serve": "websockets", "serve-sansio": "websockets-sansio"}[server]
+        return [infra.VENV_PY, "manage.py", "serve", "--no-worker", "--nostatic", "--ws", ws, f"{host}:{port}"]
     if server == "hypercorn":
         return [str(BIN / "hypercorn"), "-b", f"{host}:{port}", "--backlog", "4096", APP]
     if server == "granian":
@@ -116,7 +122,7 @@ def server_command(spec, port):
     raise BenchError(f"unknown server {server}")
 
 
-SERVERS = ("daphne", "uvicorn", "uvicorn-sansio", "uvicorn-wsproto", "hypercorn", "granian")
+SERVERS = ("serve", "serve-sansio", "daphne", "uvicorn", "uvicorn-sansio", "uvicorn-wsproto", "hypercorn", "granian")
 # ``<server>+persistent``: the web processes keep their PostgreSQL connections (DATABASE_URL's
 # ``conn_max_age=60``, conferencesite/env.py) instead of today's default of one connection per ORM hop.
 VARIANTS = {"": {}, "persistent": {"conn_max_age": "60"}}
@@ -315,6 +321,7 @@ class WebBench(run.Bench):
         args.quick = False  # run.py's own plans do not apply
         super().__init__(args)
         self.plan = []
+        self.pending_breakdowns = []  # (fan-out figures, phase) waiting for the worker probe
         self.node = None
         self.server = None
         pages = max([*args.storms, *args.fanouts, 2000 if args.two_web else 0])
@@ -579,6 +586,9 @@ class WebBench(run.Bench):
             "web_cpu_pct": 100 * cpu["web"] / seconds,
             "notes": list(self.notes_for_phase),
         }
+        # Where the time of a join goes (Asterisk -> worker -> commit -> Redis -> pages): from the
+        # worker's probe, which is written when the worker exits (see breakdowns()).
+        self.pending_breakdowns.append((figures, phase))
         p, n = figures["project"], figures["needs"]
         log(
             f"{self.server} fan-out {count}: project p50/p99 {report.fmt(p['p50'])}/{report.fmt(p['p99'])} ms, "
@@ -587,6 +597,25 @@ class WebBench(run.Bench):
             f"clients {figures['clients_cpu_pct']:.0f} % of a core"
         )
         return figures
+
+    def breakdowns(self):
+        """The fan-out phases' join breakdown, from the probe the worker wrote at its exit."""
+        pending, self.pending_breakdowns = self.pending_breakdowns, []
+        try:
+            probe = json.loads(Path(self.probe_path).read_text())
+        except (OSError, ValueError, AttributeError) as exc:
+            log(f"no worker probe to break the fan-out down ({exc})")
+            return
+        for figures, phase in pending:
+            worker = analysis.analyze_worker(probe, phase, project_viewers=phase["project"])
+            if worker is None:
+                continue
+            figures["breakdown"] = worker.get("join_breakdown")
+            figures["worker_service"] = worker.get("service")
+            parts = ", ".join(
+                f"{name} {report.fmt(values.get('p50'))}" for name, values in (figures["breakdown"] or {}).items()
+            )
+            log(f"{self.server} fan-out {figures['pages']}: join p50 ms by stage: {parts}")
 
     # --- the whole run -------------------------------------------------------------------------
 
@@ -609,6 +638,7 @@ class WebBench(run.Bench):
                     self.alive()
                 finally:
                     self.stop_web()
+                    self.breakdowns()
                 if self.args.two_web and index == 0:
                     try:
                         self.start_web(server, 2)
@@ -700,7 +730,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--server",
-        default="daphne",
+        default="serve",
         help=f"comma list of ASGI servers: {', '.join(SERVERS)}; NAME+persistent: with conn_max_age=60",
     )
     parser.add_argument("--storms", default="200,500,1000", help="pages per connect storm (comma list)")
