@@ -199,3 +199,55 @@ async def test_the_hub_forwards_to_every_other_socket_while_some_are_stuck(stuck
     assert all(server.texts() == [] for server in servers[:stuck])
     hub.task.cancel()
     hub.refresher.cancel()
+
+
+async def test_a_client_that_reads_costs_no_task_per_frame():
+    server = StuckServer()
+    consumer = socket_with(server)
+    before = len(asyncio.all_tasks())
+    for i in range(50):
+        await consumer.send(text_data=f"f{i}")
+        assert consumer.writer is None  # sent within the call: no task, no loop turn
+    assert len(asyncio.all_tasks()) == before
+    assert server.texts() == [f"f{i}" for i in range(50)]
+
+
+async def test_a_send_that_waits_is_carried_on_through_yields_and_failures():
+    from conferences.consumers import start_eagerly
+
+    loop = asyncio.get_running_loop()
+    order = []
+
+    async def steps():
+        order.append("start")
+        await asyncio.sleep(0)  # a bare yield
+        order.append("after yield")
+        future = loop.create_future()
+        loop.call_later(0.01, future.set_exception, OSError("reset"))
+        try:
+            await future
+        except OSError as exc:
+            order.append(f"saw {exc}")
+        await asyncio.sleep(0.01)
+        return "done"
+
+    task = start_eagerly(steps())
+    assert order == ["start"] and task is not None
+    assert await task == "done"
+    assert order == ["start", "after yield", "saw reset"]
+
+    blocked = loop.create_future()
+
+    async def waits_forever():
+        try:
+            await blocked
+        except asyncio.CancelledError:
+            order.append("cancelled inside")
+            raise
+
+    task = start_eagerly(waits_forever())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert order[-1] == "cancelled inside"
