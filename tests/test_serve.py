@@ -16,6 +16,7 @@ from django.core.management.base import CommandError
 
 from conferences.management.commands import serve
 from conferences.models import AsteriskServer, Conference, ConferenceAccess
+from conferencesite import uvicorn_limits
 from tests.live import db
 from tests.stack import Processes, base_env, database_url, make_sessions
 
@@ -43,10 +44,19 @@ def test_bad_addresses_are_a_clear_error(value):
 def test_the_products_uvicorn_settings():
     config = serve.uvicorn_config(object(), "127.0.0.1", 8001)
     assert config.proxy_headers is False  # the client address only from DJANGO_TRUSTED_PROXIES
-    assert config.ws == "websockets" and config.ws_max_size == 1024 * 1024
+    assert config.ws is uvicorn_limits.WebSocketProtocol and config.ws_max_size == 1024 * 1024
     assert config.ws_ping_interval == config.ws_ping_timeout == 20.0
     assert config.server_header is False and config.access_log is False
     assert config.backlog == 2048 and config.lifespan == "off"
+
+
+def test_another_uvicorn_version_refuses_to_start(monkeypatch):
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "__version__", "9.9.9")
+    with pytest.raises(RuntimeError, match="written for uvicorn 0.54.0, found 9.9.9"):
+        serve.ws_protocol("websockets-sansio")
+    assert serve.ws_protocol("websockets") == "websockets"  # the legacy one, for measuring, is uvicorn's own
 
 
 @pytest.mark.integration

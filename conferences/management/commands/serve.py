@@ -1,8 +1,9 @@
 """Serve the site with uvicorn; in the embedded mode also run the ARI worker in this process.
 
-uvicorn (its ``websockets`` implementation, httptools, uvloop) is the
-product's ASGI server, chosen by measurement (docs/performance.md, "ASGI
-servers": the best fan-out at 1,000 pages and the least CPU per frame). The
+uvicorn (its ``websockets-sansio`` implementation, httptools, uvloop) is
+the product's ASGI server, chosen by measurement (docs/performance.md, "ASGI
+servers": the best fan-out at 1,000 pages, the fastest connect storm and the
+least CPU per frame of the servers measured). The
 settings that matter for the product live here, so that ``make run``, the
 systemd unit and the tests run the same server the same way:
 
@@ -12,7 +13,9 @@ systemd unit and the tests run the same server the same way:
   consumers answer frames over ``frames.MAX_FRAME_BYTES`` (4 KiB) with an error;
 - the outbound limit (1 MiB waiting for a client that does not read) is the
   consumers' own (conferences/consumers.py, ``FanOutConsumer``), not the
-  server's; a dead client is found by pings (20 s, 20 s to answer);
+  server's; a dead client is found by pings (20 s, 20 s to answer); a client
+  that does not read is dropped (conferencesite/uvicorn_limits.py: uvicorn
+  would keep it);
 - a listen backlog of 2,048, so that a thousand pages reconnecting at once
   are queued by the kernel rather than refused;
 - no ``Server`` header; access logs off (the reverse proxy keeps them).
@@ -37,6 +40,7 @@ from django.db import connections
 from conferences import checks
 from conferences.ari.supervisor import WorkerSupervisor
 from conferences.models import AsteriskServer
+from conferencesite import uvicorn_limits
 from conferencesite.startup import on_process_start
 
 logger = logging.getLogger(__name__)
@@ -60,15 +64,23 @@ def parse_address(value):
     return host, int(match["port"])
 
 
+def ws_protocol(name):
+    """uvicorn's WebSocket implementation by name; the sans-I/O one with the product's fix."""
+    if name == "websockets-sansio":
+        uvicorn_limits.check_version()
+        return uvicorn_limits.WebSocketProtocol
+    return name
+
+
 def uvicorn_config(app, host, port, **overrides):
     """The product's uvicorn settings (see the module)."""
-    # uvicorn 0.54 warns that `websockets` will mean its sans-I/O implementation some day; the
-    # implementation is chosen here by measurement (docs/performance.md), not by that default.
+    # uvicorn 0.54 warns that its legacy `websockets` implementation (``--ws websockets``, kept for
+    # measuring) is deprecated; the product's default is the sans-I/O one.
     warnings.filterwarnings("ignore", message="The `websockets` implementation is deprecated")
     options = {
         "host": host,
         "port": port,
-        "ws": "websockets",
+        "ws": ws_protocol("websockets-sansio"),
         "ws_max_size": MAX_MESSAGE_BYTES,
         "ws_ping_interval": PING_SECONDS,
         "ws_ping_timeout": PING_SECONDS,
@@ -136,8 +148,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--ws",
             choices=("websockets", "websockets-sansio"),
-            default="websockets",
-            help="uvicorn's WebSocket implementation (bench/web.py measures both; websockets is the default).",
+            default="websockets-sansio",
+            help="uvicorn's WebSocket implementation (bench/web.py measures both; websockets-sansio is the default).",
         )
         group = parser.add_mutually_exclusive_group()
         group.add_argument("--worker", dest="worker", action="store_true", default=None, help="Always run workers.")
@@ -165,4 +177,4 @@ class Command(BaseCommand):
         self.stdout.write(f"Serving on http://{shown}:{port}/ (uvicorn {uvicorn.__version__})")
         self.stdout.flush()
         connections.close_all()  # the event loop's thread does no ORM work; threads open their own
-        EmbeddedWorkerServer(uvicorn_config(app, host, port, ws=options["ws"]), embedded=embedded).run()
+        EmbeddedWorkerServer(uvicorn_config(app, host, port, ws=ws_protocol(options["ws"])), embedded=embedded).run()
