@@ -109,6 +109,7 @@ async def running(server, fresh_layer):
         worker = AriWorker(server)
         worker.app.ari = ari
         worker.connected = True
+        assert (await worker._acquire())[0]  # the lease, as run() takes it: its writes are fenced
         task = asyncio.create_task(worker._processor())
         started.append((worker, task))
         return worker

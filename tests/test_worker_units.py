@@ -128,6 +128,7 @@ async def test_database_outage_holds_the_event_until_it_passes(server, make_conf
     room = await db(make_conference)("100")
     worker = AriWorker(server)
     worker.app.ari = FakeAri()
+    assert (await worker._acquire())[0]
     real_join = services_module.participant_join
     failures = []
 

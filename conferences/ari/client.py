@@ -63,7 +63,9 @@ class AriClient:
     runs on one loop); ``close()`` ends it.
     """
 
-    def __init__(self, base_url, username, password, *, timeout=DEFAULT_TIMEOUT):
+    def __init__(self, base_url, username, password, *, timeout=DEFAULT_TIMEOUT, guard=None):
+        # guard(): raises when the caller may not act on Asterisk now (a worker without its lease).
+        self.guard = guard
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self._auth = (username, password)
@@ -93,6 +95,8 @@ class AriClient:
 
     async def request(self, method, path, *, params=None, json=None, timeout=None):
         """One REST call; returns the decoded JSON (or None for an empty answer)."""
+        if self.guard is not None:
+            self.guard()
         timeout = timeout or self.timeout
         url = f"{self.base_url}{path}"
         try:

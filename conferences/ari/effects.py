@@ -13,8 +13,10 @@ Database errors that pass (an unreachable or locked database) come out as
 import logging
 
 from channels.db import database_sync_to_async
+from django.db import transaction
 
 from conferences import broadcast
+from conferences.ari import store
 from conferences.ari.client import AriError, AriNotFound
 from conferences.dbthreads import TRANSIENT_DB_ERRORS
 
@@ -27,23 +29,13 @@ class DatabaseUnavailable(Exception):
     """The database could not be reached or was locked: the same event must be tried again."""
 
 
-async def call_service(func, /, **kwargs):
-    """Run a service function in the database thread, then send what it broadcast from here."""
-
-    def run():
-        with broadcast.collecting() as outbox:
-            return func(**kwargs), list(outbox)
-
-    result, outbox = await database_sync_to_async(run)()
-    await broadcast.send_collected(outbox)
-    return result
-
-
 class Effects:
     """The ARI client and the database of one server's worker, as the handlers use them."""
 
-    def __init__(self, *, ari, app_name, schedule, database=None):
+    def __init__(self, *, ari, app_name, schedule, database=None, fence=None):
         self.ari = ari
+        # fence(): raises lease.LeaseLost inside a write's transaction when this worker lost its lease.
+        self.fence = fence
         self.app_name = app_name
         # schedule(delay, event): process ``event`` after ``delay`` seconds, in its room's order.
         self.schedule = schedule
@@ -56,7 +48,12 @@ class Effects:
 
         def run():
             with broadcast.collecting() as outbox:
-                return func(*args, **kwargs), list(outbox)
+                if self.fence is None or func in store.READS:
+                    return func(*args, **kwargs), list(outbox)
+                with transaction.atomic():  # the check and the write commit together (conferences/ari/lease.py)
+                    self.fence()
+                    result = func(*args, **kwargs)
+                return result, list(outbox)
 
         try:
             if self.database is not None:

@@ -48,10 +48,10 @@ class Refusal(services.ServiceError):
 class ConferenceApp:
     """The conference logic of one Asterisk server's Stasis application."""
 
-    def __init__(self, *, server_id, app_name, ari, schedule, database=None):
+    def __init__(self, *, server_id, app_name, ari, schedule, database=None, fence=None):
         self.server_id = server_id
         self.app_name = app_name
-        self.effects = Effects(ari=ari, app_name=app_name, schedule=schedule, database=database)
+        self.effects = Effects(ari=ari, app_name=app_name, schedule=schedule, database=database, fence=fence)
         self.state = Registry()
         self.pin_first_timeout = PIN_FIRST_TIMEOUT
         self.pin_digit_timeout = PIN_DIGIT_TIMEOUT

@@ -170,3 +170,20 @@ def present_calls(server_id):
         .filter(server_id=server_id)
         .values_list("channel_id", "conference_id", "pk", "moh", "role")
     )
+
+
+# Functions that only read: a worker runs them without the lease check (conferences/ari/lease.py).
+# Everything else is a write and is fenced, new functions included.
+READS = frozenset(
+    {
+        room_directory,
+        admission_facts,
+        room_now,
+        moh_class,
+        room_of_server,
+        target,
+        mute_all_targets,
+        resync_facts,
+        present_calls,
+    }
+)

@@ -27,7 +27,7 @@ from django.db import connections
 from conferences import broadcast, metrics, moderation, services
 from conferences.ari import lease, rules, store
 from conferences.ari.client import AriClient, AriError
-from conferences.ari.effects import DatabaseUnavailable, call_service
+from conferences.ari.effects import DatabaseUnavailable
 from conferences.ari.handlers import ConferenceApp
 from conferences.ari.lanes import Lanes
 from conferences.dbthreads import TRANSIENT_DB_ERRORS, DatabaseThreads
@@ -47,6 +47,7 @@ DB_RETRY_FIRST = 0.2
 DB_RETRY_MAX = 5.0
 NO_ROOM_SECONDS = 5.0  # how long a number found to be no room is believed before it is looked up again
 STOP_TIMEOUT = 10.0  # seconds the lanes have to finish the item in hand at shutdown
+STANDBY_POLL = 1.0  # how often a standby worker tries to take the lease
 TALKING_EVENTS = frozenset({"ChannelTalkingStarted", "ChannelTalkingFinished"})
 TALKING_MARK = "_conference_talking_mark"  # put into a talking event by the dispatcher (see _mark_talking)
 RECEIVED_AT = "_conference_received_at"  # put into every event when read: its wait in the lanes (metrics)
@@ -65,9 +66,11 @@ def backoff_delay(attempt, *, first=BACKOFF_FIRST, maximum=BACKOFF_MAX, rng=rand
 class AriWorker:
     """Runs one Asterisk server's conference application until told to stop."""
 
-    def __init__(self, server, *, stopping=None):
+    def __init__(self, server, *, stopping=None, standby=False):
         self.server = server
-        self.ari = AriClient(server.ari_url, server.username, server.password)
+        self.standby = standby  # wait for the lease instead of refusing to start
+        self.lease_confirmed_at = None  # monotonic time the last lease renewal was sent (see may_act)
+        self.ari = AriClient(server.ari_url, server.username, server.password, guard=self.may_act)
         self.database = DatabaseThreads(name="ari-db")
         self.app = ConferenceApp(
             server_id=server.pk,
@@ -75,6 +78,7 @@ class AriWorker:
             ari=self.ari,
             schedule=self.schedule,
             database=self.database,
+            fence=self._fence,
         )
         self.queue: asyncio.Queue = asyncio.Queue()
         self.lanes = None
@@ -108,6 +112,10 @@ class AriWorker:
     async def process_event(self, event):
         """Handle one ARI event now (the processor's step; tests call it directly)."""
         if event.get("type") == "ApplicationReplaced" and event.get("application") == self.server.app_name:
+            if not await self._still_holds_lease():
+                # Our standby took over and connected: not a foreign client, a failover.
+                self._lose_lease("the standby took over (ApplicationReplaced)")
+                return
             logger.critical(
                 "server %s: another client connected as ARI application %r and took its events; "
                 "this worker stops instead of fighting over it",
@@ -138,8 +146,53 @@ class AriWorker:
                 await db(connections.close_all)()
                 await asyncio.to_thread(self.database.close)
 
-    async def _run(self):
+    # --- the lease (conferences/ari/lease.py) ---------------------------------------------
+
+    def may_act(self):
+        """Raise LeaseLost unless the lease was confirmed recently enough to act on Asterisk (every ARI call)."""
+        confirmed = self.lease_confirmed_at
+        if self.lost_lease or confirmed is None or time.monotonic() - confirmed > lease.ACT_SECONDS:
+            self._lose_lease("its lease was not confirmed in time")
+            raise lease.LeaseLost(f"server {self.server.name}: this worker's lease is not confirmed")
+
+    async def _still_holds_lease(self):
+        try:
+            return await db(lease.holds)(self.server.pk, self.owner)
+        except Exception as exc:  # noqa: BLE001 (cannot tell: treat it as the foreign client it looks like)
+            logger.warning("server %s: could not read the lease (%s)", self.server.name, exc)
+            return True
+
+    def _fence(self):
+        """In a write's transaction (database thread): raise LeaseLost unless this worker holds the lease."""
+        lease.check(self.server.pk, self.owner)
+
+    def _lose_lease(self, why):
+        if not self.lost_lease:
+            logger.critical("server %s: %s; stopping without acting", self.server.name, why)
+        self.lost_lease = True
+        self.stopping.set()
+
+    async def _acquire(self):
+        """Take the lease; with ``standby``, wait for it (checked every STANDBY_POLL s) until stopped."""
+        sent = time.monotonic()
         acquired, holder = await db(lease.acquire)(self.server.pk, self.owner)
+        if not acquired and self.standby:
+            logger.info("server %s: standing by; %s holds the lease", self.server.name, holder)
+        while not acquired and self.standby and not self.stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), STANDBY_POLL)
+            sent = time.monotonic()
+            acquired, holder = await db(lease.acquire)(self.server.pk, self.owner)
+            if acquired:
+                logger.warning("server %s: took over from %s", self.server.name, holder)
+        if acquired:
+            self.lease_confirmed_at = sent
+        return acquired, holder
+
+    async def _run(self):
+        acquired, holder = await self._acquire()
+        if not acquired and self.stopping.is_set():
+            return
         if not acquired:
             raise WorkerConflict(
                 f"another worker ({holder}) is running for Asterisk server {self.server.name!r}; one worker per server"
@@ -161,7 +214,8 @@ class AriWorker:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await self._set_link(False, "worker stopped")
+            if not self.lost_lease:  # the link is the new holder's to report
+                await self._set_link(False, "worker stopped")
             await db(lease.release)(self.server.pk, self.owner)
             await self.ari.close()
             logger.info("server %s: worker stopped", self.server.name)
@@ -255,9 +309,11 @@ class AriWorker:
         self.connected = connected
         self.m_link.set(1 if connected else 0)
         try:
-            await call_service(
+            await self.app.effects.db(
                 services.server_set_link_status, server_id=self.server.pk, connected=connected, error=error
             )
+        except lease.LeaseLost:
+            self._lose_lease("another worker holds the lease")
         except Exception:
             logger.exception("server %s: could not record the link status", self.server.name)
 
@@ -397,6 +453,9 @@ class AriWorker:
                 elif kind == "command":
                     await self.handle_command(item)
                 return
+            except lease.LeaseLost:
+                self._lose_lease("another worker holds the lease")
+                return
             except (DatabaseUnavailable, *TRANSIENT_DB_ERRORS) as exc:
                 # Skipping would lose the event; crashing would lose the queue.
                 delay = min(DB_RETRY_MAX, DB_RETRY_FIRST * 2**attempt)
@@ -469,16 +528,19 @@ class AriWorker:
         while True:
             await asyncio.sleep(HEARTBEAT_EVERY)
             try:
+                sent = time.monotonic()
                 if not await db(lease.renew)(self.server.pk, self.owner):
-                    logger.critical("server %s: another worker took over this server; stopping", self.server.name)
-                    self.lost_lease = True
-                    self.stopping.set()
+                    self._lose_lease("another worker took over this server")
                     return
+                self.lease_confirmed_at = sent
                 if self.connected:
-                    await call_service(services.server_heartbeat, server_id=self.server.pk)
+                    await self.app.effects.db(services.server_heartbeat, server_id=self.server.pk)
                 await broadcast.flush_backlog()  # events the channel layer refused earlier
             except asyncio.CancelledError:
                 raise
+            except lease.LeaseLost:
+                self._lose_lease("another worker holds the lease")
+                return
             except Exception:
                 logger.exception("server %s: heartbeat failed", self.server.name)
 

@@ -8,6 +8,7 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.utils import timezone
 
 from conferences import checks
+from conferences.ari import lease
 from conferences.ari.worker import AriWorker, WorkerConflict
 from conferences.models import AsteriskServer
 from conferencesite.startup import on_process_start
@@ -31,6 +32,12 @@ def keep_database_connection():
     settings = connections.settings[DEFAULT_DB_ALIAS]
     settings["CONN_MAX_AGE"] = None
     settings["CONN_HEALTH_CHECKS"] = True
+    if settings["ENGINE"].endswith("postgresql"):
+        # A worker frozen inside a transaction must not hold its locks (and the standby) for ever:
+        # PostgreSQL ends such a session (conferences/ari/lease.py).
+        options = settings.setdefault("OPTIONS", {})
+        extra = f"-c idle_in_transaction_session_timeout={lease.IDLE_IN_TRANSACTION_MS}"
+        options["options"] = f"{options.get('options', '')} {extra}".strip()
 
 
 class Command(BaseCommand):
@@ -52,12 +59,18 @@ class Command(BaseCommand):
             help=f"Report whether the link is up and confirmed in the last {FRESH_SECONDS} s; exit 0 if so.",
         )
         parser.add_argument(
+            "--standby",
+            action="store_true",
+            help="Wait while another worker holds the server's lease, and take over when it lapses "
+            "(at once when that worker's process on this host is gone; else within the lease's 20 s).",
+        )
+        parser.add_argument(
             "--metrics",
             metavar="ADDRESS",
             help="Serve Prometheus metrics over plain HTTP at host:port (loopback or a monitoring network only).",
         )
 
-    def handle(self, *args, server, all, check, metrics=None, **options):
+    def handle(self, *args, server, all, check, metrics=None, standby=False, **options):
         if check:
             return self.health(server, all)
         if metrics:
@@ -70,7 +83,7 @@ class Command(BaseCommand):
             asyncio.run(self.run_supervisor())
             return
         servers = self.servers(server)
-        code = asyncio.run(self.run_workers(servers))
+        code = asyncio.run(self.run_workers(servers, standby=standby))
         if code:
             sys.exit(code)
 
@@ -110,12 +123,12 @@ class Command(BaseCommand):
         self.stdout.flush()
         await WorkerSupervisor(stopping=stopping).run()
 
-    async def run_workers(self, servers):
+    async def run_workers(self, servers, *, standby=False):
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stopping.set)
-        workers = [AriWorker(server, stopping=stopping) for server in servers]
+        workers = [AriWorker(server, stopping=stopping, standby=standby) for server in servers]
         results = await asyncio.gather(*(worker.run() for worker in workers), return_exceptions=True)
         code = 0
         for worker, result in zip(workers, results, strict=True):
@@ -125,14 +138,14 @@ class Command(BaseCommand):
             elif isinstance(result, BaseException):
                 self.stderr.write(f"Worker for {worker.server.name} failed: {result!r}")
                 code = code or 1
+            elif worker.lost_lease:
+                code = code or 2  # a standby took over: restarted, this one becomes the standby
             elif worker.replaced:
                 self.stderr.write(
                     f"Stopped: another client took ARI application {worker.server.app_name!r} "
                     f"on server {worker.server.name!r}."
                 )
                 code = EXIT_REPLACED
-            elif worker.lost_lease:
-                code = code or 2
             stopping.set()
         return code
 
