@@ -102,12 +102,12 @@ def server_command(spec, port):
             "--backlog",
             "4096",
         ]
-    if server.startswith("serve"):  # the product's own command (uvicorn with the product's settings)
+    if server.startswith("serve"):  # the product's command (its default; -legacy, -sansio: uvicorn's two)
         serve_py = Path(infra.CODE["root"]) / "conferences" / "management" / "commands" / "serve.py"
         if "uvicorn" not in serve_py.read_text():
             raise BenchError("this checkout's manage.py serve is not the uvicorn one (measure it as daphne)")
-        ws = {"serve": "websockets", "serve-sansio": "websockets-sansio"}[server]
-        return [infra.VENV_PY, "manage.py", "serve", "--no-worker", "--nostatic", "--ws", ws, f"{host}:{port}"]
+        ws = {"serve": [], "serve-legacy": ["--ws", "websockets"], "serve-sansio": ["--ws", "websockets-sansio"]}
+        return [infra.VENV_PY, "manage.py", "serve", "--no-worker", "--nostatic", *ws[server], f"{host}:{port}"]
     if server == "hypercorn":
         return [str(BIN / "hypercorn"), "-b", f"{host}:{port}", "--backlog", "4096", APP]
     if server == "granian":
@@ -122,7 +122,17 @@ def server_command(spec, port):
     raise BenchError(f"unknown server {server}")
 
 
-SERVERS = ("serve", "serve-sansio", "daphne", "uvicorn", "uvicorn-sansio", "uvicorn-wsproto", "hypercorn", "granian")
+SERVERS = (
+    "serve",
+    "serve-legacy",
+    "serve-sansio",
+    "daphne",
+    "uvicorn",
+    "uvicorn-sansio",
+    "uvicorn-wsproto",
+    "hypercorn",
+    "granian",
+)
 # ``<server>+persistent``: the web processes keep their PostgreSQL connections (DATABASE_URL's
 # ``conn_max_age=60``, conferencesite/env.py) instead of today's default of one connection per ORM hop.
 VARIANTS = {"": {}, "persistent": {"conn_max_age": "60"}}
