@@ -204,6 +204,7 @@ class Moderator:
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(2 * CHAOS_SECONDS + 240)  # a freeze's takeover adds about 25 s to its 30 s period
 @pytest.mark.django_db(transaction=True)
 async def test_chaos_kill_and_freeze_the_active_worker(pbx, sandbox, tmp_path, redis_url):
     room = await db(make_room)(pbx, "182")
