@@ -67,6 +67,17 @@ class Harness:
         await self.supervisor.apply(await self.supervisor.read())
         await asyncio.sleep(0)
 
+    async def ends_and_steps(self, pk, how, steps):
+        """Server ``pk``'s worker ends ``how``; then ``steps`` rounds of the supervisor."""
+        self.servers[pk] = server(pk)
+        self.ends[pk] = how
+        await self.step()
+        await asyncio.sleep(0.01)
+        for _ in range(steps):
+            await self.step()
+            await asyncio.sleep(0.01)
+        self.ends.pop(pk)
+
     def live(self):
         return sorted(r.server.name for r in self.supervisor.running.values() if not r.task.done())
 
@@ -101,30 +112,17 @@ async def test_added_disabled_edited_servers_start_stop_and_restart():
 
 async def test_a_worker_refused_by_the_lease_is_tried_again_after_the_retry_time_not_in_a_loop():
     h = Harness(retry=0.3)
-    h.servers[1] = server(1)
-    h.ends[1] = "conflict"
-    await h.step()
-    await asyncio.sleep(0.01)
-    for _ in range(5):
-        await h.step()
+    await h.ends_and_steps(1, "conflict", 5)
     assert len(FakeWorker.made) == 1  # ended, and not started again at once
     await asyncio.sleep(0.35)
-    h.ends.pop(1)
     await h.step()
     assert len(FakeWorker.made) == 2 and h.live() == ["pbx1"]
 
 
 async def test_a_replaced_worker_waits_for_its_settings_to_change():
     h = Harness(retry=0.0)
-    h.servers[1] = server(1)
-    h.ends[1] = "replaced"
-    await h.step()
-    await asyncio.sleep(0.01)
-    for _ in range(3):
-        await h.step()
-        await asyncio.sleep(0.01)
+    await h.ends_and_steps(1, "replaced", 3)
     assert len(FakeWorker.made) == 1  # no fight over the application
-    h.ends.pop(1)
     h.servers[1] = server(1, app="conference-2")
     await h.step()
     assert len(FakeWorker.made) == 2 and h.live() == ["pbx1"]

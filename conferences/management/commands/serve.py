@@ -52,6 +52,10 @@ PING_SECONDS = 20.0
 GRACEFUL_SHUTDOWN_SECONDS = 10
 WORKER_STOP_SECONDS = 12
 
+# uvicorn 0.54 warns that its legacy `websockets` implementation (``--ws websockets``, kept for
+# measuring) is deprecated; the product's default is the sans-I/O one.
+warnings.filterwarnings("ignore", message="The `websockets` implementation is deprecated")
+
 _ADDRESS = re.compile(r"^(?:(?P<host>\[[0-9a-fA-F:.]+\]|[^:\[\]]+):)?(?P<port>\d{1,5})$")
 
 
@@ -74,9 +78,6 @@ def ws_protocol(name):
 
 def uvicorn_config(app, host, port, **overrides):
     """The product's uvicorn settings (see the module)."""
-    # uvicorn 0.54 warns that its legacy `websockets` implementation (``--ws websockets``, kept for
-    # measuring) is deprecated; the product's default is the sans-I/O one.
-    warnings.filterwarnings("ignore", message="The `websockets` implementation is deprecated")
     options = {
         "host": host,
         "port": port,
