@@ -29,6 +29,7 @@ import asyncio
 import json
 import logging
 import time
+import weakref
 from collections import deque
 
 from channels.consumer import AsyncConsumer, get_handler_name
@@ -385,6 +386,49 @@ class FanOutConsumer(AsyncWebsocketConsumer):
         raise StopConsumer()
 
 
+_admitted = weakref.WeakSet()  # the process's admitted sockets (GuardedConsumer.admit)
+_watched_layers = weakref.WeakSet()  # channel layers told to call _after_outage
+_outage_tasks = set()
+
+
+def _watch_layer(layer):
+    """Have ``layer`` (the project's Redis layer, conferencesite/layers.py) call ``_after_outage`` after an outage."""
+    if layer in _watched_layers or not hasattr(layer, "on_recovery"):
+        return
+    _watched_layers.add(layer)
+
+    def recovered(_seconds):
+        task = asyncio.get_running_loop().create_task(_after_outage(layer))
+        _outage_tasks.add(task)
+        task.add_done_callback(_outage_tasks.discard)
+
+    layer.on_recovery(recovered)
+
+
+async def _after_outage(layer):
+    """Redis answers again: the hub joins its rooms' groups, then every socket joins its own and refreshes.
+
+    In this order, so that a room socket's fresh snapshot is read while the
+    hub is a member of the room's group again (join first, then read).
+    """
+    hub = fanout.existing_hub(layer)
+    if hub is not None:
+        await hub.rejoin()
+    consumers = [c for c in list(_admitted) if c.channel_layer is layer and not c.released]
+    logger.info("channel layer back: %s socket(s) join their groups again and refresh", len(consumers))
+    for consumer in consumers:
+        consumer.start_task(_logged(consumer.after_outage()), name="after-outage")
+
+
+async def _logged(coroutine):
+    try:
+        await coroutine
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        logger.exception("socket: refreshing after a channel-layer outage failed")
+
+
 class GuardedConsumer(FanOutConsumer):
     metrics_kind = "room"  # conference_open_sockets{kind} (conferences/metrics.py)
 
@@ -455,6 +499,8 @@ class GuardedConsumer(FanOutConsumer):
             return False
         self.m_open = metrics.OPEN_SOCKETS.labels(self.metrics_kind)
         self.m_open.inc()
+        _admitted.add(self)
+        _watch_layer(self.channel_layer)
         groups = [broadcast.user_group(user.pk), broadcast.session_group(self.session_key)]
         await asyncio.gather(*(self.join_group(group) for group in groups))
         return True
@@ -482,6 +528,7 @@ class GuardedConsumer(FanOutConsumer):
         if self.released:
             return
         self.released = True
+        _admitted.discard(self)
         if self.m_open is not None:
             self.m_open.dec()
             self.m_open = None
@@ -506,6 +553,21 @@ class GuardedConsumer(FanOutConsumer):
 
     async def release_more(self):
         """What a subclass holds besides groups, tasks and the cap's place."""
+
+    async def after_outage(self):
+        """Redis answers again: join this socket's groups again (a Redis restarted empty forgot them)."""
+
+        async def join(group):
+            try:
+                await self.channel_layer.group_add(group, self.channel_name)
+            except Exception as exc:  # noqa: BLE001 (down again: the next recovery repeats it)
+                logger.warning("socket: joining group %s again failed: %s", group, exc)
+
+        await asyncio.gather(*(join(group) for group in list(self.groups_joined)))
+        await self.refresh_after_outage()
+
+    async def refresh_after_outage(self):
+        """What a subclass sends after an outage, for the events it may have lost."""
 
     async def send_frame(self, frame):
         await self.send(text_data=json.dumps(frame))
@@ -645,6 +707,11 @@ class ConferenceConsumer(GuardedConsumer):
 
     async def _read_snapshot(self):
         return await dbthreads.web("snapshots").call(_snapshot, self.conference.pk)
+
+    async def refresh_after_outage(self):
+        # After the hub has joined the room's group again (_after_outage): join first, then read.
+        if self.hub is not None and self.conference is not None:
+            await self.send_snapshot(fresh=True)
 
     async def resync(self):
         """A snapshot for a page that asks: the last one again when nothing happened since, else a fresh one."""
@@ -816,6 +883,9 @@ class RoomListConsumer(GuardedConsumer):
             await self.join_group(group)
         await self.send(text_data=json.dumps({"type": "rooms", "rooms": [state for _pk, state in rooms]}))
         return True
+
+    async def refresh_after_outage(self):
+        await self.send_rooms()
 
     def _room_ids_joined(self):
         return {int(g.split(".", 1)[1]) for g in self.groups_joined if g.startswith("conference.")}

@@ -11,12 +11,14 @@ its expiry in the same step; on the other backends (process memory: the
 embedded mode, one process) ``add`` + ``incr`` is atomic under the backend's
 lock and keeps the key's expiry.
 
-This uses Django's RedisCache client (``cache._cache.get_client``, the
-pinned Django 5.2), checked by tests/test_counters.py against the real Redis.
+This uses django-redis's client (``cache.client.get_client``, the pinned
+django-redis 7.0: conferencesite/env.py says why django-redis), checked by
+tests/test_counters.py against the real Redis and tests/test_sentinel.py
+through Sentinel.
 """
 
 from django.core.cache import caches
-from django.core.cache.backends.redis import RedisCache
+from django_redis.cache import RedisCache
 
 _INCR = """
 local count = redis.call('INCR', KEYS[1])
@@ -35,11 +37,10 @@ return 0
 
 
 def _redis(cache, key):
-    """``(client, full key)`` when ``cache`` is Django's RedisCache, else None."""
+    """``(client, full key)`` when ``cache`` is django-redis's RedisCache, else None."""
     if not isinstance(cache, RedisCache):
         return None
-    full_key = cache.make_and_validate_key(key)
-    return cache._cache.get_client(full_key, write=True), full_key
+    return cache.client.get_client(write=True), cache.client.make_key(key)
 
 
 def incr(key, window):

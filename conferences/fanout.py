@@ -20,9 +20,11 @@ is dropped when the hub sees a gap in the room's seq. A page's ``resync``
 and the periodic repair read afresh (``fresh=True``: a read that began after
 the request), since they may be repairing an event the hub lost too.
 
-If the hub's receive fails (the channel layer's Redis went away), it closes
-every socket it serves: pages reconnect and resync, as they do when their own
-consumer fails.
+The layer rides out a short Redis outage or a Sentinel failover itself
+(conferencesite/layers.py); afterwards the hub joins its rooms' groups again
+(``rejoin``) before its sockets read fresh snapshots (conferences/consumers.py).
+If the hub's receive fails for longer, it closes every socket it serves:
+pages reconnect and resync, as they do when their own consumer fails.
 """
 
 import asyncio
@@ -52,6 +54,14 @@ def hub_for(layer):
     hub = _hubs.get(layer)
     if hub is None or hub.loop is not loop:
         hub = _hubs[layer] = RoomHub(layer, loop)
+    return hub
+
+
+def existing_hub(layer):
+    """The hub of ``layer`` on the running loop, or None (no room socket has joined one)."""
+    hub = _hubs.get(layer)
+    if hub is None or hub.loop is not asyncio.get_running_loop():
+        return None
     return hub
 
 
@@ -220,6 +230,31 @@ class RoomHub:
                     except Exception as exc:  # noqa: BLE001 (retried at the next round)
                         metrics.LAYER_FAILURES.labels("group").inc()
                         logger.warning("room %s: renewing the group membership failed: %s", conference_id, exc)
+
+    async def rejoin(self):
+        """After a Redis outage: join the rooms' groups again and read their snapshots afresh.
+
+        A Redis restarted empty has forgotten the hub's memberships; after a
+        Sentinel failover they are on the new master already (adding again
+        changes nothing). Events sent meanwhile may be lost either way, so
+        the next socket's snapshot is read, not served from before.
+        """
+        async with self.lock:
+            if self.channel is None:
+                return
+            channel = self.channel
+            views = [(conference_id, view) for conference_id, view in self.views.items() if view.member]
+            for _conference_id, view in views:
+                view.read_at = float("-inf")
+
+            async def add(conference_id):
+                try:
+                    await self.layer.group_add(broadcast.room_group(conference_id), channel)
+                except Exception as exc:  # noqa: BLE001 (the layer is down again: the next recovery repeats it)
+                    metrics.LAYER_FAILURES.labels("group").inc()
+                    logger.warning("room %s: joining the group again failed: %s", conference_id, exc)
+
+            await asyncio.gather(*(add(conference_id) for conference_id, _view in views))
 
     async def leave(self, conference_id, consumer):
         members = self.rooms.get(conference_id)

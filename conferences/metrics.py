@@ -57,7 +57,7 @@ LAYER_FAILURES = Counter(
     "Channel-layer calls that failed (Redis unreachable): broadcasts kept for later, hub receives, group changes.",
     ["where"],
 )
-LAYER_WHERE = ("broadcast", "hub", "group")
+LAYER_WHERE = ("broadcast", "hub", "group", "receive")
 ACTIONS = frozenset({"mute", "unmute", "kick", "lock", "unlock", "mute_all", "unmute_all"})
 
 

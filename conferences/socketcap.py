@@ -47,14 +47,15 @@ def _redis():
     """The Redis client of the running event loop (connections belong to one loop)."""
     import redis.asyncio
 
+    from conferencesite import redis_pools
+
     loop = asyncio.get_running_loop()
     client = _clients.get(loop)
     if client is None:
         # A pool that waits for a free connection: sockets connecting at once share a few
-        # connections instead of opening one each (conferencesite/layers.py says why).
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            settings.REDIS_URL, max_connections=8, timeout=3, socket_connect_timeout=3, socket_timeout=3
-        )
+        # connections instead of opening one each (conferencesite/layers.py says why);
+        # through Sentinel when REDIS_SENTINELS is set.
+        pool = redis_pools.settings_pool(max_connections=8, timeout=3, socket_connect_timeout=3, socket_timeout=3)
         client = _clients[loop] = redis.asyncio.Redis(connection_pool=pool)
     return client
 

@@ -186,21 +186,69 @@ def ensure_private_file(path):
     os.close(fd)
 
 
-def channel_layers_for(redis_url):
+def env_sentinels(name, environ=None):
+    """Parse ``host:port,host:port`` (Redis Sentinels); ``[]`` when unset. IPv6 hosts in brackets."""
+    value = env_str(name, environ=environ)
+    if value is None:
+        return []
+    sentinels = []
+    for item in env_list(name, [], environ=environ):
+        parts = urlsplit(f"//{item}")
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if not parts.hostname or port is None or parts.path or parts.username or parts.password:
+            raise ImproperlyConfigured(f"{name} must list Sentinels as host:port, comma-separated; got {item!r}.")
+        sentinels.append((parts.hostname, port))
+    return sentinels
+
+
+def check_sentinel_master_url(name, url):
+    """With Sentinels, ``url`` names the master by its Sentinel service name: ``redis://[:password@]mymaster/0``."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"redis", "rediss"}:
+        raise ImproperlyConfigured(
+            f"{name} must be redis://[:password@]<master name>/<db> when REDIS_SENTINELS is set, got {url!r}."
+        )
+    if parts.port is not None:
+        raise ImproperlyConfigured(
+            f"{name} names the Sentinel master (its service name, no port) when REDIS_SENTINELS is set, got {url!r}."
+        )
+    return url
+
+
+def sentinel_host(redis_url, sentinels, sentinel_password, **extra):
+    """A channels_redis host entry for a master found through Sentinels (conferencesite/redis_pools.py)."""
+    return {
+        "sentinels": list(sentinels),
+        "master_url": redis_url,
+        "sentinel_kwargs": {"password": sentinel_password} if sentinel_password else {},
+        **extra,
+    }
+
+
+def channel_layers_for(redis_url, sentinels=(), sentinel_password=None):
     """Return CHANNEL_LAYERS: Redis when a URL is given, else the in-process layer.
 
     The Redis layer is channels_redis's with reads a closing socket cannot cut
-    (conferencesite/layers.py).
+    and that ride out a Redis outage or a Sentinel failover
+    (conferencesite/layers.py). With ``sentinels``, ``redis_url`` names the
+    master by its Sentinel service name.
     """
     if not redis_url:
         return {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    # socket_timeout=None: a consumer's blocking receive waits as long
+    # as the room is quiet (django/channels_redis#422).
+    if sentinels:
+        host = sentinel_host(redis_url, sentinels, sentinel_password, socket_timeout=None)
+    else:
+        host = {"address": redis_url, "socket_timeout": None}
     return {
         "default": {
             "BACKEND": "conferencesite.layers.RedisChannelLayer",
             "CONFIG": {
-                # socket_timeout=None: a consumer's blocking receive waits as long
-                # as the room is quiet (django/channels_redis#422).
-                "hosts": [{"address": redis_url, "socket_timeout": None}],
+                "hosts": [host],
                 # Messages one channel may have waiting: a web process's room
                 # hub receives every event of the rooms it serves on one. The
                 # default of 100 dropped events when 50 callers joined a room
@@ -212,15 +260,48 @@ def channel_layers_for(redis_url):
     }
 
 
-def caches_for(redis_url):
-    """Return CACHES: Redis when a URL is given, else process memory."""
+# The cache's Redis commands: how long one may wait, and how a dropped connection is retried
+# (a Redis restart, a Sentinel failover) before the request gets the error.
+CACHE_SOCKET_TIMEOUT = 3
+CACHE_RETRIES = 5  # 0.2, 0.4, 0.8, 1 and 1 s apart: about 3.4 s
+
+
+def caches_for(redis_url, sentinels=(), sentinel_password=None):
+    """Return CACHES: Redis when a URL is given (django-redis), else process memory.
+
+    django-redis, not Django's own RedisCache: it can find the master through
+    Redis Sentinel. Reads go to the master too (one URL), so a throttle never
+    reads a count a replica has not received yet.
+    """
     if not redis_url:
         return {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError, ReadOnlyError, TimeoutError
+    from redis.retry import Retry
+
+    options = {
+        "CLIENT_CLASS": "django_redis.client.DefaultClient",
+        "SOCKET_CONNECT_TIMEOUT": CACHE_SOCKET_TIMEOUT,
+        "SOCKET_TIMEOUT": CACHE_SOCKET_TIMEOUT,
+        "CONNECTION_POOL_KWARGS": {
+            "retry": Retry(ExponentialBackoff(cap=1.0, base=0.1), CACHE_RETRIES),
+            # ReadOnlyError: a client still connected to a master Sentinel has demoted.
+            "retry_on_error": [ConnectionError, TimeoutError, ReadOnlyError],
+        },
+    }
+    if sentinels:
+        options["CONNECTION_FACTORY"] = "django_redis.pool.SentinelConnectionFactory"
+        options["SENTINELS"] = list(sentinels)
+        sentinel_kwargs = {"socket_connect_timeout": CACHE_SOCKET_TIMEOUT, "socket_timeout": CACHE_SOCKET_TIMEOUT}
+        if sentinel_password:
+            sentinel_kwargs["password"] = sentinel_password
+        options["SENTINEL_KWARGS"] = sentinel_kwargs
     return {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": redis_url,
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": [redis_url],
             "KEY_PREFIX": "conferences",
+            "OPTIONS": options,
         }
     }
 

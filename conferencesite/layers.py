@@ -28,19 +28,40 @@ Its pools wait for a free connection (at most POOL_CONNECTIONS per Redis),
 where channels_redis's open one more for every command sent while the others
 are busy: a thousand sockets connecting at once opened hundreds of
 connections, each a TCP handshake and two ``CLIENT SETINFO`` round trips,
-and kept them all afterwards.
+and kept them all afterwards. With Redis Sentinel (REDIS_SENTINELS) the pool
+finds the master through the Sentinels (conferencesite/redis_pools.py).
+
+A read that fails because Redis is unreachable (a restart, a Sentinel
+failover) is retried for RECEIVE_RETRY_SECONDS instead of failing every
+receive of the process at once, which closed every socket it served; when
+Redis answers again, the listeners given to ``on_recovery`` run (the
+consumers and the room hub join their groups again, as a Redis restarted
+empty has forgotten them, and pages get a fresh snapshot for the events lost
+meanwhile: conferences/consumers.py).
 """
 
 import asyncio
+import logging
 import time
 
-import redis.asyncio
+import redis.exceptions
 from channels_redis.core import RedisChannelLayer as BaseRedisChannelLayer
+
+from conferences import metrics
+from conferencesite import redis_pools
+
+logger = logging.getLogger(__name__)
 
 # Connections per Redis of one process's layer; more commands at once wait for one of them
 # (POOL_WAIT_SECONDS at most, then the command fails like any Redis error).
 POOL_CONNECTIONS = 32
 POOL_WAIT_SECONDS = 10
+# How long a receive keeps retrying while Redis is unreachable before its error goes up (a
+# Sentinel failover takes the Sentinels' down-after-milliseconds and a few seconds more).
+RECEIVE_RETRY_SECONDS = 30.0
+# What "Redis is unreachable" looks like: no connection, a master demoted under a client
+# (READONLY), a replica still loading (LOADING is a ConnectionError), no master known to Sentinel.
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ReadOnlyError, OSError)
 
 
 class RedisChannelLayer(BaseRedisChannelLayer):
@@ -48,6 +69,8 @@ class RedisChannelLayer(BaseRedisChannelLayer):
         super().__init__(*args, **kwargs)
         self._reads = {}  # the process's inbox -> the read under way (a task of the loop that started it)
         self._unread = {}  # channel -> its queue in the receive buffer, holding messages at the last sweep
+        self._listeners = []  # called when Redis answers again after an outage (on_recovery)
+        self.outages = self.recoveries = 0
 
     async def receive(self, channel):
         try:
@@ -63,11 +86,11 @@ class RedisChannelLayer(BaseRedisChannelLayer):
 
     async def receive_single(self, channel):
         if "!" not in channel:  # a plain channel (the worker's): one reader, nothing shared
-            return await super().receive_single(channel)
+            return await self._read(channel)
         loop = asyncio.get_running_loop()
         read = self._reads.get(channel)
         if read is None or read.get_loop() is not loop:
-            read = self._reads[channel] = loop.create_task(super().receive_single(channel))
+            read = self._reads[channel] = loop.create_task(self._read(channel))
         try:
             result = await asyncio.shield(read)
         except asyncio.CancelledError:
@@ -81,6 +104,54 @@ class RedisChannelLayer(BaseRedisChannelLayer):
             raise
         self._forget(channel, read)  # its message went to this receive
         return result
+
+    async def _read(self, channel):
+        """channels_redis's read of ``channel``, retried while Redis is unreachable (RECEIVE_RETRY_SECONDS at most).
+
+        A retry loses nothing: channels_redis keeps a popped message in a
+        backup queue until it is handed over, and puts it back at the next
+        read. When Redis answers again, the recovery listeners run before the
+        read goes on.
+        """
+        down_since = None
+        delay = 0.05
+        while True:
+            try:
+                if down_since is not None:
+                    await self.connection(self.consistent_hash(channel)).ping()
+                    self._back(time.monotonic() - down_since)
+                    down_since = None
+                return await super().receive_single(channel)
+            except REDIS_DOWN as exc:
+                now = time.monotonic()
+                if down_since is None:
+                    down_since = now
+                    self.outages += 1
+                    metrics.LAYER_FAILURES.labels("receive").inc()
+                    logger.warning(
+                        "channel layer: Redis unreachable (%s: %s); retrying for up to %.0f s",
+                        exc.__class__.__name__,
+                        exc,
+                        RECEIVE_RETRY_SECONDS,
+                    )
+                elif now - down_since > RECEIVE_RETRY_SECONDS:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    def on_recovery(self, listener):
+        """Call ``listener(seconds down)`` each time Redis answers again after a read failed."""
+        if listener not in self._listeners:
+            self._listeners.append(listener)
+
+    def _back(self, seconds):
+        self.recoveries += 1
+        logger.warning("channel layer: Redis answers again after %.1f s", seconds)
+        for listener in list(self._listeners):
+            try:
+                listener(seconds)
+            except Exception:
+                logger.exception("channel layer: a recovery listener failed")
 
     def _forget(self, channel, read):
         if self._reads.get(channel) is read:
@@ -102,13 +173,10 @@ class RedisChannelLayer(BaseRedisChannelLayer):
         self._unread = {channel: queue for channel, queue in self.receive_buffer.items() if not queue.empty()}
 
     def create_pool(self, index):
-        host = dict(self.hosts[index])
-        address = host.pop("address", None)
-        if address is None:  # Sentinel or keyword hosts: channels_redis's own pools
+        host = self.hosts[index]
+        if "address" not in host and "sentinels" not in host:  # keyword hosts: channels_redis's own pools
             return super().create_pool(index)
-        return redis.asyncio.BlockingConnectionPool.from_url(
-            address, max_connections=POOL_CONNECTIONS, timeout=POOL_WAIT_SECONDS, **host
-        )
+        return redis_pools.pool_for(host, max_connections=POOL_CONNECTIONS, timeout=POOL_WAIT_SECONDS)
 
     async def group_add(self, group, channel):
         assert self.require_valid_group_name(group), "Group name not valid"

@@ -7,6 +7,7 @@ web and worker in one process.
 
 from pathlib import Path
 
+from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
 from conferencesite import env
@@ -34,9 +35,16 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3") and DATABASES["default"]["
 
 _redis_url = env.env_str("REDIS_URL")
 REDIS_URL = env.parse_redis_url("REDIS_URL", _redis_url) if _redis_url else None
-CHANNEL_LAYERS = env.channel_layers_for(REDIS_URL)
+# Redis behind Sentinel: REDIS_URL then names the master by its service name (redis://mymaster/0).
+REDIS_SENTINELS = env.env_sentinels("REDIS_SENTINELS")
+REDIS_SENTINEL_PASSWORD = env.env_str("REDIS_SENTINEL_PASSWORD")
+if REDIS_SENTINELS:
+    if not REDIS_URL:
+        raise ImproperlyConfigured("REDIS_SENTINELS needs REDIS_URL naming the master: redis://<master name>/0.")
+    env.check_sentinel_master_url("REDIS_URL", REDIS_URL)
+CHANNEL_LAYERS = env.channel_layers_for(REDIS_URL, REDIS_SENTINELS, REDIS_SENTINEL_PASSWORD)
 # Shared by all web processes when there is Redis (login throttling counts).
-CACHES = env.caches_for(REDIS_URL)
+CACHES = env.caches_for(REDIS_URL, REDIS_SENTINELS, REDIS_SENTINEL_PASSWORD)
 
 _ari_url = env.env_str("ARI_URL")
 ARI_URL = env.parse_http_url("ARI_URL", _ari_url) if _ari_url else None

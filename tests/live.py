@@ -15,6 +15,7 @@ from conferences import broadcast
 from conferences.ari.rules import room_bridge_id
 from conferences.ari.worker import AriWorker
 from conferences.models import AsteriskServer, Conference, ConferenceEvent, Participant
+from conferencesite import env
 from tests.sandbox import Sandbox, eventually
 
 db = database_sync_to_async
@@ -229,11 +230,5 @@ def own_cache(settings):
 def redis_cache(settings, redis_url):
     """Django's cache on the real Redis, as with REDIS_URL set, under a key prefix of this test's own."""
     prefix = f"test-{uuid.uuid4().hex}"
-    settings.CACHES = {
-        "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": redis_url,
-            "KEY_PREFIX": prefix,
-        }
-    }
+    settings.CACHES = {"default": {**env.caches_for(redis_url)["default"], "KEY_PREFIX": prefix}}
     return prefix

@@ -6,6 +6,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -14,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import requests
 import websockets
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run_manage(*args, **environ):
     """``manage.py ARGS`` in a process of its own, with the project's variables only from ``environ``."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "ARI_", "DATABASE_URL", "REDIS_URL"))}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "ARI_", "DATABASE_URL", "REDIS_"))}
     clean.update(environ)
     return subprocess.run(
         [sys.executable, "manage.py", *args], cwd=ROOT, env=clean, capture_output=True, text=True, timeout=120
@@ -160,7 +162,7 @@ def database_url():
 
 
 def base_env(database_url, redis_url):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "ARI_", "DATABASE_URL", "REDIS_URL"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "ARI_", "DATABASE_URL", "REDIS_"))}
     env.update(DATABASE_URL=database_url, REDIS_URL=redis_url, PYTHONUNBUFFERED="1")
     return env
 
@@ -233,13 +235,13 @@ class Viewer:
             self.roster.pop(participant["id"], None)
 
 
-def channel_layer(redis_url):
+def channel_layer(redis_url, sentinels=()):
     """A channel layer on ``redis_url`` configured as the processes' (to send room events as the worker does)."""
     from django.utils.module_loading import import_string
 
     from conferencesite import env
 
-    config = env.channel_layers_for(redis_url)["default"]
+    config = env.channel_layers_for(redis_url, sentinels)["default"]
     return import_string(config["BACKEND"])(**config.get("CONFIG", {}))
 
 
@@ -340,3 +342,17 @@ class NonReadingClient:
     def close(self):
         if self.sock is not None:
             self.sock.close()
+
+
+def http_login(base, login_path, username, password, forwarded_for=None):
+    """A login through the real web process's login page (its CSRF token first): the response."""
+    session = requests.Session()
+    page = session.get(f"{base}{login_path}", timeout=10)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+    return session.post(
+        f"{base}{login_path}",
+        data={"csrfmiddlewaretoken": token, "username": username, "password": password},
+        headers={"X-Forwarded-For": forwarded_for} if forwarded_for else {},
+        allow_redirects=False,
+        timeout=30,
+    )

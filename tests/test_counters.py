@@ -6,7 +6,7 @@ import time
 import pytest
 import redis
 from django.core.cache import caches
-from django.core.cache.backends.redis import RedisCache
+from django_redis.cache import RedisCache
 
 from conferences import counters
 from conferencesite.env import caches_for
@@ -59,7 +59,7 @@ def test_a_count_ends_with_its_window_and_starts_again(any_cache):
 
 
 def test_a_redis_key_that_lost_its_expiry_gets_it_back(redis_cache, redis_url):
-    """What Django's RedisCache.incr can leave behind: INCR on a key that expired after its EXISTS."""
+    """What Django's own RedisCache.incr could leave behind: INCR on a key that expired after its EXISTS."""
     full_key = redis_cache.make_and_validate_key("c:persistent")
     client = redis.Redis.from_url(redis_url)
     try:

@@ -72,6 +72,8 @@ async def test_redis_restart_while_viewers_watch_and_calls_come_and_go(pbx, sand
         same, in_db, _in_bridge = await roster_matches_bridge(sandbox, pbx, room)
         assert same and len(in_db) == len(truth)
         assert stack.worker.poll() is None, "the worker kept going"
+        # The sockets rode the restart out (conferencesite/layers.py) and joined their groups again.
+        assert [v.reconnects for v in viewers] == [0] * len(viewers)
         print(f"redis restart: viewers exact {recovery:.1f} s after Redis came back; "
               f"reconnects {[v.reconnects for v in viewers]}, resyncs {[v.resyncs for v in viewers]}")  # fmt: skip
     finally:

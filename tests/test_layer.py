@@ -137,3 +137,40 @@ def test_the_redis_fix_refuses_another_redis_py(monkeypatch):
     monkeypatch.setattr(redis, "__version__", "8.0.0")
     with pytest.raises(RuntimeError, match="written for redis-py 7.4.1, found 8.0.0"):
         redis_fixes.install()
+
+
+async def test_a_receive_rides_out_a_short_redis_restart_and_gives_up_on_a_long_outage(monkeypatch):
+    """Restarted within RECEIVE_RETRY_SECONDS: the waiting receive gets the next message; gone longer: its error."""
+    from conferencesite import layers
+    from tests.stack import OwnRedis, channel_layer
+
+    monkeypatch.setattr(layers, "RECEIVE_RETRY_SECONDS", 2.0)
+    redis = OwnRedis()
+    redis.start()
+    layer = channel_layer(redis.url)
+    recoveries = []
+    layer.on_recovery(recoveries.append)
+    try:
+        channel = await layer.new_channel()
+        waiting = asyncio.create_task(layer.receive(channel))
+        await asyncio.sleep(0.2)
+        redis.kill()
+        await asyncio.sleep(0.5)
+        redis.start()  # same port, empty
+        sender = channel_layer(redis.url)
+        await sender.send(channel, {"type": "after the restart"})
+        await sender.close_pools()
+        assert (await asyncio.wait_for(waiting, 10))["type"] == "after the restart"
+        assert len(recoveries) == 1 and (layer.outages, layer.recoveries) == (1, 1)
+
+        waiting = asyncio.create_task(layer.receive(channel))
+        await asyncio.sleep(0.2)
+        redis.kill()
+        started = time.monotonic()
+        with pytest.raises(layers.REDIS_DOWN):
+            await asyncio.wait_for(waiting, 10)
+        assert 2.0 <= time.monotonic() - started < 5
+        assert len(recoveries) == 1 and layer.outages == 2
+    finally:
+        await layer.close_pools()
+        redis.close()

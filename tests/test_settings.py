@@ -127,6 +127,72 @@ def test_channel_layers():
     assert redis["CONFIG"]["hosts"] == [{"address": "redis://127.0.0.1:6379/3", "socket_timeout": None}]
 
 
+def test_sentinels_parse_hosts_and_ports():
+    environ = {"REDIS_SENTINELS": " 10.0.0.1:26379, sentinel-b:26380,[::1]:26381 "}
+    assert env.env_sentinels("REDIS_SENTINELS", environ=environ) == [
+        ("10.0.0.1", 26379),
+        ("sentinel-b", 26380),
+        ("::1", 26381),
+    ]
+    assert env.env_sentinels("REDIS_SENTINELS", environ={}) == []
+
+
+@pytest.mark.parametrize("value", ["10.0.0.1", "10.0.0.1:x", "a:26379,,b:26379", "redis://a:26379", "u:p@a:26379"])
+def test_bad_sentinel_lists_name_the_variable(value):
+    with pytest.raises(ImproperlyConfigured, match="REDIS_SENTINELS"):
+        env.env_sentinels("REDIS_SENTINELS", environ={"REDIS_SENTINELS": value})
+
+
+def test_with_sentinels_the_layer_and_the_cache_find_the_master_by_name():
+    sentinels = [("127.0.0.1", 26379), ("127.0.0.1", 26380)]
+    layer = env.channel_layers_for("redis://:pw@conference/2", sentinels, "sentinel-pw")["default"]
+    assert layer["CONFIG"]["hosts"] == [
+        {
+            "sentinels": sentinels,
+            "master_url": "redis://:pw@conference/2",
+            "sentinel_kwargs": {"password": "sentinel-pw"},
+            "socket_timeout": None,
+        }
+    ]
+    cache = env.caches_for("redis://:pw@conference/2", sentinels, "sentinel-pw")["default"]
+    assert cache["BACKEND"] == "django_redis.cache.RedisCache"
+    assert cache["LOCATION"] == ["redis://:pw@conference/2"]  # one URL: reads go to the master too
+    assert cache["OPTIONS"]["CONNECTION_FACTORY"] == "django_redis.pool.SentinelConnectionFactory"
+    assert cache["OPTIONS"]["SENTINELS"] == sentinels
+    assert cache["OPTIONS"]["SENTINEL_KWARGS"]["password"] == "sentinel-pw"
+    assert "CONNECTION_FACTORY" not in env.caches_for("redis://127.0.0.1:6379/0")["default"]["OPTIONS"]
+
+
+def test_the_sentinel_pool_connects_to_the_named_master_with_its_database_and_password():
+    from conferencesite import redis_pools
+
+    pool = redis_pools.pool_for(
+        env.sentinel_host("rediss://:pw@conference/2", [("127.0.0.1", 26379)], None, socket_timeout=None),
+        max_connections=4,
+        timeout=1,
+    )
+    assert isinstance(pool, redis_pools.BlockingSentinelConnectionPool)
+    assert pool.service_name == "conference" and pool.max_connections == 4
+    assert pool.connection_kwargs["db"] == 2 and pool.connection_kwargs["password"] == "pw"
+    assert pool.connection_class.__name__ == "SentinelManagedSSLConnection"
+
+
+@pytest.mark.parametrize(
+    "environ,message",
+    [
+        ({"REDIS_SENTINELS": "127.0.0.1:26379"}, "REDIS_SENTINELS needs REDIS_URL"),
+        ({"REDIS_SENTINELS": "127.0.0.1:26379", "REDIS_URL": "redis://conference:6379/0"}, "REDIS_URL names the"),
+        ({"REDIS_SENTINELS": "127.0.0.1:26379", "REDIS_URL": "unix:///run/redis.sock"}, "REDIS_URL must be redis"),
+        ({"REDIS_SENTINELS": "127.0.0.1", "REDIS_URL": "redis://conference/0"}, "REDIS_SENTINELS must list"),
+    ],
+)
+def test_sentinel_settings_are_checked_at_start_up(environ, message):
+    result = run_manage("check", **environ)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_dev_secret_key_is_created_once_and_private(tmp_path):
     path = tmp_path / "var" / "secret_key"
     first = env.dev_secret_key(path)
