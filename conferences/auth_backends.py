@@ -16,7 +16,11 @@ before any backend looks at the password. Rules:
   raised), gives it back;
 - without a request (a script calling ``authenticate()``) there is no address
   and nothing to settle at the end: the account counter alone applies, a
-  failure counts and a login clears it.
+  failure counts and a login clears it;
+- when the counts cannot be reached (Redis down longer than the cache's
+  retries), the attempt is refused, not let through uncounted: the backend
+  raises ``LoginUnavailable`` and LoginThrottleMiddleware answers 503 with
+  ``UNAVAILABLE_MESSAGE``.
 
 django-axes was weighed and not used: it reads the failure count before the
 password check and counts failures afterwards (``AxesProxyHandler.is_allowed``
@@ -24,25 +28,40 @@ then the ``user_login_failed`` handler), so N guesses sent at once all reach the
 password check (jazzband/django-axes#592, closed as a known issue).
 """
 
+import logging
+
 from django.contrib.auth import get_backends, get_user_model
 from django.contrib.auth.backends import BaseBackend
 from django.contrib.auth.signals import user_logged_in, user_login_failed
 from django.core.exceptions import PermissionDenied
 from django.dispatch import receiver
 from django.utils.translation import gettext_lazy as _
+from django_redis.exceptions import ConnectionInterrupted
+from redis.exceptions import RedisError
 
 from conferences import throttle
 from conferences.client_address import client_address
 
+logger = logging.getLogger(__name__)
+
+# The cache's Redis unreachable (conferencesite/env.py, caches_for: after its retries).
+CACHE_DOWN = (RedisError, ConnectionInterrupted, OSError)
+
 # Attributes on the request (Django's HttpRequest, also behind a wrapper such as DRF's Request).
 _PENDING = "_login_attempts_pending"
 _REFUSED = "_login_throttled"
+_UNAVAILABLE = "_login_unavailable"
 
 THROTTLED_MESSAGE = _("Too many failed attempts. Wait a few minutes and try again.")
+UNAVAILABLE_MESSAGE = _("Signing in is not possible for a moment: the server cannot reach its store. Try again soon.")
 
 
 class LoginThrottled(PermissionDenied):
     """Too many failed login attempts for this account or address."""
+
+
+class LoginUnavailable(PermissionDenied):
+    """The throttle's counts cannot be reached: no attempt goes uncounted, so none is allowed."""
 
 
 class LoginThrottleBackend(BaseBackend):
@@ -53,7 +72,13 @@ class LoginThrottleBackend(BaseBackend):
             username = credentials.get(get_user_model().USERNAME_FIELD)
         http_request = _http_request(request)
         address = client_address(http_request) if http_request is not None else None
-        attempt = throttle.reserve(address, username)
+        try:
+            attempt = throttle.reserve(address, username)
+        except CACHE_DOWN as exc:
+            logger.error("login throttle: the counts cannot be reached (%s); refusing the attempt", exc)
+            if http_request is not None:
+                setattr(http_request, _UNAVAILABLE, True)
+            raise LoginUnavailable from exc
         if http_request is not None:
             # None stands for a refused attempt: the failure signal Django sends for it settles nothing.
             _pending(http_request).append(attempt)
@@ -80,13 +105,21 @@ def was_throttled(request):
     return getattr(request, _REFUSED, False)
 
 
+def was_unavailable(request):
+    """True when an attempt of this request was refused because the counts could not be reached."""
+    return getattr(request, _UNAVAILABLE, False)
+
+
 def settle_request(request):
     """Give back the attempts of ``request`` that no failure settled (call at the end of the request)."""
     pending = getattr(request, _PENDING, None)
     while pending:
         attempt = pending.pop()
         if attempt is not None:
-            throttle.release(attempt)
+            try:
+                throttle.release(attempt)
+            except CACHE_DOWN as exc:  # the count stays until its window ends
+                logger.warning("login throttle: giving an attempt back failed (%s)", exc)
 
 
 @receiver(user_login_failed)
@@ -103,7 +136,10 @@ def _give_back_on_login(sender, request, user, **kwargs):
         throttle.forget_account(None, user.get_username())
         return
     settle_request(http_request)
-    throttle.forget_account(client_address(http_request), user.get_username())
+    try:
+        throttle.forget_account(client_address(http_request), user.get_username())
+    except CACHE_DOWN as exc:  # the failures stay until their window ends
+        logger.warning("login throttle: clearing an account's failures failed (%s)", exc)
 
 
 def _http_request(request):

@@ -1,4 +1,4 @@
-"""Response headers that Django's SecurityMiddleware does not set; the login throttle's 429; request ids."""
+"""Response headers that Django's SecurityMiddleware does not set; the login throttle's 429 and 503; request ids."""
 
 import re
 import uuid
@@ -42,7 +42,7 @@ class SecurityHeadersMiddleware:
 
 
 class LoginThrottleMiddleware:
-    """Answers 429 when the login throttle refused an attempt, and settles the request's login attempts.
+    """Answers 429 (or 503: counts unreachable) when the login throttle refused an attempt; settles attempts.
 
     A login page (a template response with a form: the site's and the admin's)
     is shown again with the throttle's message in place of the form's errors;
@@ -59,20 +59,31 @@ class LoginThrottleMiddleware:
             response = self.get_response(request)
         finally:
             auth_backends.settle_request(request)
-        if auth_backends.was_throttled(request) and response.status_code != 429:
-            response = HttpResponse(
-                str(auth_backends.THROTTLED_MESSAGE), status=429, content_type="text/plain; charset=utf-8"
-            )
+        refusal = _refusal(request)
+        if refusal is not None and response.status_code != refusal[0]:
+            status, message = refusal
+            response = HttpResponse(str(message), status=status, content_type="text/plain; charset=utf-8")
         return response
 
     def process_template_response(self, request, response):
         form = (response.context_data or {}).get("form")
-        if auth_backends.was_throttled(request) and hasattr(form, "add_error"):
+        refusal = _refusal(request)
+        if refusal is not None and hasattr(form, "add_error"):
+            status, message = refusal
             form.errors.clear()
-            form.add_error(None, auth_backends.THROTTLED_MESSAGE)
+            form.add_error(None, message)
             response.context_data["throttled"] = True
-            response.status_code = 429
+            response.status_code = status
         return response
+
+
+def _refusal(request):
+    """``(status, message)`` when the login throttle refused an attempt of ``request``, else None."""
+    if auth_backends.was_unavailable(request):
+        return 503, auth_backends.UNAVAILABLE_MESSAGE
+    if auth_backends.was_throttled(request):
+        return 429, auth_backends.THROTTLED_MESSAGE
+    return None
 
 
 class RequestIdMiddleware:

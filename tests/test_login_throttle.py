@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import redis
-import requests
 from django.contrib.auth import aauthenticate, authenticate
 from django.contrib.auth.backends import ModelBackend
 from django.core.cache import cache
@@ -30,7 +29,7 @@ from django.urls import path
 from conferences import auth_backends, throttle
 from conferences.client_address import client_address
 from conferencesite import env
-from tests.stack import Processes, base_env, database_url
+from tests.stack import Processes, base_env, database_url, http_login
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "pw-Tr0ub4dor"  # tests/conftest.py make_user
@@ -86,6 +85,22 @@ def test_site_login_is_throttled_after_repeated_failures(make_user):
     # Another account from the same address is not locked out by it.
     make_user("bob")
     assert site_login(client, "bob", PASSWORD).status_code == 302
+
+
+@pytest.mark.django_db
+def test_counts_out_of_reach_refuse_the_login_with_a_clear_503_and_let_no_guess_through(settings, make_user):
+    """Redis down past the cache's retries: no attempt is let through uncounted; the page says why."""
+    make_user("dora")
+    working = settings.CACHES
+    settings.CACHES = env.caches_for("redis://127.0.0.1:1/0")  # nothing listens on port 1
+    try:
+        response = site_login(Client(), "dora", PASSWORD)  # each attempt waits out the retries (3.4 s)
+        assert response.status_code == 503
+        assert "cannot reach its store" in response.content.decode()
+        assert "didn&#x27;t match" not in response.content.decode()
+        assert "sessionid" not in response.cookies
+    finally:
+        settings.CACHES = working  # before _clean_cache clears it
 
 
 @pytest.mark.django_db
@@ -527,19 +542,6 @@ def shipped_web(redis_url, tmp_path, settings):
         stack.close()
     clear_counts()
     client.close()
-
-
-def http_login(base, login_path, username, password, forwarded_for):
-    session = requests.Session()
-    page = session.get(f"{base}{login_path}", timeout=10)
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
-    return session.post(
-        f"{base}{login_path}",
-        data={"csrfmiddlewaretoken": token, "username": username, "password": password},
-        headers={"X-Forwarded-For": forwarded_for},
-        allow_redirects=False,
-        timeout=10,
-    )
 
 
 @pytest.mark.integration
