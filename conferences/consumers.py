@@ -397,12 +397,24 @@ def _watch_layer(layer):
         return
     _watched_layers.add(layer)
 
-    def recovered(_seconds):
-        task = asyncio.get_running_loop().create_task(_after_outage(layer))
+    def start(coroutine):
+        task = asyncio.get_running_loop().create_task(coroutine)
         _outage_tasks.add(task)
         task.add_done_callback(_outage_tasks.discard)
 
-    layer.on_recovery(recovered)
+    layer.on_recovery(lambda _seconds: start(_after_outage(layer)))
+    if hasattr(layer, "on_give_up"):
+        layer.on_give_up(lambda: start(_close_all(layer)))
+
+
+async def _close_all(layer):
+    """Redis stayed away too long: close every socket of the layer (pages reconnect with backoff)."""
+    consumers = [c for c in list(_admitted) if c.channel_layer is layer and not c.released]
+    logger.warning("channel layer gone: closing %s socket(s)", len(consumers))
+    results = await asyncio.gather(*(c.close(CLOSE_INTERNAL_ERROR) for c in consumers), return_exceptions=True)
+    for result in results:
+        if isinstance(result, Exception):
+            logger.warning("closing a socket failed: %r", result)
 
 
 async def _after_outage(layer):
@@ -563,7 +575,19 @@ class GuardedConsumer(FanOutConsumer):
             except Exception as exc:  # noqa: BLE001 (down again: the next recovery repeats it)
                 logger.warning("socket: joining group %s again failed: %s", group, exc)
 
-        await asyncio.gather(*(join(group) for group in list(self.groups_joined)))
+        joined = list(self.groups_joined)
+        await asyncio.gather(*(join(group) for group in joined))
+        # A group left meanwhile (access changed while the adds were under way) is left again.
+        for group in set(joined) - set(self.groups_joined):
+            try:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            except Exception as exc:  # noqa: BLE001 (the membership expires)
+                logger.warning("socket: leaving group %s failed: %s", group, exc)
+        if self.cap_user_id is not None:  # a Redis restarted empty forgot the socket's place too
+            try:
+                await socketcap.confirm(self.cap_user_id, self.channel_name, recreate=True)
+            except Exception as exc:  # noqa: BLE001 (retried at the next check)
+                logger.warning("user %s: claiming a socket's place again failed: %s", self.cap_user_id, exc)
         await self.refresh_after_outage()
 
     async def refresh_after_outage(self):

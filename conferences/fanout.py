@@ -84,6 +84,7 @@ class RoomView:
         self.asks = 0  # snapshot requests so far
         self.read_after = 0  # the requests made before the read in flight began
         self.last_seq = None
+        self.outages = 0  # channel-layer outages the hub lived through: a read begun before one is not kept
 
     def usable(self):
         return (
@@ -190,6 +191,7 @@ class RoomHub:
 
     async def _read(self, view, read):
         view.since, view.texts = [], {}
+        outages = view.outages
         try:
             snapshot = await read()
         except BaseException:
@@ -198,6 +200,8 @@ class RoomHub:
         finally:
             view.reading = None
         view.snapshot, view.read_at = snapshot, time.monotonic()
+        if view.outages != outages:
+            view.read_at = float("-inf")  # begun before the hub joined the group again: served, not kept
         view.since = [m for m in view.since if m.get("seq") is None or m["seq"] > snapshot["seq"]]
         numbered = [snapshot["seq"], *(m["seq"] for m in view.since if m.get("seq") is not None)]
         if any(later != earlier + 1 for earlier, later in itertools.pairwise(numbered)):
@@ -246,6 +250,7 @@ class RoomHub:
             views = [(conference_id, view) for conference_id, view in self.views.items() if view.member]
             for _conference_id, view in views:
                 view.read_at = float("-inf")
+                view.outages += 1
 
             async def add(conference_id):
                 try:

@@ -77,11 +77,21 @@ async def claim(user_id, channel_name):
     return bool(claimed)
 
 
-async def confirm(user_id, channel_name):
-    """Note that a socket is still open (keeps its place from looking stale)."""
+async def confirm(user_id, channel_name, *, recreate=False):
+    """Note that a socket is still open (keeps its place from looking stale).
+
+    ``recreate``: also put the place back if Redis lost it (restarted empty),
+    without checking the cap: the socket is open already.
+    """
     if not settings.REDIS_URL:
         return
-    await _redis().zadd(_key(user_id), {channel_name: time.time()}, xx=True)
+    key = _key(user_id)
+    if recreate:
+        client = _redis()
+        await client.zadd(key, {channel_name: time.time()})
+        await client.expire(key, int(STALE_SECONDS * 2))
+        return
+    await _redis().zadd(key, {channel_name: time.time()}, xx=True)
 
 
 async def release(user_id, channel_name):

@@ -228,6 +228,15 @@ def sentinel_host(redis_url, sentinels, sentinel_password, **extra):
     }
 
 
+# The channel layer's connections. A read of channels_redis blocks for up to its brpop_timeout
+# (5 s) and is then sent again, so a quiet room never waits longer than that for an answer: a
+# socket timeout above it never cuts a healthy read (redis-py 8's default of 5 s, equal to it,
+# did: django/channels_redis#422), and ends a read from a Redis that froze or whose host
+# vanished without a reset (a connection without a timeout would wait for it for ever, and never
+# follow a Sentinel failover). Keepalive finds dead peers of idle pooled connections.
+LAYER_SOCKET = {"socket_timeout": 10, "socket_connect_timeout": 3, "socket_keepalive": True}
+
+
 def channel_layers_for(redis_url, sentinels=(), sentinel_password=None):
     """Return CHANNEL_LAYERS: Redis when a URL is given, else the in-process layer.
 
@@ -238,12 +247,10 @@ def channel_layers_for(redis_url, sentinels=(), sentinel_password=None):
     """
     if not redis_url:
         return {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-    # socket_timeout=None: a consumer's blocking receive waits as long
-    # as the room is quiet (django/channels_redis#422).
     if sentinels:
-        host = sentinel_host(redis_url, sentinels, sentinel_password, socket_timeout=None)
+        host = sentinel_host(redis_url, sentinels, sentinel_password, **LAYER_SOCKET)
     else:
-        host = {"address": redis_url, "socket_timeout": None}
+        host = {"address": redis_url, **LAYER_SOCKET}
     return {
         "default": {
             "BACKEND": "conferencesite.layers.RedisChannelLayer",
@@ -276,7 +283,7 @@ def caches_for(redis_url, sentinels=(), sentinel_password=None):
     if not redis_url:
         return {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     from redis.backoff import ExponentialBackoff
-    from redis.exceptions import ConnectionError, ReadOnlyError, TimeoutError
+    from redis.exceptions import ConnectionError, ReadOnlyError
     from redis.retry import Retry
 
     options = {
@@ -285,12 +292,19 @@ def caches_for(redis_url, sentinels=(), sentinel_password=None):
         "SOCKET_TIMEOUT": CACHE_SOCKET_TIMEOUT,
         "CONNECTION_POOL_KWARGS": {
             "retry": Retry(ExponentialBackoff(cap=1.0, base=0.1), CACHE_RETRIES),
-            # ReadOnlyError: a client still connected to a master Sentinel has demoted.
-            "retry_on_error": [ConnectionError, TimeoutError, ReadOnlyError],
+            # Errors of a command Redis did not carry out: no connection (ConnectionError
+            # almost always means that), a master Sentinel has demoted (READONLY). Not a
+            # timeout: Redis may have run the command (a throttle's count) already.
+            "retry_on_error": [ConnectionError, ReadOnlyError],
         },
     }
     if sentinels:
         options["CONNECTION_FACTORY"] = "django_redis.pool.SentinelConnectionFactory"
+        if urlsplit(redis_url).scheme == "rediss":
+            # redis-py's from_url would pick a plain SSLConnection to the service name as host.
+            from redis.sentinel import SentinelManagedSSLConnection
+
+            options["CONNECTION_POOL_KWARGS"]["connection_class"] = SentinelManagedSSLConnection
         options["SENTINELS"] = list(sentinels)
         sentinel_kwargs = {"socket_connect_timeout": CACHE_SOCKET_TIMEOUT, "socket_timeout": CACHE_SOCKET_TIMEOUT}
         if sentinel_password:

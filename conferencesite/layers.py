@@ -59,9 +59,22 @@ POOL_WAIT_SECONDS = 10
 # How long a receive keeps retrying while Redis is unreachable before its error goes up (a
 # Sentinel failover takes the Sentinels' down-after-milliseconds and a few seconds more).
 RECEIVE_RETRY_SECONDS = 30.0
-# What "Redis is unreachable" looks like: no connection, a master demoted under a client
-# (READONLY), a replica still loading (LOADING is a ConnectionError), no master known to Sentinel.
+# What "Redis is unreachable" looks like: no connection or no answer, a master demoted under a
+# client (READONLY), a replica still loading (LOADING is a ConnectionError), no master known to
+# Sentinel (MasterNotFoundError is one too), a blocked read ended by REPLICAOF (UNBLOCKED), a
+# master that may not take writes (MASTERDOWN, NOREPLICAS).
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ReadOnlyError, OSError)
+DOWN_REPLIES = ("UNBLOCKED", "MASTERDOWN", "NOREPLICAS", "LOADING")
+BUSY = "No connection available."  # the pool's own: every connection busy (Redis answers)
+
+
+def redis_down(exc):
+    """Whether ``exc`` means Redis cannot be used now (an outage to ride out), not a mistake or a busy pool."""
+    if isinstance(exc, redis.exceptions.ConnectionError) and str(exc) == BUSY:
+        return False
+    if isinstance(exc, REDIS_DOWN):
+        return True
+    return isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith(DOWN_REPLIES)
 
 
 class RedisChannelLayer(BaseRedisChannelLayer):
@@ -70,6 +83,9 @@ class RedisChannelLayer(BaseRedisChannelLayer):
         self._reads = {}  # the process's inbox -> the read under way (a task of the loop that started it)
         self._unread = {}  # channel -> its queue in the receive buffer, holding messages at the last sweep
         self._listeners = []  # called when Redis answers again after an outage (on_recovery)
+        self._give_up_listeners = []  # called when the reads give up (on_give_up)
+        self._down_since = None  # when the outage under way began (monotonic), or None
+        self._gave_up = False
         self.outages = self.recoveries = 0
 
     async def receive(self, channel):
@@ -89,7 +105,8 @@ class RedisChannelLayer(BaseRedisChannelLayer):
             return await self._read(channel)
         loop = asyncio.get_running_loop()
         read = self._reads.get(channel)
-        if read is None or read.get_loop() is not loop:
+        if read is None or read.get_loop() is not loop or (read.done() and (read.cancelled() or read.exception())):
+            # (A read that failed while nobody waited for it is not this receive's answer.)
             read = self._reads[channel] = loop.create_task(self._read(channel))
         try:
             result = await asyncio.shield(read)
@@ -106,26 +123,38 @@ class RedisChannelLayer(BaseRedisChannelLayer):
         return result
 
     async def _read(self, channel):
-        """channels_redis's read of ``channel``, retried while Redis is unreachable (RECEIVE_RETRY_SECONDS at most).
+        """channels_redis's read of ``channel``, retried while Redis is unreachable.
 
-        A retry loses nothing: channels_redis keeps a popped message in a
-        backup queue until it is handed over, and puts it back at the next
-        read. When Redis answers again, the recovery listeners run before the
-        read goes on.
+        The outage is the layer's, not one read's: it began with the first
+        failed read, and RECEIVE_RETRY_SECONDS after that the reads give up
+        (every read under way, and each new one at once while Redis still does
+        not answer) and the give-up listeners run (the sockets close, and pages
+        reconnect with backoff). When Redis answers again, the recovery
+        listeners run before the read goes on.
+
+        What a retry can cost: channels_redis backs a popped message up only
+        after the pop returned, so one popped just before Redis died is lost;
+        a backed-up message whose clean-up failed comes again (``seq`` makes
+        pages ignore a repeated room event; a repeated moderation request does
+        the same again: mute and lock are idempotent, a second kick finds the
+        caller gone).
         """
-        down_since = None
+        failed = False
         delay = 0.05
         while True:
             try:
-                if down_since is not None:
+                if failed or self._down_since is not None:
                     await self.connection(self.consistent_hash(channel)).ping()
-                    self._back(time.monotonic() - down_since)
-                    down_since = None
+                    self._back()
+                    failed = False
                 return await super().receive_single(channel)
-            except REDIS_DOWN as exc:
+            except Exception as exc:
+                if not redis_down(exc):
+                    raise
+                failed = True
                 now = time.monotonic()
-                if down_since is None:
-                    down_since = now
+                if self._down_since is None:
+                    self._down_since = now
                     self.outages += 1
                     metrics.LAYER_FAILURES.labels("receive").inc()
                     logger.warning(
@@ -134,7 +163,8 @@ class RedisChannelLayer(BaseRedisChannelLayer):
                         exc,
                         RECEIVE_RETRY_SECONDS,
                     )
-                elif now - down_since > RECEIVE_RETRY_SECONDS:
+                elif now - self._down_since > RECEIVE_RETRY_SECONDS:
+                    self._give_up()
                     raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
@@ -144,14 +174,34 @@ class RedisChannelLayer(BaseRedisChannelLayer):
         if listener not in self._listeners:
             self._listeners.append(listener)
 
-    def _back(self, seconds):
+    def on_give_up(self, listener):
+        """Call ``listener()`` when the reads give up (Redis unreachable for RECEIVE_RETRY_SECONDS)."""
+        if listener not in self._give_up_listeners:
+            self._give_up_listeners.append(listener)
+
+    def _back(self):
+        if self._down_since is None:
+            return  # another read saw Redis answer first
+        seconds = time.monotonic() - self._down_since
+        self._down_since, self._gave_up = None, False
         self.recoveries += 1
         logger.warning("channel layer: Redis answers again after %.1f s", seconds)
-        for listener in list(self._listeners):
+        self._tell(self._listeners, seconds)
+
+    def _give_up(self):
+        if self._gave_up:
+            return
+        self._gave_up = True
+        logger.error("channel layer: Redis unreachable for %.0f s; giving up the reads", RECEIVE_RETRY_SECONDS)
+        self._tell(self._give_up_listeners)
+
+    @staticmethod
+    def _tell(listeners, *args):
+        for listener in list(listeners):
             try:
-                listener(seconds)
+                listener(*args)
             except Exception:
-                logger.exception("channel layer: a recovery listener failed")
+                logger.exception("channel layer: a listener failed")
 
     def _forget(self, channel, read):
         if self._reads.get(channel) is read:

@@ -5,9 +5,13 @@ The channel layer (conferencesite/layers.py) and the socket cap
 same Redis: ``REDIS_URL`` alone, or, with ``REDIS_SENTINELS``, the master the
 Sentinels name for ``REDIS_URL``'s service name. Through Sentinel every new
 connection asks the Sentinels where the master is (redis-py's
-``SentinelManagedConnection``), and a connection to a master that has been
-demoted fails with ConnectionError instead of READONLY, so after a failover
-the next connection goes to the new master.
+``SentinelManagedConnection``); a connection to a master that has been
+demoted fails with ConnectionError instead of READONLY, and one to a master
+that died or froze fails (reset, or the socket timeout), so after a failover
+new connections go to the new master. Until then a connection still open to
+the old master is used: with ``SENTINEL FAILOVER`` (a planned switch) the old
+master takes writes for the moment before the Sentinels demote it, and what
+is written to it then is lost. The Sentinels are reached without TLS.
 
 redis-py's ``SentinelConnectionPool`` opens one more connection for every
 command sent while the others are busy (the plain ``ConnectionPool``'s
@@ -26,6 +30,12 @@ SENTINEL_TIMEOUT = 2
 
 class BlockingSentinelConnectionPool(SentinelConnectionPool, redis.asyncio.BlockingConnectionPool):
     """redis-py's Sentinel pool with the blocking pool's bound: at most ``max_connections``, then wait."""
+
+    async def disconnect(self, inuse_connections=True):
+        await super().disconnect(inuse_connections)
+        if inuse_connections:  # the pool is closed (not just a master change): the Sentinels' connections too
+            for sentinel in self.sentinel_manager.sentinels:
+                await sentinel.aclose()
 
 
 def master_kwargs(master_url):

@@ -6,6 +6,7 @@ test can kill the master and watch the Sentinels promote the replica.
 """
 
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -25,6 +26,7 @@ class SentinelRedis:
         self.redis_ports = [free_port(), free_port()]
         self.sentinel_ports = [free_port() for _ in range(sentinels)]
         self.processes = {}  # port -> Popen
+        self.frozen = set()  # ports of processes stopped with SIGSTOP
         self.binary = shutil.which("redis-server")
         assert self.binary, "redis-server is missing (scripts/ensure-redis installs it)"
 
@@ -107,12 +109,21 @@ class SentinelRedis:
         process.wait(10)
         return port
 
+    def freeze_master(self):
+        """SIGSTOP the master: its connections stay open and nothing answers (a hung host); return its port."""
+        port = self.master_port()
+        self.processes[port].send_signal(signal.SIGSTOP)
+        self.frozen.add(port)
+        return port
+
     def wait_promoted(self, old_port, timeout=30):
         """Until every Sentinel names a new master and that master takes writes; return the seconds waited."""
         started = time.monotonic()
 
         def promoted():
             ports = {self.master_port(port) for port in self.sentinel_ports}
+            if ports & self.frozen:
+                return False
             if len(ports) != 1 or old_port in ports:
                 return False
             return self.client(ports.pop()).info("replication")["role"] == "master"
@@ -121,6 +132,8 @@ class SentinelRedis:
         return time.monotonic() - started
 
     def close(self):
+        for port in self.frozen:
+            self.processes[port].send_signal(signal.SIGCONT)
         for process in self.processes.values():
             if process.poll() is None:
                 process.kill()

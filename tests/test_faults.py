@@ -5,9 +5,11 @@ import random
 import threading
 
 import pytest
+import redis as redis_py
 from django.contrib.auth.models import User
 from django.db import connection, connections
 
+from conferences import socketcap
 from conferences.models import AsteriskServer, Conference
 from tests.live import db, present_channels, roster_matches_bridge, wait_roster
 from tests.sandbox import eventually
@@ -72,8 +74,14 @@ async def test_redis_restart_while_viewers_watch_and_calls_come_and_go(pbx, sand
         same, in_db, _in_bridge = await roster_matches_bridge(sandbox, pbx, room)
         assert same and len(in_db) == len(truth)
         assert stack.worker.poll() is None, "the worker kept going"
-        # The sockets rode the restart out (conferencesite/layers.py) and joined their groups again.
+        # The sockets rode the restart out (conferencesite/layers.py) and joined their groups again;
+        # their places under the per-user cap are back in the empty Redis too.
         assert [v.reconnects for v in viewers] == [0] * len(viewers)
+        places = redis_py.Redis.from_url(redis.url)
+        try:
+            assert places.zcard(f"{socketcap.KEY_PREFIX}{user.pk}") == len(viewers)
+        finally:
+            places.close()
         print(f"redis restart: viewers exact {recovery:.1f} s after Redis came back; "
               f"reconnects {[v.reconnects for v in viewers]}, resyncs {[v.resyncs for v in viewers]}")  # fmt: skip
     finally:

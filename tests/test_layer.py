@@ -163,14 +163,30 @@ async def test_a_receive_rides_out_a_short_redis_restart_and_gives_up_on_a_long_
         assert (await asyncio.wait_for(waiting, 10))["type"] == "after the restart"
         assert len(recoveries) == 1 and (layer.outages, layer.recoveries) == (1, 1)
 
-        waiting = asyncio.create_task(layer.receive(channel))
+        # Gone for longer: every read gives up together (a socket's and the worker's plain channel),
+        # the give-up listeners run once, and a receive begun afterwards fails at once.
+        gave_up = []
+        layer.on_give_up(lambda: gave_up.append(time.monotonic()))
+        waiting = [asyncio.create_task(layer.receive(channel)), asyncio.create_task(layer.receive("worker.7"))]
         await asyncio.sleep(0.2)
         redis.kill()
         started = time.monotonic()
-        with pytest.raises(layers.REDIS_DOWN):
-            await asyncio.wait_for(waiting, 10)
+        for receive in waiting:
+            with pytest.raises(layers.REDIS_DOWN):
+                await asyncio.wait_for(receive, 10)
         assert 2.0 <= time.monotonic() - started < 5
-        assert len(recoveries) == 1 and layer.outages == 2
+        assert len(gave_up) == 1 and len(recoveries) == 1 and layer.outages == 2
+        begun = time.monotonic()
+        with pytest.raises(layers.REDIS_DOWN):
+            await asyncio.wait_for(layer.receive(await layer.new_channel()), 10)
+        assert time.monotonic() - begun < 1.5
+        # Back: the next receive works, and says so once.
+        redis.start()
+        sender = channel_layer(redis.url)
+        await sender.send(channel, {"type": "back"})
+        await sender.close_pools()
+        assert (await asyncio.wait_for(layer.receive(channel), 10))["type"] == "back"
+        assert len(recoveries) == 2
     finally:
         await layer.close_pools()
         redis.close()

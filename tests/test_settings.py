@@ -124,7 +124,9 @@ def test_channel_layers():
     assert env.channel_layers_for(None)["default"]["BACKEND"] == "channels.layers.InMemoryChannelLayer"
     redis = env.channel_layers_for("redis://127.0.0.1:6379/3")["default"]
     assert redis["BACKEND"] == "conferencesite.layers.RedisChannelLayer"
-    assert redis["CONFIG"]["hosts"] == [{"address": "redis://127.0.0.1:6379/3", "socket_timeout": None}]
+    assert redis["CONFIG"]["hosts"] == [{"address": "redis://127.0.0.1:6379/3", **env.LAYER_SOCKET}]
+    # Above channels_redis's blocking read (5 s): a quiet room's read is never cut (channels_redis#422).
+    assert env.LAYER_SOCKET["socket_timeout"] > 5
 
 
 def test_sentinels_parse_hosts_and_ports():
@@ -151,7 +153,7 @@ def test_with_sentinels_the_layer_and_the_cache_find_the_master_by_name():
             "sentinels": sentinels,
             "master_url": "redis://:pw@conference/2",
             "sentinel_kwargs": {"password": "sentinel-pw"},
-            "socket_timeout": None,
+            **env.LAYER_SOCKET,
         }
     ]
     cache = env.caches_for("redis://:pw@conference/2", sentinels, "sentinel-pw")["default"]
@@ -161,6 +163,21 @@ def test_with_sentinels_the_layer_and_the_cache_find_the_master_by_name():
     assert cache["OPTIONS"]["SENTINELS"] == sentinels
     assert cache["OPTIONS"]["SENTINEL_KWARGS"]["password"] == "sentinel-pw"
     assert "CONNECTION_FACTORY" not in env.caches_for("redis://127.0.0.1:6379/0")["default"]["OPTIONS"]
+
+
+@pytest.mark.parametrize(
+    "scheme,connection", [("redis", "SentinelManagedConnection"), ("rediss", "SentinelManagedSSLConnection")]
+)
+def test_the_cache_through_sentinel_connects_to_the_master_it_names(settings, scheme, connection):
+    """Built as the settings build it (no connection made yet): the pool asks the Sentinels, TLS kept."""
+    from django.core.cache import caches
+    from redis.sentinel import SentinelConnectionPool
+
+    settings.CACHES = env.caches_for(f"{scheme}://:pw@conference/2", [("127.0.0.1", 26379)], None)
+    pool = caches["default"].client.get_client(write=True).connection_pool
+    assert isinstance(pool, SentinelConnectionPool) and pool.service_name == "conference"
+    assert pool.connection_class.__name__ == connection
+    assert pool.connection_kwargs["db"] == 2 and pool.connection_kwargs["password"] == "pw"
 
 
 def test_the_sentinel_pool_connects_to_the_named_master_with_its_database_and_password():
