@@ -53,8 +53,11 @@ def participant_state(participant):
         "role": participant.role,
         "joined_at": _iso(participant.joined_at),
         "muted": participant.muted,
+        "mute_source": participant.mute_source or None,
         "talking": participant.talking,
         "moh": participant.moh,
+        "hand_raised": participant.hand_raised,
+        "hand_raised_at": _iso(participant.hand_raised_at),
     }
     if participant.left_at is not None:
         state["left_at"] = _iso(participant.left_at)

@@ -408,6 +408,16 @@ def describe(event):
         return _("%(who)s was muted by a moderator") % {"who": who}
     if kind == Kind.UNMUTED:
         return _("%(who)s was unmuted by a moderator") % {"who": who}
+    if kind == Kind.SELF_MUTED:
+        return _("%(who)s muted themself (keypad)") % {"who": who}
+    if kind == Kind.SELF_UNMUTED:
+        return _("%(who)s unmuted themself (keypad)") % {"who": who}
+    if kind == Kind.HAND_RAISED:
+        return _("%(who)s raised the hand (keypad)") % {"who": who}
+    if kind == Kind.HAND_LOWERED:
+        if event.actor_id is not None:
+            return _("The hand of %(who)s was lowered by a moderator") % {"who": who}
+        return _("%(who)s lowered the hand (keypad)") % {"who": who}
     if kind == Kind.MUTED_ALL:
         return _("Everyone was muted by a moderator")
     if kind == Kind.UNMUTED_ALL:

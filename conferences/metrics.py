@@ -58,7 +58,7 @@ LAYER_FAILURES = Counter(
     ["where"],
 )
 LAYER_WHERE = ("broadcast", "hub", "group", "receive")
-ACTIONS = frozenset({"mute", "unmute", "kick", "lock", "unlock", "mute_all", "unmute_all"})
+ACTIONS = frozenset({"mute", "unmute", "kick", "lower_hand", "lock", "unlock", "mute_all", "unmute_all"})
 
 
 def action_label(action):

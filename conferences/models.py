@@ -14,6 +14,10 @@ from conferences.ari import address
 DEFAULT_SERVER_NAME = "default"
 
 digits_validator = RegexValidator(r"^[0-9]+$", _("Use digits only."))
+# The keys a caller presses during the call (conferences/ari/rules.py, keypad).
+KEYPAD_MAX_KEYS = 4
+KEYPAD_PATTERN = r"^[0-9*#]{1,4}$"
+keypad_validator = RegexValidator(KEYPAD_PATTERN, _("Use 1 to 4 of the keys 0-9, * and #."))
 
 
 def validate_ari_url(value):
@@ -124,6 +128,20 @@ class Conference(models.Model):
         help_text=_("Digits callers must enter to join; empty for none."),
     )
     locked = models.BooleanField(_("locked"), default=False)
+    keypad_hand = models.CharField(
+        _("keys: raise or lower the hand"),
+        max_length=KEYPAD_MAX_KEYS,
+        default="*1",
+        validators=[keypad_validator],
+        help_text=_("What a caller presses during the call (0-9, * and #, at most 4 keys)."),
+    )
+    keypad_mute = models.CharField(
+        _("keys: mute or unmute oneself"),
+        max_length=KEYPAD_MAX_KEYS,
+        default="*6",
+        validators=[keypad_validator],
+        help_text=_("Not for a caller a moderator muted (0-9, * and #, at most 4 keys)."),
+    )
     seq = models.PositiveBigIntegerField(
         _("event sequence"), default=0, editable=False, help_text=_("Number of the room's last event.")
     )
@@ -142,6 +160,10 @@ class Conference(models.Model):
                 name="conference_max_participants_positive",
             ),
             models.CheckConstraint(condition=~Q(slug=""), name="conference_slug_not_empty"),
+            models.CheckConstraint(
+                condition=Q(keypad_hand__regex=KEYPAD_PATTERN) & Q(keypad_mute__regex=KEYPAD_PATTERN),
+                name="conference_keypad_keys",
+            ),
         ]
 
     def __str__(self):
@@ -149,6 +171,15 @@ class Conference(models.Model):
 
     def get_absolute_url(self):
         return reverse("conference-detail", kwargs={"slug": self.slug})
+
+    def clean(self):
+        super().clean()
+        hand, mute = self.keypad_hand or "", self.keypad_mute or ""
+        if hand and mute and (hand in mute or mute in hand):
+            # Keys are read as they come: the shorter would fire before the longer is complete.
+            raise ValidationError(
+                {"keypad_mute": _("The two key sequences must differ, and neither may contain the other.")}
+            )
 
 
 class ConferenceAccess(models.Model):
@@ -267,6 +298,10 @@ class Participant(models.Model):
         KICKED = "kicked", _("kicked")
         LOST = "lost", _("lost")
 
+    class MuteSource(models.TextChoices):
+        MODERATOR = "moderator", _("by a moderator")
+        SELF = "self", _("by themself")
+
     conference = models.ForeignKey(
         Conference, on_delete=models.CASCADE, related_name="participants", verbose_name=_("conference")
     )
@@ -284,8 +319,12 @@ class Participant(models.Model):
     left_at = models.DateTimeField(_("left at"), null=True, blank=True)
     left_reason = models.CharField(_("left reason"), max_length=16, choices=LeftReason.choices, blank=True)
     muted = models.BooleanField(_("muted"), default=False)
+    # Who muted the caller (empty when not muted): a caller a moderator muted cannot unmute themself.
+    mute_source = models.CharField(_("muted by"), max_length=16, choices=MuteSource.choices, blank=True)
     talking = models.BooleanField(_("talking"), default=False)
     moh = models.BooleanField(_("music on hold"), default=False)
+    hand_raised = models.BooleanField(_("hand raised"), default=False)
+    hand_raised_at = models.DateTimeField(_("hand raised at"), null=True, blank=True)
     # Null only for a stay stored without the services (the services and the
     # migration that introduced meetings set it). db_index=False: the
     # (meeting, joined_at, id) index below serves the foreign key too.
@@ -318,6 +357,14 @@ class Participant(models.Model):
                 name="participant_left_after_joined",
             ),
             models.CheckConstraint(condition=~Q(channel_id=""), name="participant_channel_id_not_empty"),
+            models.CheckConstraint(
+                condition=Q(muted=True) | Q(mute_source=""), name="participant_mute_source_only_when_muted"
+            ),
+            models.CheckConstraint(
+                condition=Q(hand_raised=False, hand_raised_at__isnull=True)
+                | Q(hand_raised=True, hand_raised_at__isnull=False),
+                name="participant_hand_raised_at_with_hand",
+            ),
         ]
         indexes = [
             # The roster of a room: its present participants.
@@ -361,6 +408,10 @@ class ConferenceEvent(models.Model):
         LOCKED = "locked", _("locked")
         UNLOCKED = "unlocked", _("unlocked")
         REFUSED = "refused", _("refused entry")
+        HAND_RAISED = "hand_raised", _("raised the hand")
+        HAND_LOWERED = "hand_lowered", _("lowered the hand")
+        SELF_MUTED = "self_muted", _("muted themself")
+        SELF_UNMUTED = "self_unmuted", _("unmuted themself")
 
     conference = models.ForeignKey(
         Conference, on_delete=models.CASCADE, related_name="events", verbose_name=_("conference")

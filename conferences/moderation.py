@@ -12,8 +12,8 @@ import time
 
 from channels.layers import get_channel_layer
 
-ACTIONS = ("mute", "unmute", "kick", "mute_all", "unmute_all", "lock", "unlock")
-PARTICIPANT_ACTIONS = ("mute", "unmute", "kick")
+ACTIONS = ("mute", "unmute", "kick", "lower_hand", "mute_all", "unmute_all", "lock", "unlock")
+PARTICIPANT_ACTIONS = ("mute", "unmute", "kick", "lower_hand")
 
 REQUEST_TYPE = "moderation.request"
 REPLY_TYPE = "moderation.reply"

@@ -176,13 +176,27 @@ def participant_leave(*, participant_id, reason, actor_id=None):
     return participant
 
 
-UPDATABLE = {"muted", "talking", "moh"}
+UPDATABLE = {"muted", "mute_source", "talking", "moh", "hand_raised"}
 QUICK = {"talking", "moh"}  # never audited: the quick path
-AUDITED = {"muted": (Kind.MUTED, Kind.UNMUTED)}
-
+# The timeline entry of a change: (on, off), for a moderator's change and for the caller's own (keypad).
+AUDITED = {
+    "muted": {False: (Kind.MUTED, Kind.UNMUTED), True: (Kind.SELF_MUTED, Kind.SELF_UNMUTED)},
+    "hand_raised": {False: (Kind.HAND_RAISED, Kind.HAND_LOWERED), True: (Kind.HAND_RAISED, Kind.HAND_LOWERED)},
+}
+FLAGS = ("muted", "talking", "moh", "hand_raised")
 
 # What a browser sees of a participant (broadcast.participant_state), as the columns a quick update returns.
-STATE_FIELDS = ("id", "conference_id", "caller_number", "caller_name", "role", "joined_at", "muted", "talking", "moh")
+STATE_FIELDS = (
+    "id",
+    "conference_id",
+    "caller_number",
+    "caller_name",
+    "role",
+    "joined_at",
+    *FLAGS,
+    "mute_source",
+    "hand_raised_at",
+)
 
 
 def _quick_update(participant_ids, changes):
@@ -202,42 +216,51 @@ def _quick_update(participant_ids, changes):
     quote = connection.ops.quote_name
     columns = [Participant._meta.get_field(name).column for name in STATE_FIELDS]
     sets = ", ".join(f"{quote(field)} = %s" for field in changes)
-    differs = " OR ".join(f"{quote(field)} <> %s" for field in changes)
+    compared = {field: value for field, value in changes.items() if value is not None}
+    differs = " OR ".join(
+        [f"{quote(field)} <> %s" for field in compared]
+        + [f"{quote(field)} IS NOT NULL" for field, value in changes.items() if value is None]
+    )
     ids = ", ".join(["%s"] * len(participant_ids))
     sql = (
         f"UPDATE {quote(Participant._meta.db_table)} SET {sets} "  # noqa: S608 (names from the model, values bound)
         f"WHERE id IN ({ids}) AND left_at IS NULL AND ({differs}) RETURNING {', '.join(map(quote, columns))}"
     )
-    values = [bool(value) for value in changes.values()]
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*values, *participant_ids, *values])
+        cursor.execute(sql, [*changes.values(), *participant_ids, *compared.values()])
         rows = cursor.fetchall()
     return sorted((_participant_from_row(row) for row in rows), key=lambda participant: participant.pk)
 
 
 def _participant_from_row(row):
     fields = dict(zip(STATE_FIELDS, row, strict=True))
-    for name in ("muted", "talking", "moh"):
+    for name in FLAGS:
         fields[name] = bool(fields[name])
-    joined_at = fields["joined_at"]
-    if isinstance(joined_at, str):  # SQLite hands back the stored text
-        joined_at = parse_datetime(joined_at)
-    if timezone.is_naive(joined_at):
-        joined_at = timezone.make_aware(joined_at, UTC)
-    fields["joined_at"] = joined_at
+    for name in ("joined_at", "hand_raised_at"):
+        value = fields[name]
+        if isinstance(value, str):  # SQLite hands back the stored text
+            value = parse_datetime(value)
+        if value is not None and timezone.is_naive(value):
+            value = timezone.make_aware(value, UTC)
+        fields[name] = value
     return Participant(**fields)
 
 
-def participant_update(*, participant_id, actor_id=None, audit=True, **changes):
-    """Change muted / talking / moh of a present participant; broadcast when anything changed.
+def participant_update(*, participant_id, actor_id=None, audit=True, by_self=False, **changes):
+    """Change muted / mute_source / talking / moh / hand_raised of a present participant; broadcast a change.
 
     Returns the participant's new state, or ``None`` when it is not present.
     What needs no audit entry (talking, music on hold; mute all's mutes,
     audited once for the room) takes the quick path: one statement.
+    ``hand_raised`` sets ``hand_raised_at`` (the order hands went up);
+    ``by_self``: the caller's own change from the keypad (``self_muted`` …
+    in the timeline, no actor).
     """
     unknown = set(changes) - UPDATABLE
     if unknown:
         raise ValueError(f"cannot update {', '.join(sorted(unknown))}")
+    if "hand_raised" in changes:
+        changes["hand_raised_at"] = timezone.now() if changes["hand_raised"] else None
     if changes and (set(changes) <= QUICK or not audit):
         with transaction.atomic():
             for updated in _quick_update([participant_id], changes):
@@ -248,6 +271,8 @@ def participant_update(*, participant_id, actor_id=None, audit=True, **changes):
         current = Participant.objects.present().filter(pk=participant_id).first()
         if current is None:
             return None
+        if changes.get("hand_raised") and current.hand_raised:
+            changes.pop("hand_raised_at")  # raised already: its place in the order stays
         changed = [field for field, value in changes.items() if getattr(current, field) != value]
         if not changed:
             return current
@@ -256,8 +281,11 @@ def participant_update(*, participant_id, actor_id=None, audit=True, **changes):
         current.save(update_fields=changed)
         for field in changed:
             if audit and field in AUDITED:
-                on, off = AUDITED[field]
+                on, off = AUDITED[field][by_self]
                 _record(current.conference_id, on if changes[field] else off, participant=current, actor_id=actor_id)
+        if audit and "mute_source" in changed and "muted" not in changed and current.muted and not by_self:
+            # A moderator's mute of a caller muted by themself: now only a moderator unmutes.
+            _record(current.conference_id, Kind.MUTED, participant=current, actor_id=actor_id)
         _emit(current.conference_id, "participant.updated", participant=broadcast.participant_state(current))
     return current
 
@@ -270,7 +298,11 @@ def participants_set_muted(*, conference_id, participant_ids, muted, actor_id=No
     their event numbers, one for the entry (``muted_all`` / ``unmuted_all``,
     with its actor). Returns the participants that changed.
     """
-    changes = {"muted": True, "talking": False} if muted else {"muted": False}
+    # A moderator's mute (the caller cannot undo it); unmuting also lowers the hand.
+    if muted:
+        changes = {"muted": True, "mute_source": Participant.MuteSource.MODERATOR, "talking": False}
+    else:
+        changes = {"muted": False, "mute_source": "", "hand_raised": False, "hand_raised_at": None}
     with transaction.atomic():
         updated = [p for p in _quick_update(list(participant_ids), changes) if p.conference_id == conference_id]
         if updated:

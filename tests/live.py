@@ -11,7 +11,7 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.layers import channel_layers, get_channel_layer
 
-from conferences import broadcast
+from conferences import broadcast, moderation
 from conferences.ari.rules import room_bridge_id
 from conferences.ari.worker import AriWorker
 from conferences.models import AsteriskServer, Conference, ConferenceEvent, Participant
@@ -232,3 +232,14 @@ def redis_cache(settings, redis_url):
     prefix = f"test-{uuid.uuid4().hex}"
     settings.CACHES = {"default": {**env.caches_for(redis_url)["default"], "KEY_PREFIX": prefix}}
     return prefix
+
+
+async def act(worker, conference, action, participant_id=None, actor=None):
+    """A moderation request to the running ``worker``, as a page sends it: ``(ok, error)``."""
+    return await moderation.request(
+        server_id=worker.server.pk,
+        conference_id=conference.pk,
+        action=action,
+        participant_id=participant_id,
+        actor_id=actor.pk if actor else None,
+    )

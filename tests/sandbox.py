@@ -89,6 +89,31 @@ class Sandbox:
         )
         return caller
 
+    async def typist(self, ears, room, *, name="Typist", number="200", talking=False):
+        """A caller whose far end is held in the ears' application: it types keys (``press``) and talks on demand.
+
+        ``POST /channels/{id}/dtmf`` wants a channel in a Stasis application;
+        the far ends of ``caller`` run dialplan. The keys and the speech the
+        far end is given arrive on the participant's half, as a phone's would.
+        """
+        caller = Caller(_id("p"), _id("f"), name, number)
+        await self.call(
+            "POST",
+            "/channels",
+            params={
+                "endpoint": f"Local/{room}@conferences",
+                "app": EAR_APP,
+                "channelId": caller.far_id,
+                "otherChannelId": caller.channel_id,
+                "callerId": f'"{name}" <{number}>',
+            },
+        )
+        await ears.wait_in_app(caller.far_id)
+        typist = Typist(self, caller)
+        if talking:
+            await typist.talk()
+        return typist
+
     async def straight_into_app(self, app_args, *, app="conference", name="Direct", number="200"):
         """A channel that enters ``Stasis(app,<app_args>)`` with no dialplan in between (a silent far end)."""
         caller = Caller(_id("p"), _id("f"), name, number)
@@ -137,6 +162,36 @@ class Sandbox:
         await eventually(no_channels, message="sandbox channels hung up")
 
 
+class Typist:
+    """A caller that presses keys and talks (see ``Sandbox.typist``)."""
+
+    def __init__(self, sandbox, caller):
+        self.sandbox, self.caller = sandbox, caller
+        self.channel_id, self.far_id, self.number = caller.channel_id, caller.far_id, caller.number
+        self.mouth = None
+
+    async def talk(self):
+        self.mouth = _id("m")
+        media = ",".join(["sound:demo-congrats"] * 20)  # ten minutes of speech
+        await self.sandbox.call(
+            "POST", f"/channels/{self.far_id}/play", params={"media": media, "playbackId": self.mouth}, ok=(201,)
+        )
+
+    async def press(self, keys, *, between=150):
+        """Type ``keys`` (100 ms tones ``between`` ms apart); a talking typist stops talking meanwhile, as people do."""
+        talking = self.mouth is not None
+        if talking:
+            await self.sandbox.call("DELETE", f"/playbacks/{self.mouth}", ok=(200, 204, 404))
+            self.mouth = None
+        await self.sandbox.call(
+            "POST", f"/channels/{self.far_id}/dtmf", params={"dtmf": keys, "duration": 100, "between": between}
+        )
+        # Asterisk answers at once and sends the tones after: returns once they are out.
+        await asyncio.sleep(len(keys) * (100 + between) / 1000 + 0.2)
+        if talking:
+            await self.talk()
+
+
 class Ears:
     """Snoops on participants and tells whether each one hears sound right now."""
 
@@ -175,6 +230,16 @@ class Ears:
             else:
                 continue
             self.changed.set()
+
+    async def wait_in_app(self, channel_id, timeout=10):
+        """Wait until ``channel_id`` has entered the ears' application."""
+        try:
+            async with asyncio.timeout(timeout):
+                while channel_id not in self.in_app:
+                    self.changed.clear()
+                    await self.changed.wait()
+        except TimeoutError:
+            raise SandboxError(f"{channel_id} did not enter the ears' application in {timeout} s") from None
 
     async def listen(self, caller):
         """Start hearing what ``caller`` hears; returns the snoop id."""

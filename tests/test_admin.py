@@ -148,6 +148,8 @@ def test_adding_a_room_with_access_rows_inline(admin_client, server, make_user, 
         "moh_class": "default",
         "max_participants": "",
         "pin": "",
+        "keypad_hand": "*1",
+        "keypad_mute": "*6",
         "access-TOTAL_FORMS": "2",
         "access-INITIAL_FORMS": "0",
         "access-MIN_NUM_FORMS": "0",
@@ -196,6 +198,8 @@ def _room_form(conference, **overrides):
         "moh_class": conference.moh_class,
         "max_participants": conference.max_participants or "",
         "pin": conference.pin,
+        "keypad_hand": conference.keypad_hand,
+        "keypad_mute": conference.keypad_mute,
         "access-TOTAL_FORMS": "0",
         "access-INITIAL_FORMS": "0",
         "access-MIN_NUM_FORMS": "0",
@@ -246,6 +250,25 @@ def test_a_setting_pages_do_not_show_changes_quietly(
         assert admin_client.post(url, _room_form(conference, pin="4321")).status_code == 302
     conference.refresh_from_db()
     assert conference.pin == "4321" and conference.seq == seq and sent == []
+
+
+@pytest.mark.parametrize(
+    "hand,mute,field,message",
+    [
+        ("*1", "*1", "keypad_mute", "neither may contain the other"),
+        ("1", "*12", "keypad_mute", "neither may contain the other"),  # "1" would fire inside "*12"
+        ("*1", "*A", "keypad_mute", "Use 1 to 4 of the keys"),
+        ("*1234", "*6", "keypad_hand", "at most 4 characters"),
+        ("", "*6", "keypad_hand", "This field is required"),
+    ],
+)
+def test_keypad_keys_that_could_not_work_are_refused(admin_client, conference, hand, mute, field, message):
+    url = reverse("admin:conferences_conference_change", args=[conference.pk])
+    response = admin_client.post(url, _room_form(conference, keypad_hand=hand, keypad_mute=mute))
+    assert response.status_code == 200
+    assert any(message in error for error in response.context["adminform"].form.errors[field])
+    conference.refresh_from_db()
+    assert (conference.keypad_hand, conference.keypad_mute) == ("*1", "*6")
 
 
 @pytest.mark.parametrize(

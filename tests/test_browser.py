@@ -14,7 +14,7 @@ from django.contrib.auth.models import User
 
 from conferences.models import AsteriskServer, Conference, ConferenceAccess
 from tests.live import db, present_channels
-from tests.sandbox import eventually
+from tests.sandbox import Ears, eventually
 from tests.stack import ROOT, Processes, base_env, database_url
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -36,6 +36,13 @@ async def stack(pbx, sandbox, redis_url):
     )
     yield services
     await asyncio.to_thread(services.close)
+
+
+@pytest.fixture
+async def stack_ears(sandbox):
+    """The test's own ARI application (tests/sandbox.py, Ears): holds the far ends of callers who type keys."""
+    async with Ears(sandbox) as ears:
+        yield ears
 
 
 @pytest.fixture
@@ -80,7 +87,7 @@ async def live(page):
     )
 
 
-async def test_moderator_and_viewer_watch_a_real_room(stack, browser, pbx, sandbox):
+async def test_moderator_and_viewer_watch_a_real_room(stack, browser, pbx, sandbox, stack_ears):
     room = await db(Conference.objects.create)(server=pbx, number="150", slug="daily", name="Daily stand-up")
 
     def users():
@@ -114,7 +121,7 @@ async def test_moderator_and_viewer_watch_a_real_room(stack, browser, pbx, sandb
         assert "Alice <script>x</script>" in await row(page, talker_id).inner_text()
     await viewer.wait_for_selector(f"[data-participant-id='{talker_id}'][data-talking='true']", timeout=15000)
 
-    quiet = await sandbox.caller(150, name="Bob", number="202")
+    quiet = await sandbox.typist(stack_ears, 150, name="Bob", number="202")  # a phone that types on demand
     await eventually(lambda: db(lambda: quiet.channel_id in present_channels(room))(), timeout=15)
     quiet_id = await participant_id(quiet.channel_id)
     await row(viewer, quiet_id).wait_for(timeout=10000)
@@ -129,6 +136,21 @@ async def test_moderator_and_viewer_watch_a_real_room(stack, browser, pbx, sandb
     # The moderator mutes the talker: the viewer sees the badge.
     await row(moderator, talker_id).locator("[data-action=mute]").click()
     await row(viewer, talker_id).locator("[data-badge=muted]").wait_for(timeout=10000)
+    assert await row(viewer, talker_id).locator("[data-badge=muted]").inner_text() == "muted by a moderator"
+
+    # Bob raises his hand from his keypad (*1): both pages show it; the moderator lowers it.
+    await quiet.press("*1")
+    for page in (moderator, viewer):
+        await row(page, quiet_id).locator("[data-badge=hand]").wait_for(timeout=10000)
+    assert await row(viewer, quiet_id).locator("[data-badge=hand]").inner_text() == "hand raised · 1"
+    await row(moderator, quiet_id).locator("[data-action=lower_hand]").click()
+    for page in (moderator, viewer):
+        await row(page, quiet_id).locator("[data-badge=hand]").wait_for(state="detached", timeout=10000)
+    assert await row(moderator, quiet_id).locator("[data-action=lower_hand]").is_hidden()
+    # And mutes himself (*6): a mute of his own, which the page tells apart.
+    await quiet.press("*6")
+    await row(viewer, quiet_id).locator("[data-badge=muted]").wait_for(timeout=10000)
+    assert await row(viewer, quiet_id).locator("[data-badge=muted]").inner_text() == "muted (by themself)"
 
     # Kick asks for confirmation, then the row goes everywhere.
     moderator.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))

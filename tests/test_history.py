@@ -172,6 +172,27 @@ def test_timeline_in_words_newest_first_with_actor(logged_in, conference, make_p
 
 
 @pytest.mark.django_db
+def test_keypad_entries_in_words(logged_in, conference, make_participant, make_user, event):
+    moderator = make_user("mona")
+    carol = make_participant(conference, caller_name="Carol", caller_number="203", joined_at=at(1, 10))
+    event(Kind.HAND_RAISED, at(1, 10, 1), carol)
+    event(Kind.HAND_LOWERED, at(1, 10, 2), carol)
+    event(Kind.SELF_MUTED, at(1, 10, 3), carol)
+    event(Kind.SELF_UNMUTED, at(1, 10, 4), carol)
+    event(Kind.HAND_RAISED, at(1, 10, 5), carol)
+    event(Kind.HAND_LOWERED, at(1, 10, 6), carol, actor=moderator)
+    texts = [entry.text for entry in logged_in.get(URL).context["entries"]]
+    assert texts == [
+        "The hand of Carol (203) was lowered by a moderator",
+        "Carol (203) raised the hand (keypad)",
+        "Carol (203) unmuted themself (keypad)",
+        "Carol (203) muted themself (keypad)",
+        "Carol (203) lowered the hand (keypad)",
+        "Carol (203) raised the hand (keypad)",
+    ]
+
+
+@pytest.mark.django_db
 def test_timeline_shows_site_time_zone(logged_in, event, settings):
     settings.TIME_ZONE = "Europe/Berlin"
     event(Kind.LOCKED, at(1, 23, 30))

@@ -94,7 +94,7 @@ class SlowAri(FakeAri):
         super().__init__()
         self.slow_bridges, self.seconds = set(slow_bridges), seconds
 
-    async def add_channel(self, bridge_id, channel_id, role=None):
+    async def add_channel(self, bridge_id, channel_id, role=None, *, absorb_dtmf=False):
         self.calls.append(("add_channel", bridge_id, channel_id))
         if bridge_id in self.slow_bridges:
             await asyncio.sleep(self.seconds)
@@ -243,7 +243,7 @@ async def test_nothing_overtakes_a_resync(running, make_conference):
             order.append("resync reads")
             return []
 
-        async def add_channel(self, bridge_id, channel_id, role=None):
+        async def add_channel(self, bridge_id, channel_id, role=None, *, absorb_dtmf=False):
             order.append(f"add {channel_id}")
 
     worker = await running(SlowResyncAri())

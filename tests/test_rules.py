@@ -167,3 +167,64 @@ def test_resync_ignores_bridges_of_other_applications_and_channels_that_are_gone
 
 def test_verdicts_are_strings_for_logs():
     assert Verdict.REFUSE == "refuse" and PinResult.RIGHT == "right"
+
+
+# --- the keypad during the call ----------------------------------------------------------------
+
+KEYS = {rules.HAND: "*1", rules.SELF_MUTE: "*6"}
+
+
+def typed(keys, sequences=KEYS, gaps=None):
+    """Press ``keys`` one by one (``gaps``: seconds before each, 0.2 by default); the actions done, in order."""
+    kept, done = "", []
+    for index, key in enumerate(keys):
+        gap = gaps[index] if gaps else 0.2
+        kept, action = rules.keypad_press(kept, key, sequences, gap)
+        if action:
+            done.append(action)
+    return done
+
+
+@pytest.mark.parametrize(
+    "keys,gaps,sequences,expected",
+    [
+        ("*1", None, KEYS, [rules.HAND]),
+        ("*6", None, KEYS, [rules.SELF_MUTE]),
+        ("*1*1", None, KEYS, [rules.HAND, rules.HAND]),  # up, then down
+        ("1234*1", None, KEYS, [rules.HAND]),  # digits before: the sequence still ends what was typed
+        ("**1", None, KEYS, [rules.HAND]),
+        ("*7", None, KEYS, []),
+        ("1*", None, KEYS, []),  # the keys of a sequence in the wrong order
+        ("*1", [0.2, 3.5], KEYS, []),  # too slow: "*" forgotten before "1"
+        ("*1", [9.0, 0.2], KEYS, [rules.HAND]),  # a long pause before the sequence does not matter
+        ("*x1", None, KEYS, [rules.HAND]),  # not a keypad key (a hostile event): ignored, not a break
+        ("*A1B", None, KEYS, [rules.HAND]),  # A-D (RFC 4733 events 12-15) are not keys of ours
+        ("#5", None, {rules.HAND: "#5", rules.SELF_MUTE: "99"}, [rules.HAND]),
+        ("*1", None, {rules.HAND: "#5", rules.SELF_MUTE: "99"}, []),
+        ("999", None, {rules.HAND: "#5", rules.SELF_MUTE: "99"}, [rules.SELF_MUTE]),  # the third 9 starts anew
+        ("*1", None, {rules.HAND: "", rules.SELF_MUTE: "*6"}, []),  # an empty sequence never fires
+    ],
+)
+def test_keypad_sequences(keys, gaps, sequences, expected):
+    assert typed(keys, sequences, gaps) == expected
+
+
+def test_the_keys_kept_are_bounded():
+    kept = ""
+    for _ in range(1000):
+        kept, action = rules.keypad_press(kept, "7", KEYS, 0.1)
+        assert action is None
+    assert len(kept) == rules.MAX_TYPED
+
+
+@pytest.mark.parametrize(
+    "muted,source,expected",
+    [
+        (False, "", rules.SelfMute.MUTE),
+        (True, "self", rules.SelfMute.UNMUTE),
+        (True, "moderator", rules.SelfMute.REFUSE),  # only a moderator unmutes
+        (True, "", rules.SelfMute.REFUSE),  # muted, source unknown: treated as a moderator's
+    ],
+)
+def test_self_mute(muted, source, expected):
+    assert rules.self_mute(muted=muted, mute_source=source) == expected

@@ -17,10 +17,9 @@ import pytest
 import requests
 from django.contrib.auth.models import User
 
-from conferences import moderation
 from conferences.ari.client import AriClient
 from conferences.models import ConferenceEvent, Participant
-from tests.live import EventLog, RoomWatcher, db, events_of, participant, wait_roster
+from tests.live import EventLog, RoomWatcher, act, db, events_of, participant, wait_roster
 from tests.sandbox import eventually
 from tests.sip import AppSocket, AriAccess, Phones, channel_variable, rest
 
@@ -65,16 +64,6 @@ async def phones(phones_ari, sandbox):
 @pytest.fixture
 async def moderator(transactional_db):
     return await db(User.objects.create_user)(username="mod", password="x")
-
-
-async def act(worker, conference, action, participant_id=None, actor=None):
-    return await moderation.request(
-        server_id=worker.server.pk,
-        conference_id=conference.pk,
-        action=action,
-        participant_id=participant_id,
-        actor_id=actor.pk if actor else None,
-    )
 
 
 def sandbox_access(sandbox):
@@ -259,6 +248,28 @@ async def test_keys_typed_in_the_room_reach_the_worker_both_ways(runner, phones,
 
     await eventually(lambda: keys() == "*6*1", message="keys at the worker")
     assert (await bridge_of(sandbox, typist.channel_id))["technology"] != "native_rtp"
+    # The keypad acted on them: muted by themself, hand up.
+    await eventually(
+        lambda: db(lambda: Participant.objects.filter(
+            channel_id=typist.channel_id, muted=True, mute_source="self", hand_raised=True
+        ).exists())(),
+        message="the typist's keys carried out",
+    )  # fmt: skip
+    # And the room did not get them (absorbDTMF): the other phone received no key.
+    await asyncio.sleep(1)
+    assert phones.socket.of("ChannelDtmfReceived", talker.id) == []
+
+
+async def test_without_absorbing_the_keys_the_other_phones_in_a_bridge_receive_them(phones, sandbox, conference_app):
+    """The control for the absorbed keys above: in a bridge joined without absorbDTMF, the keys pass on."""
+    bridge_id = f"keys-{uuid.uuid4().hex}"
+    await sandbox.call("POST", f"/bridges/{bridge_id}", params={"type": "mixing,dtmf_events,proxy_media"})
+    talker, typist = await two_phones_in_a_bridge(phones, sandbox, conference_app, bridge_id)
+    await phones.dtmf(typist, "*1", mode="rfc4733")
+    await eventually(
+        lambda: "".join(e["digit"] for e in phones.socket.of("ChannelDtmfReceived", talker.id)) == "*1",
+        message="the keys at the other phone",
+    )
 
 
 # --- the bridge keeps the media in Asterisk -------------------------------------------------

@@ -8,7 +8,7 @@ from django.contrib.auth.models import User
 
 from conferences import moderation
 from conferences.models import AsteriskServer, ConferenceEvent, Participant
-from tests.live import EventLog, db, events_of, participant, wait_roster
+from tests.live import EventLog, act, db, events_of, participant, wait_roster
 from tests.sandbox import Ears, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -24,16 +24,6 @@ async def moh_flags(conference):
             Participant.objects.filter(conference=conference, left_at__isnull=True).values_list("channel_id", "moh")
         )
     )()
-
-
-async def act(worker, conference, action, participant_id=None, actor=None):
-    return await moderation.request(
-        server_id=worker.server.pk,
-        conference_id=conference.pk,
-        action=action,
-        participant_id=participant_id,
-        actor_id=actor.pk if actor else None,
-    )
 
 
 # --- joining and leaving ------------------------------------------------------------

@@ -52,6 +52,10 @@ class Call:
     talking: bool = False  # as talk detection last said
     kicked: bool = False
     kicked_by: int | None = None
+    # The keypad during the call: the room's sequences (read at the first key), the keys typed since.
+    keypad: dict | None = None
+    typed: str = ""
+    typed_at: float = 0.0
     # Leaving: hang up when one of these playbacks finishes.
     hangup_after: set = field(default_factory=set)
 

@@ -211,10 +211,13 @@ class AriClient:
     async def destroy_bridge(self, bridge_id):
         await self.request("DELETE", f"/bridges/{quote(bridge_id, safe='')}")
 
-    async def add_channel(self, bridge_id, channel_id, role=None):
+    async def add_channel(self, bridge_id, channel_id, role=None, *, absorb_dtmf=False):
+        """``absorb_dtmf``: the channel's keys do not reach the bridge's others (ChannelDtmfReceived still comes)."""
         params = {"channel": channel_id}
         if role:
             params["role"] = role
+        if absorb_dtmf:
+            params["absorbDTMF"] = "true"
         await self.request("POST", f"/bridges/{quote(bridge_id, safe='')}/addChannel", params=params)
 
     async def remove_channel(self, bridge_id, channel_id):

@@ -71,10 +71,10 @@ class Effects:
         self._playbacks += 1
         return f"{self.app_name}-pb-{channel_id}-{self._playbacks}"
 
-    async def play(self, channel_id, sound):
-        """Play one of Asterisk's sounds to a channel; returns the playback id."""
+    async def play(self, channel_id, *sounds):
+        """Play Asterisk's sounds to a channel, one after the other (to that channel only); returns the playback id."""
         playback_id = self.playback_id(channel_id)
-        await self.ari.play(channel_id, f"sound:{sound}", playback_id)
+        await self.ari.play(channel_id, ",".join(f"sound:{sound}" for sound in sounds), playback_id)
         return playback_id
 
     async def stop_playback(self, playback_id):

@@ -23,6 +23,7 @@ with ``conf-invalid``. The admin role comes only from the channel variable
 
 import asyncio
 import logging
+import time
 
 from conferences import services
 from conferences.ari import pin_throttle, rules, store
@@ -276,10 +277,14 @@ class ConferenceApp:
 
     async def on_ChannelDtmfReceived(self, event):
         channel_id = (event.get("channel") or {}).get("id")
+        digit = str(event.get("digit", ""))
+        present = self._at_pin(channel_id, Phase.PRESENT)
+        if present is not None:
+            await self.keypad(present, digit)
+            return
         call = self._at_pin(channel_id)
         if call is None:
             return
-        digit = str(event.get("digit", ""))
         if call.prompt is not None:
             # A caller who types stops the prompt (Asterisk would make the bridge wait for it to end).
             prompt, call.prompt = call.prompt, None
@@ -334,6 +339,40 @@ class ConferenceApp:
         await self.effects.play(call.channel_id, "conf-invalidpin")
         await self.prompt_pin(call)
 
+    # --- the keypad during the call -------------------------------------------------------
+
+    async def keypad(self, call, key):
+        """A key a caller in the room pressed: the room's sequences raise or lower the hand, mute or unmute."""
+        if call.participant_id is None:
+            return
+        if call.keypad is None:
+            call.keypad = await self.effects.db(store.keypad_keys, call.conference_id)
+            if call.keypad is None:
+                return  # the room was deleted
+        now = time.monotonic()
+        call.typed, action = rules.keypad_press(call.typed, key, call.keypad, now - call.typed_at)
+        call.typed_at = now
+        if action is None:
+            return
+        state = await self.effects.db(store.keypad_state, call.participant_id)
+        if state is None:
+            return
+        hand_raised, muted, mute_source = state
+        if action == rules.HAND:
+            await self.effects.db(store.set_hand, call.participant_id, not hand_raised, by_self=True)
+            await self.effects.play(
+                call.channel_id, *rules.KEYPAD_SOUNDS["hand_lowered" if hand_raised else "hand_raised"]
+            )
+            return
+        decision = rules.self_mute(muted=muted, mute_source=mute_source)
+        if decision == rules.SelfMute.MUTE:
+            await self._mute(call.channel_id)
+            await self.effects.db(store.self_mute, call.participant_id, True)
+        elif decision == rules.SelfMute.UNMUTE:
+            await self._unmute(call.channel_id)
+            await self.effects.db(store.self_mute, call.participant_id, False)
+        await self.effects.play(call.channel_id, *rules.KEYPAD_SOUNDS[decision])
+
     # --- into the bridge -------------------------------------------------------------
 
     async def enter_bridge(self, call, facts):
@@ -342,7 +381,8 @@ class ConferenceApp:
         room = await self.ensure_bridge(facts)
         try:
             await self.effects.talk_detect(call.channel_id)
-            await self.ari.add_channel(room.bridge_id, call.channel_id)
+            # The keypad is the caller's own: the room does not hear the keys (absorbDTMF).
+            await self.ari.add_channel(room.bridge_id, call.channel_id, absorb_dtmf=True)
         except AriError:
             self.state.forget(call.channel_id)
             raise
@@ -515,12 +555,17 @@ class ConferenceApp:
     async def do_mute(self, conference, command, actor_id):
         participant_id, channel_id = await self._target(conference, command)
         await self._mute(channel_id)
-        await self.effects.db(store.update, participant_id, muted=True, talking=False, actor_id=actor_id)
+        await self.effects.db(store.moderator_mute, participant_id, True, actor_id)
 
     async def do_unmute(self, conference, command, actor_id):
+        """Clears any mute (the caller's own too) and lowers the caller's hand."""
         participant_id, channel_id = await self._target(conference, command)
         await self.ari.unmute(channel_id, "in")
-        await self.effects.db(store.update, participant_id, muted=False, actor_id=actor_id)
+        await self.effects.db(store.moderator_mute, participant_id, False, actor_id)
+
+    async def do_lower_hand(self, conference, command, actor_id):
+        participant_id, _channel_id = await self._target(conference, command)
+        await self.effects.db(store.set_hand, participant_id, False, actor_id)
 
     async def do_kick(self, conference, command, actor_id):
         _participant_id, channel_id = await self._target(conference, command)

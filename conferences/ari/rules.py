@@ -195,6 +195,60 @@ def pin_result(*, digits, pin, tries, max_tries):
 # --- music on hold ---------------------------------------------------------------------------------
 
 
+# --- the keypad during the call -------------------------------------------------------------------
+
+HAND = "hand"  # raise or lower the hand
+SELF_MUTE = "self_mute"  # mute or unmute oneself
+KEYPAD_ACTIONS = (HAND, SELF_MUTE)  # in the order of Conference.keypad_hand, keypad_mute
+KEYPAD_KEYS = frozenset("0123456789*#")
+KEY_GAP_SECONDS = 3.0  # keys further apart than this start a new sequence
+MAX_TYPED = 8  # keys kept while a sequence may still be under way
+
+
+def keypad_press(typed, key, sequences, gap):
+    """A key pressed in the room: ``(keys kept, action or None)``.
+
+    ``typed`` are the keys since the last action (``gap`` seconds before this
+    one); ``sequences`` maps an action to its keys. An action's keys at the
+    end of what was typed do it, and start afresh. Anything that is not a key
+    of a telephone keypad is ignored.
+    """
+    if key not in KEYPAD_KEYS:
+        return typed, None
+    if gap > KEY_GAP_SECONDS:
+        typed = ""
+    typed = (typed + key)[-MAX_TYPED:]
+    for action, keys in sequences.items():
+        if keys and typed.endswith(keys):
+            return "", action
+    return typed, None
+
+
+class SelfMute(StrEnum):
+    MUTE = "mute"
+    UNMUTE = "unmute"
+    REFUSE = "refuse"  # a moderator muted this caller: only a moderator unmutes
+
+
+def self_mute(*, muted, mute_source):
+    """What the self-mute keys do for a caller in this state."""
+    if not muted:
+        return SelfMute.MUTE
+    if mute_source == "self":
+        return SelfMute.UNMUTE
+    return SelfMute.REFUSE
+
+
+# What a caller hears after a key (played to that caller only).
+KEYPAD_SOUNDS = {
+    "hand_raised": ("beep",),
+    "hand_lowered": ("beep", "beep"),
+    SelfMute.MUTE: ("conf-muted",),
+    SelfMute.UNMUTE: ("conf-unmuted",),
+    SelfMute.REFUSE: ("beeperr", "conf-muted"),
+}
+
+
 def moh_wanted(participants_in_bridge):
     """Music on hold plays to a room's bridge when exactly one participant is in it."""
     return len(participants_in_bridge) == 1

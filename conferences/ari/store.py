@@ -7,6 +7,8 @@ costs one hop where it can; writes go through conferences.services, the one
 write path.
 """
 
+from django.db.models import Q
+
 from conferences import services
 from conferences.ari import rules
 from conferences.models import Conference, ConferenceEvent, Participant
@@ -89,6 +91,47 @@ def update(participant_id, **changes):
     services.participant_update(participant_id=participant_id, **changes)
 
 
+# --- the keypad -----------------------------------------------------------------------------------
+
+
+def keypad_keys(conference_id):
+    """``{action: keys}`` of a room's keypad (rules.KEYPAD_ACTIONS), or None when the room is gone."""
+    row = Conference.objects.filter(pk=conference_id).values_list("keypad_hand", "keypad_mute").first()
+    return None if row is None else dict(zip(rules.KEYPAD_ACTIONS, row, strict=True))
+
+
+def keypad_state(participant_id):
+    """``(hand raised, muted, mute source)`` of a present participant, or None."""
+    return (
+        Participant.objects.present()
+        .filter(pk=participant_id)
+        .values_list("hand_raised", "muted", "mute_source")
+        .first()
+    )
+
+
+def set_hand(participant_id, raised, actor_id=None, by_self=False):
+    services.participant_update(participant_id=participant_id, hand_raised=raised, actor_id=actor_id, by_self=by_self)
+
+
+def self_mute(participant_id, muted):
+    """The caller's own mute (keypad): muted by themself, or unmuted (only a mute of their own)."""
+    if muted:
+        changes = {"muted": True, "mute_source": Participant.MuteSource.SELF, "talking": False}
+    else:
+        changes = {"muted": False, "mute_source": ""}
+    services.participant_update(participant_id=participant_id, by_self=True, **changes)
+
+
+def moderator_mute(participant_id, muted, actor_id):
+    """A moderator's mute (the caller cannot undo it), or unmute (clears any mute, and lowers the hand)."""
+    if muted:
+        changes = {"muted": True, "mute_source": Participant.MuteSource.MODERATOR, "talking": False}
+    else:
+        changes = {"muted": False, "mute_source": "", "hand_raised": False}
+    services.participant_update(participant_id=participant_id, actor_id=actor_id, **changes)
+
+
 def set_moh(changes):
     """Record who hears music on hold: ``{participant id: bool}``, in one hop."""
     for participant_id, moh in changes.items():
@@ -121,10 +164,18 @@ def target(conference_id, participant_id):
 
 
 def mute_all_targets(conference_id, muted):
-    """``[(participant id, channel id)]`` of the present callers whose mute would change (admins are spared)."""
+    """``[(participant id, channel id)]`` of the present callers whose mute would change (admins are spared).
+
+    Mute all is a moderator's mute: it takes callers who muted themselves too
+    (they could otherwise unmute themselves).
+    """
+    if muted:
+        changing = Q(muted=False) | Q(mute_source=Participant.MuteSource.SELF)
+    else:
+        changing = Q(muted=True)
     return list(
         Participant.objects.present()
-        .filter(conference_id=conference_id, muted=not muted)
+        .filter(changing, conference_id=conference_id)
         .exclude(role=Participant.Role.ADMIN)
         .values_list("pk", "channel_id")
     )
@@ -185,5 +236,7 @@ READS = frozenset(
         mute_all_targets,
         resync_facts,
         present_calls,
+        keypad_keys,
+        keypad_state,
     }
 )

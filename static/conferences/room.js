@@ -238,6 +238,12 @@
       addTimeline(p.muted ? "muted" : "unmuted", t(p.muted ? "event_muted" : "event_unmuted", { name: nameOf(p) }));
     }
 
+    function logHand(p) {
+      const raised = Boolean(p.hand_raised);
+      const text = t(raised ? "event_hand_raised" : "event_hand_lowered", { name: nameOf(p) });
+      addTimeline(raised ? "hand" : "hand-lowered", text);
+    }
+
     function logLock(locked) {
       addTimeline(locked ? "locked" : "unlocked", t(locked ? "event_locked" : "event_unlocked"));
     }
@@ -379,7 +385,11 @@
         parts.kick.type = "button";
         parts.kick.dataset.action = "kick";
         parts.kick.dataset.control = "kick";
-        actions.append(parts.mute, " ", parts.kick);
+        parts.lowerHand = element("button", "row-button", t("lower_hand"));
+        parts.lowerHand.type = "button";
+        parts.lowerHand.dataset.action = "lower_hand";
+        parts.lowerHand.dataset.control = "lower_hand";
+        actions.append(parts.mute, " ", parts.kick, " ", parts.lowerHand);
         tr.append(actions);
       }
       return parts;
@@ -400,7 +410,9 @@
       }
       setText(parts.duration, formatDuration(Date.now() - Date.parse(p.joined_at)));
       parts.talking.hidden = !p.talking;
-      const badgeKey = `${p.role === "admin"}|${Boolean(p.muted)}|${Boolean(p.moh)}`;
+      tr.dataset.handRaised = String(Boolean(p.hand_raised));
+      const hand = p.hand_raised ? handPosition(p) : 0;
+      const badgeKey = `${p.role === "admin"}|${Boolean(p.muted)}|${p.mute_source}|${Boolean(p.moh)}|${hand}`;
       if (badgeKey !== parts.badgeKey) {
         parts.badgeKey = badgeKey;
         const badges = [];
@@ -409,8 +421,9 @@
           node.dataset.badge = name;
           badges.push(node);
         };
+        if (hand) badge("hand", t("hand_raised", { position: hand }));
         if (p.role === "admin") badge("admin", t("admin"));
-        if (p.muted) badge("muted", t("muted"));
+        if (p.muted) badge("muted", t(p.mute_source === "self" ? "muted_self" : "muted_moderator"));
         if (p.moh) badge("moh", t("moh"));
         parts.badges.replaceChildren(...badges);
       }
@@ -420,9 +433,26 @@
         setText(parts.mute, t(action));
         parts.mute.setAttribute("aria-label", t(`${action}_label`, { name: nameOf(p) }));
         parts.kick.setAttribute("aria-label", t("kick_label", { name: nameOf(p) }));
+        parts.lowerHand.hidden = !p.hand_raised;
+        parts.lowerHand.setAttribute("aria-label", t("lower_hand_label", { name: nameOf(p) }));
         markPending(parts.mute, `p:${p.id}:mute`);
         markPending(parts.kick, `p:${p.id}:kick`);
+        markPending(parts.lowerHand, `p:${p.id}:lower_hand`);
       }
+    }
+
+    // A raised hand's place in the order hands went up (1 = first).
+    function handPosition(p) {
+      let position = 1;
+      for (const other of state.participants.values()) {
+        if (other.id !== p.id && other.hand_raised && compareHands(other, p) < 0) position += 1;
+      }
+      return position;
+    }
+
+    function compareHands(a, b) {
+      const at = Date.parse(a.hand_raised_at) - Date.parse(b.hand_raised_at);
+      return at || a.id - b.id;
     }
 
     function removeRow(id) {
@@ -613,9 +643,10 @@
       }
       const action = button.dataset.action;
       const row = button.closest("tr[data-participant-id]");
-      if (row && (action === "mute" || action === "unmute" || action === "kick")) {
+      if (row && (action === "mute" || action === "unmute" || action === "kick" || action === "lower_hand")) {
         const id = Number(row.dataset.participantId);
         if (action === "kick") confirmKick(id, button);
+        else if (action === "lower_hand") sendAction(action, `p:${id}:lower_hand`, id);
         else sendAction(action, `p:${id}:mute`, id);
       } else if (action === "mute_all" || action === "unmute_all") {
         sendAction(action, `room:${action}`);
@@ -668,7 +699,10 @@
       state.participants.set(p.id, p);
       if (!before) {
         if (type === "participant.joined") logJoin(p, p.joined_at);
-      } else if (before.muted !== p.muted) logMute(p);
+        return;
+      }
+      if (before.muted !== p.muted) logMute(p);
+      if (Boolean(before.hand_raised) !== Boolean(p.hand_raised)) logHand(p);
     }
 
     function applyEvent(frame) {
