@@ -135,5 +135,17 @@ def conference_detail(request, slug):
             "can_moderate": can_moderate,
             "asterisk_connected": conference.server.connected,
             "room_config": room_config,
+            "recent_events": recent_events(conference),
         },
     )
+
+
+RECENT_EVENTS = 20
+
+
+def recent_events(conference):
+    """The room's last stored events, newest first, in words: the live page's timeline opens with them."""
+    from conferences import history
+
+    events = conference.events.select_related("participant").order_by("-created_at", "-id")[:RECENT_EVENTS]
+    return [{"kind": event.kind, "at": event.created_at, "text": history.describe(event)} for event in events]

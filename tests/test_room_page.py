@@ -94,6 +94,39 @@ def test_hooks_for_browser_tests(client, conference, superuser):
     assert re.search(r'aria-live="polite"[^>]*data-role="announcer"', content)
 
 
+def test_the_timeline_opens_with_the_rooms_last_stored_events(client, conference, viewer, make_participant):
+    """Four people in the room: the page says what happened, not "No events yet." (newest first, escaped)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from conferences.models import ConferenceEvent
+    from conferences.views import RECENT_EVENTS
+
+    start = timezone.now() - timedelta(hours=1)
+    alice = make_participant(conference, caller_name="<b>Alice</b>", caller_number="201")
+    for minute in range(RECENT_EVENTS + 5):
+        kind = ConferenceEvent.Kind.JOINED if minute % 2 else ConferenceEvent.Kind.HAND_RAISED
+        ConferenceEvent.objects.create(
+            conference=conference, participant=alice, kind=kind, created_at=start + timedelta(minutes=minute)
+        )
+    client.force_login(viewer)
+    content = client.get(URL).content.decode()
+    items = re.findall(r'<li class="timeline-item" data-kind="(\w+)" data-stored="true">.*?</li>', content, re.S)
+    assert len(items) == RECENT_EVENTS
+    assert items[:2] == ["hand_raised", "joined"]  # the newest (minute 24, then 23) first
+    assert "&lt;b&gt;Alice&lt;/b&gt; (201) raised the hand (keypad)" in content
+    assert "<b>Alice</b>" not in content
+    assert re.search(r'data-role="timeline-empty" hidden>', content)
+
+
+def test_an_empty_room_history_says_so(client, conference, viewer):
+    client.force_login(viewer)
+    content = client.get(URL).content.decode()
+    assert re.search(r'data-role="timeline-empty">No events yet.</p>', content)
+    assert 'data-stored="true"' not in content
+
+
 def test_hostile_caller_name_is_escaped(client, conference, superuser, make_participant):
     make_participant(conference, caller_name='<img src=x onerror="alert(1)">', caller_number='"><script>x</script>')
     client.force_login(superuser)
