@@ -39,7 +39,18 @@ from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.db.models import Count
 
-from conferences import access, broadcast, closecodes, dbthreads, fanout, frames, metrics, moderation, socketcap
+from conferences import (
+    access,
+    broadcast,
+    closecodes,
+    dbthreads,
+    fanout,
+    frames,
+    metrics,
+    moderation,
+    protocol,
+    socketcap,
+)
 from conferences.models import Conference, Participant
 from conferences.sessions import session_user
 
@@ -596,6 +607,18 @@ class GuardedConsumer(FanOutConsumer):
     async def send_frame(self, frame):
         await self.send(text_data=json.dumps(frame))
 
+    @property
+    def language(self):
+        """The language of this socket's page (conferences/protocol.py), worked out once."""
+        language = self.__dict__.get("_language")
+        if language is None:
+            language = self.__dict__["_language"] = protocol.language_of(self.scope)
+        return language
+
+    async def send_error(self, error):
+        """An ``error`` frame: the protocol's English text, and ``error_text`` in the page's language."""
+        await self.send_frame({"type": "error", "error": error, "error_text": protocol.localized(error, self.language)})
+
     async def session_ended(self, message):
         await self.close(CLOSE_NOT_LOGGED_IN)
 
@@ -751,15 +774,15 @@ class ConferenceConsumer(GuardedConsumer):
             return
         # The rate limit first: a flood costs no database hop and no parsing.
         if not self.bucket.take():
-            await self.send_frame({"type": "error", "error": "too many messages; slow down"})
+            await self.send_error("too many messages; slow down")
             return
         if bytes_data is not None or text_data is None:
-            await self.send_frame({"type": "error", "error": "send JSON text frames"})
+            await self.send_error("send JSON text frames")
             return
         try:
             request = frames.parse_request(text_data)
         except frames.FrameError as exc:
-            await self.send_frame({"type": "error", "error": str(exc)})
+            await self.send_error(str(exc))
             return
         try:
             await self.handle_request(request)
@@ -833,6 +856,7 @@ class ConferenceConsumer(GuardedConsumer):
         frame = {"type": "reply", "request_id": request_id, "ok": ok}
         if not ok:
             frame["error"] = error
+            frame["error_text"] = protocol.localized(error, self.language)
         await self.send_frame(frame)
 
     # --- from the channel layer -----------------------------------------------------

@@ -34,7 +34,6 @@ def conference_detail(request, slug):
 
     from django.urls import reverse
     from django.utils.translation import gettext as _
-    from django.utils.translation import gettext_noop
 
     strings = {
         "room_number": _("room %(number)s"),
@@ -92,31 +91,6 @@ def conference_detail(request, slug):
         "event_link_up": _("The link to Asterisk is up"),
         "event_link_down": _("The link to Asterisk is down"),
     }
-    # Reply errors arrive as stable English text; translated here when known.
-    known_errors = [
-        gettext_noop("no such participant in this room"),
-        gettext_noop("participant missing or invalid"),
-        gettext_noop("the caller has already left"),
-        gettext_noop("you may not moderate this room"),
-        gettext_noop("the link to Asterisk is down"),
-        gettext_noop("the Asterisk worker did not answer; try again when the link is up"),
-        gettext_noop("too many messages; slow down"),
-        gettext_noop("unknown action"),
-        gettext_noop("no such room"),
-        gettext_noop("Asterisk refused the request"),
-        gettext_noop("request_id already in use"),
-        gettext_noop("you are not logged in"),
-        gettext_noop("the database is unavailable; try again"),
-        gettext_noop("the server is busy; try again"),
-        gettext_noop("the request failed; try again"),
-        gettext_noop("message too large"),
-        gettext_noop("message too deeply nested"),
-        gettext_noop("not JSON"),
-        gettext_noop("number out of range"),
-        gettext_noop("expected a JSON object"),
-        gettext_noop("request_id missing or invalid"),
-        gettext_noop("send JSON text frames"),
-    ]
     room_config = {
         "ws_path": f"/ws/conferences/{conference.slug}/",
         "slug": conference.slug,
@@ -124,7 +98,6 @@ def conference_detail(request, slug):
         "login_url": f"{reverse('login')}?{urlencode({'next': request.get_full_path()})}",
         "timeline_limit": 100,
         "strings": strings,
-        "errors": {error: _(error) for error in known_errors},
     }
     return render(
         request,

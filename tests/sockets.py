@@ -35,8 +35,8 @@ def login(client):
 async def connect(login):
     communicators = []
 
-    async def connect(user=None, slug="sales", origin="http://127.0.0.1"):
-        headers = [(b"origin", origin.encode()), (b"host", b"127.0.0.1")]
+    async def connect(user=None, slug="sales", origin="http://127.0.0.1", extra_headers=()):
+        headers = [(b"origin", origin.encode()), (b"host", b"127.0.0.1"), *extra_headers]
         if user is not None:
             session_key = await db(login)(user)
             headers.append((b"cookie", f"sessionid={session_key}".encode()))

@@ -174,7 +174,13 @@ async def test_moderator_and_viewer_watch_a_real_room(stack, browser, pbx, sandb
         })""",
         talker_id,
     )
-    assert reply == {"type": "reply", "request_id": "forged", "ok": False, "error": "you may not moderate this room"}
+    assert reply == {
+        "type": "reply",
+        "request_id": "forged",
+        "ok": False,
+        "error": "you may not moderate this room",
+        "error_text": "you may not moderate this room",
+    }
     assert await sandbox.channel_exists(talker.channel_id)
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

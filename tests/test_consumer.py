@@ -117,7 +117,23 @@ async def test_viewer_actions_are_refused(connect, viewer, room, make_participan
     await frame(communicator)
     for action in moderation.ACTIONS:
         reply = await send(communicator, {"action": action, "request_id": action, "participant": alice.pk})
-        assert reply == {"type": "reply", "request_id": action, "ok": False, "error": "you may not moderate this room"}
+        assert reply == {
+            "type": "reply",
+            "request_id": action,
+            "ok": False,
+            "error": "you may not moderate this room",
+            "error_text": "you may not moderate this room",
+        }
+
+
+async def test_a_russian_page_gets_every_error_in_russian_beside_the_protocol_text(connect, viewer, room):
+    communicator, _ = await connect(viewer, extra_headers=[(b"accept-language", b"ru-RU,ru;q=0.9")])
+    await frame(communicator)
+    reply = await send(communicator, {"action": "lock", "request_id": "l"})
+    assert reply["error"] == "you may not moderate this room"  # the protocol's text, for programs
+    assert reply["error_text"] == "вы не можете управлять этой комнатой"
+    error = await send(communicator, "not json")
+    assert (error["type"], error["error"], error["error_text"]) == ("error", "not JSON", "это не JSON")
 
 
 async def test_participant_of_another_room_is_refused(connect, moderator, room, make_conference, make_participant):
@@ -128,7 +144,13 @@ async def test_participant_of_another_room_is_refused(connect, moderator, room, 
     await frame(communicator)
     for target in (other.pk, gone.pk, 999999):
         reply = await send(communicator, {"action": "kick", "request_id": 1, "participant": target})
-        assert reply == {"type": "reply", "request_id": 1, "ok": False, "error": "no such participant in this room"}
+        assert reply == {
+            "type": "reply",
+            "request_id": 1,
+            "ok": False,
+            "error": "no such participant in this room",
+            "error_text": "no such participant in this room",
+        }
     reply = await send(communicator, {"action": "mute", "request_id": 2, "participant": "1"})
     assert reply["error"] == "participant missing or invalid"
 
@@ -169,7 +191,13 @@ async def test_moderator_action_goes_to_the_worker_and_the_reply_comes_back(conn
         assert reply["ok"] and worker.requests[-1]["participant_id"] is None
         worker.ok, worker.error = False, "the caller has already left"
         reply = await send(communicator, {"action": "kick", "request_id": "k", "participant": alice.pk})
-        assert reply == {"type": "reply", "request_id": "k", "ok": False, "error": "the caller has already left"}
+        assert reply == {
+            "type": "reply",
+            "request_id": "k",
+            "ok": False,
+            "error": "the caller has already left",
+            "error_text": "the caller has already left",
+        }
     finally:
         task.cancel()
 
@@ -179,7 +207,13 @@ async def test_no_worker_answer_gives_a_clear_reply(connect, moderator, room, mo
     communicator, _ = await connect(moderator)
     await frame(communicator)
     reply = await send(communicator, {"action": "lock", "request_id": "slow"})
-    assert reply == {"type": "reply", "request_id": "slow", "ok": False, "error": moderation.WORKER_DOWN}
+    assert reply == {
+        "type": "reply",
+        "request_id": "slow",
+        "ok": False,
+        "error": moderation.WORKER_DOWN,
+        "error_text": moderation.WORKER_DOWN,
+    }
 
 
 async def test_link_down_is_refused_before_asking(connect, moderator, room):
@@ -218,7 +252,7 @@ async def test_permission_is_checked_on_every_action(connect, moderator, room):
 async def test_garbage_gets_an_error_and_the_socket_stays_usable(connect, moderator, payload, error):
     communicator, _ = await connect(moderator)
     await frame(communicator)
-    assert await send(communicator, payload) == {"type": "error", "error": error}
+    assert await send(communicator, payload) == {"type": "error", "error": error, "error_text": error}
     assert (await send(communicator, {"action": "resync", "request_id": "after"}))["type"] == "snapshot"
 
 
@@ -226,14 +260,24 @@ async def test_unknown_action_gets_a_not_ok_reply(connect, moderator):
     communicator, _ = await connect(moderator)
     await frame(communicator)
     reply = await send(communicator, {"action": "hangup_everyone", "request_id": "h"})
-    assert reply == {"type": "reply", "request_id": "h", "ok": False, "error": "unknown action"}
+    assert reply == {
+        "type": "reply",
+        "request_id": "h",
+        "ok": False,
+        "error": "unknown action",
+        "error_text": "unknown action",
+    }
 
 
 async def test_binary_frames_are_refused(connect, moderator):
     communicator, _ = await connect(moderator)
     await frame(communicator)
     await communicator.send_to(bytes_data=b"\x00\x01")
-    assert await frame(communicator) == {"type": "error", "error": "send JSON text frames"}
+    assert await frame(communicator) == {
+        "type": "error",
+        "error": "send JSON text frames",
+        "error_text": "send JSON text frames",
+    }
 
 
 async def test_a_flood_is_rate_limited_and_nothing_changes(connect, moderator, room):

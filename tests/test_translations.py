@@ -5,6 +5,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 PO = Path(__file__).resolve().parent.parent / "locale" / "ru" / "LC_MESSAGES" / "django.po"
 
 
@@ -22,3 +24,49 @@ def test_catalogue_compiles(tmp_path):
     assert msgfmt, "gettext's msgfmt is missing: scripts/setup installs it"
     result = subprocess.run([msgfmt, "--check", "-o", str(tmp_path / "django.mo"), str(PO)], capture_output=True)
     assert result.returncode == 0, result.stderr.decode()
+
+
+@pytest.mark.parametrize("language", ["en", "ru"])
+def test_every_protocol_error_has_its_text_in_each_language(language):
+    from conferences import protocol
+
+    for error in protocol.ERRORS:
+        text = protocol.localized(error, language)
+        assert text and (language == "en") == (text == error), (language, error, text)
+
+
+@pytest.mark.parametrize(
+    "count,english,russian",
+    [
+        (1, "1 caller could not be changed", "1 абонента не удалось изменить"),
+        (3, "3 callers could not be changed", "3 абонентов не удалось изменить"),
+        (11, "11 callers could not be changed", "11 абонентов не удалось изменить"),
+    ],
+)
+def test_a_counted_error_in_each_language(count, english, russian):
+    from conferences import protocol
+
+    error = protocol.callers_not_changed(count)
+    assert error == f"{count} caller(s) could not be changed"  # the protocol text stays as it was
+    assert protocol.localized(error, "en") == english
+    assert protocol.localized(error, "ru") == russian
+    assert protocol.localized("something new", "ru") == "something new"
+
+
+@pytest.mark.parametrize(
+    "cookie,header,expected",
+    [
+        (None, "ru-RU,ru;q=0.9,en;q=0.8", "ru"),
+        (None, "de-DE,de;q=0.9", "en"),  # not offered: the site's language
+        ("ru", "en-US", "ru"),  # the language cookie first, as for the page itself
+        (None, "*;q=0.1," * 200, "en"),  # a hostile header: bounded, no error
+        (None, None, "en"),
+    ],
+)
+def test_the_language_of_a_socket_is_the_language_of_its_page(cookie, header, expected, settings):
+    from conferences import protocol
+
+    scope = {"cookies": {settings.LANGUAGE_COOKIE_NAME: cookie} if cookie else {}, "headers": []}
+    if header is not None:
+        scope["headers"].append((b"accept-language", header.encode()))
+    assert protocol.language_of(scope) == expected

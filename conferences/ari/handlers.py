@@ -25,7 +25,7 @@ import asyncio
 import logging
 import time
 
-from conferences import services
+from conferences import protocol, services
 from conferences.ari import pin_throttle, rules, store
 from conferences.ari.calls import ON_THE_WAY_IN, Call, Phase, Registry, Room
 from conferences.ari.client import AriError, AriNotFound
@@ -598,7 +598,7 @@ class ConferenceApp:
                 done.append(participant_id)
         await self.effects.db(store.record_mute_all, conference.pk, muted, done, actor_id)
         if failed:
-            raise Refusal(f"{failed} caller(s) could not be changed")
+            raise Refusal(protocol.callers_not_changed(failed))
 
     async def _mute(self, channel_id):
         """Mute a caller's voice to the room.

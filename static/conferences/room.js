@@ -122,7 +122,6 @@
     if (!configElement || !root) return;
     const config = JSON.parse(configElement.textContent);
     const strings = config.strings || {};
-    const errors = config.errors || {};
     const timelineLimit = config.timeline_limit || 100;
 
     const $ = (role) => root.querySelector(`[data-role="${role}"]`);
@@ -569,9 +568,9 @@
       if (ids.length) showMessage(errorText, "error");
     }
 
-    function translateError(error) {
-      const text = String(error || "");
-      return Object.prototype.hasOwnProperty.call(errors, text) ? errors[text] : text;
+    // The server sends each error in the page's language beside its protocol text (conferences/protocol.py).
+    function errorText(frame) {
+      return String(frame.error_text || frame.error || "");
     }
 
     function requestResync() {
@@ -750,15 +749,15 @@
             resyncRequest = null;
             clearTimeout(resyncTimer);
             if (!frame.ok) {
-              showMessage(translateError(frame.error), "error");
+              showMessage(errorText(frame), "error");
               resyncTimer = setTimeout(() => needResync && requestResync(), RESYNC_RETRY_MS);
             }
           } else if (pending.has(frame.request_id)) {
-            finishRequest(frame.request_id, frame.ok ? null : translateError(frame.error));
+            finishRequest(frame.request_id, frame.ok ? null : errorText(frame));
           }
           break;
         case "error":
-          showMessage(translateError(frame.error), "error");
+          showMessage(errorText(frame), "error");
           break;
         default:
           break;

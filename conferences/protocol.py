@@ -1,0 +1,88 @@
+"""The error texts of the room socket's protocol, and each one in the language of the page that gets it.
+
+A ``reply`` (and an ``error`` frame) carries ``error``: stable English text,
+the same for every client (programs compare it; docs/protocol.md lists
+them). Beside it the server sends ``error_text``: the same in the page's
+language, so that a Russian page shows every error in Russian, counted ones
+included ("3 caller(s) could not be changed"), and the page script keeps no
+list of its own. Every text a reply can carry is here, marked for
+translation; ``tests/test_translations.py`` checks each has its Russian.
+"""
+
+import re
+
+from django.conf import settings
+from django.utils import translation
+from django.utils.translation import gettext_noop, ngettext
+
+ERRORS = (
+    gettext_noop("no such participant in this room"),
+    gettext_noop("participant missing or invalid"),
+    gettext_noop("the caller has already left"),
+    gettext_noop("you may not moderate this room"),
+    gettext_noop("the link to Asterisk is down"),
+    gettext_noop("the Asterisk worker did not answer; try again when the link is up"),
+    gettext_noop("too many messages; slow down"),
+    gettext_noop("unknown action"),
+    gettext_noop("no such room"),
+    gettext_noop("Asterisk refused the request"),
+    gettext_noop("request_id already in use"),
+    gettext_noop("you are not logged in"),
+    gettext_noop("the database is unavailable; try again"),
+    gettext_noop("the server is busy; try again"),
+    gettext_noop("the request failed; try again"),
+    gettext_noop("message too large"),
+    gettext_noop("message too deeply nested"),
+    gettext_noop("not JSON"),
+    gettext_noop("number out of range"),
+    gettext_noop("expected a JSON object"),
+    gettext_noop("request_id missing or invalid"),
+    gettext_noop("send JSON text frames"),
+)
+_KNOWN = frozenset(ERRORS)
+
+# Mute all / unmute all when some callers' channels refused: "<n> caller(s) could not be changed".
+CALLERS_NOT_CHANGED = "{count} caller(s) could not be changed"
+_CALLERS_NOT_CHANGED = re.compile(r"^(\d{1,9}) caller\(s\) could not be changed$")
+
+
+def callers_not_changed(count):
+    return CALLERS_NOT_CHANGED.format(count=count)
+
+
+def localized(error, language):
+    """``error`` (a protocol text) in ``language``; a text this module does not know stays as it is."""
+    text = str(error or "")
+    with translation.override(language):
+        if text in _KNOWN:
+            return translation.gettext(text)
+        counted = _CALLERS_NOT_CHANGED.match(text)
+        if counted:
+            count = int(counted.group(1))
+            return ngettext(
+                "%(count)s caller could not be changed", "%(count)s callers could not be changed", count
+            ) % {"count": count}
+    return text
+
+
+def language_of(scope):
+    """The language a socket's page is in: the language cookie, else Accept-Language, else the site's.
+
+    What Django's LocaleMiddleware picks for the page itself (without the URL
+    prefix, which this site does not use).
+    """
+    from django.utils.translation import trans_real
+
+    cookie = (scope.get("cookies") or {}).get(settings.LANGUAGE_COOKIE_NAME)
+    candidates = [cookie] if cookie else []
+    for name, value in scope.get("headers") or ():
+        if name == b"accept-language":
+            header = value.decode("latin-1")[:500]
+            candidates += [code for code, _quality in trans_real.parse_accept_lang_header(header) if code != "*"]
+            break
+    for code in candidates:
+        try:
+            return translation.get_supported_language_variant(code)
+        except LookupError:
+            continue
+    return settings.LANGUAGE_CODE
