@@ -3,7 +3,7 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Count
 from django.shortcuts import get_object_or_404, render
 
-from conferences import access
+from conferences import access, closecodes
 from conferences.models import Conference, present_filter
 
 
@@ -16,7 +16,11 @@ def conference_list(request):
         .annotate(present_count=Count("participants", filter=present_filter("participants")))
         .order_by("name")
     )
-    return render(request, "conferences/conference_list.html", {"conferences": conferences})
+    return render(
+        request,
+        "conferences/conference_list.html",
+        {"conferences": conferences, "not_logged_in_code": closecodes.NOT_LOGGED_IN},
+    )
 
 
 @login_required
@@ -98,6 +102,7 @@ def conference_detail(request, slug):
         "login_url": f"{reverse('login')}?{urlencode({'next': request.get_full_path()})}",
         "timeline_limit": 100,
         "strings": strings,
+        "close_codes": closecodes.page_config(),
     }
     return render(
         request,

@@ -180,14 +180,25 @@ def test_russian_page_sends_translated_config(client, conference, superuser):
     assert config["strings"]["muted"] != "muted"  # an existing catalogue entry
 
 
-def test_no_protocol_error_text_is_typed_under_static():
-    """Every error a page shows comes from the server, translated (conferences/protocol.py)."""
-    from conferences import protocol
+def test_no_protocol_error_text_or_close_code_is_typed_under_static(client, conference, viewer):
+    """Every error a page shows comes from the server, translated (conferences/protocol.py); close codes too."""
+    from conferences import closecodes, protocol
 
     scripts = "\n".join(path.read_text() for path in (ROOT / "static").rglob("*.js"))
     for error in protocol.ERRORS:
         assert error not in scripts, error
     assert "could not be changed" not in scripts
+    for name in dir(closecodes):
+        code = getattr(closecodes, name)
+        if isinstance(code, int) and 3000 <= code <= 4999:
+            assert str(code) not in scripts, name
+    client.force_login(viewer)
+    assert _config(client.get(URL))["close_codes"] == {
+        "refusals": [4401, 4403, 4404, 4429],
+        "retry_after_ms": {"4429": 30000},
+        "not_logged_in": 4401,
+    }
+    assert 'data-not-logged-in-code="4401"' in client.get("/").content.decode()
 
 
 def test_room_js_node_tests():

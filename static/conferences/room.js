@@ -11,15 +11,6 @@
 (function () {
   // --- Pure helpers -----------------------------------------------------------------
 
-  const REFUSALS = {
-    4401: "refused_4401",
-    4403: "refused_4403",
-    4404: "refused_4404",
-    4429: "refused_4429",
-  };
-  // Refusals that pass by themselves: the page says why, then tries again after this long (ms).
-  const RETRY_AFTER = { 4429: 30000 };
-
   /** What to do with a room event given the last applied seq: "stale", "next" or "gap". */
   function classifySeq(lastSeq, seq) {
     if (seq <= lastSeq) return "stale";
@@ -56,14 +47,17 @@
     );
   }
 
+  // The close codes come from the server (conferences/closecodes.py, page_config):
+  // {refusals: [code, ...], retry_after_ms: {code: ms}}.
+
   /** The strings key explaining a refusal close code, or null when the page should reconnect. */
-  function refusalKey(code) {
-    return REFUSALS[code] || null;
+  function refusalKey(code, closeCodes) {
+    return (closeCodes.refusals || []).includes(code) ? `refused_${code}` : null;
   }
 
   /** How long to wait before trying again after a refusal, or null when the page must not retry. */
-  function retryAfterRefusal(code) {
-    return RETRY_AFTER[code] || null;
+  function retryAfterRefusal(code, closeCodes) {
+    return (closeCodes.retry_after_ms || {})[String(code)] || null;
   }
 
   let requestCounter = 0;
@@ -122,6 +116,7 @@
     if (!configElement || !root) return;
     const config = JSON.parse(configElement.textContent);
     const strings = config.strings || {};
+    const closeCodes = config.close_codes || {};
     const timelineLimit = config.timeline_limit || 100;
 
     const $ = (role) => root.querySelector(`[data-role="${role}"]`);
@@ -279,7 +274,7 @@
       else if (state.socketState === "reconnecting") {
         text = t("socket_reconnecting", { seconds: Math.max(0, Math.ceil((reconnectAt - Date.now()) / 1000)) });
       } else if (state.socketState === "refused") {
-        text = t("socket_refused", { reason: t(refusalKey(state.closeCode)) });
+        text = t("socket_refused", { reason: t(refusalKey(state.closeCode, closeCodes)) });
       } else text = t("socket_connecting");
       setText(ui.socketText, text);
     }
@@ -794,20 +789,20 @@
       resyncRequest = null;
       clearTimeout(resyncTimer);
       failAllRequests(t("connection_lost"));
-      if (refusalKey(code)) {
+      if (refusalKey(code, closeCodes)) {
         state.socketState = "refused";
         state.closeCode = code;
         state.canModerate = false;
         if (kickDialog && kickDialog.open) kickDialog.close();
         renderSocket();
         render(false);
-        showMessage(t(refusalKey(code)), "error");
-        if (code === 4401 && config.login_url) {
+        showMessage(t(refusalKey(code, closeCodes)), "error");
+        if (code === closeCodes.not_logged_in && config.login_url) {
           const link = element("a", "", t("log_in"));
           link.href = config.login_url;
           ui.message.append(" ", link);
         }
-        const retry = retryAfterRefusal(code);
+        const retry = retryAfterRefusal(code, closeCodes);
         if (retry !== null) reconnectTimer = setTimeout(connect, retry);
         return;
       }

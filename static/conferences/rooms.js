@@ -4,6 +4,7 @@
   const table = document.querySelector("table.rooms");
   if (!table) return;
   const lockedText = table.dataset.lockedText || "locked";
+  const notLoggedIn = Number(table.dataset.notLoggedInCode); // conferences/closecodes.py
   let delay = 1000;
 
   function update(room) {
@@ -35,7 +36,7 @@
     });
     socket.addEventListener("close", (event) => {
       table.dataset.live = "false";
-      if (event.code === 4401) return; // logged out: the next page load goes to the login page
+      if (event.code === notLoggedIn) return; // logged out: the next page load goes to the login page
       // As the room page: the first retry anywhere in 0.25-2.25 s (lists dropped together spread out).
       const wait = delay === 1000 ? 250 + 2000 * Math.random() : delay * (0.5 + Math.random() / 2);
       delay = Math.min(delay * 2, 30000);

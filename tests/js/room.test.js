@@ -54,16 +54,19 @@ test("interpolate fills placeholders once and leaves hostile values alone", () =
 });
 
 test("refusal codes stop reconnecting, others do not", () => {
-  assert.equal(room.refusalKey(4401), "refused_4401");
-  assert.equal(room.refusalKey(4403), "refused_4403");
-  assert.equal(room.refusalKey(4404), "refused_4404");
-  assert.equal(room.refusalKey(4429), "refused_4429");
-  assert.equal(room.refusalKey(1006), null);
-  assert.equal(room.refusalKey(1000), null);
+  // As conferences/closecodes.py page_config() sends them (tests/test_room_page.py checks that side).
+  const codes = { refusals: [4401, 4403, 4404, 4429], retry_after_ms: { 4429: 30000 } };
+  assert.equal(room.refusalKey(4401, codes), "refused_4401");
+  assert.equal(room.refusalKey(4403, codes), "refused_4403");
+  assert.equal(room.refusalKey(4404, codes), "refused_4404");
+  assert.equal(room.refusalKey(4429, codes), "refused_4429");
+  assert.equal(room.refusalKey(1006, codes), null);
+  assert.equal(room.refusalKey(1000, codes), null);
+  assert.equal(room.refusalKey(4011, codes), null); // a server error: reconnect
+  assert.equal(room.refusalKey(4401, {}), null); // no table: reconnect rather than give up
   // Too many open pages passes when others close: retried; the other refusals are final.
-  assert.equal(room.retryAfterRefusal(4429), 30000);
-  assert.equal(room.retryAfterRefusal(4403), null);
-  assert.equal(room.retryAfterRefusal(1006), null);
+  assert.equal(room.retryAfterRefusal(4429, codes), 30000);
+  assert.equal(room.retryAfterRefusal(4403, codes), null);
 });
 
 test("request ids are unique, short strings", () => {
