@@ -65,6 +65,34 @@ def participant_state(participant):
     return state
 
 
+LIST_FIELDS = ("id", "caller_name", "caller_number", "talking", "muted", "hand_raised")
+
+
+def list_participant(participant):
+    """A present caller as the room list shows it (the room page's state, less what a wall needs not)."""
+    state = participant_state(participant)
+    return {field: state[field] for field in LIST_FIELDS}
+
+
+def list_participant_state(frame):
+    """The compact caller of a room's participant frame (left ones keep ``left_at``)."""
+    participant = frame.get("participant") or {}
+    state = {field: participant.get(field) for field in LIST_FIELDS}
+    if participant.get("left_at"):
+        state["left_at"] = participant["left_at"]
+    return state
+
+
+def list_room_state(conference, participants):
+    """A room as the room list shows it: its state, who is in it, its Asterisk link, its last seq."""
+    return {
+        **conference_state(conference, len(participants)),
+        "participants": participants,
+        "asterisk": {"server": conference.server.name, "connected": conference.server.connected},
+        "seq": conference.seq,
+    }
+
+
 def conference_state(conference, participant_count):
     """A room as browsers see it."""
     return {

@@ -30,14 +30,13 @@ import json
 import logging
 import time
 import weakref
-from collections import deque
+from collections import defaultdict, deque
 
 from channels.consumer import AsyncConsumer, get_handler_name
 from channels.exceptions import ChannelFull, StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError, transaction
-from django.db.models import Count
 
 from conferences import (
     access,
@@ -196,11 +195,12 @@ def _moderation_check(session_key, user_id, conference_id, action, participant_i
 
 
 def _visible_rooms(user):
-    rooms = access.conferences_visible_to(user).order_by("name")
-    counts = dict(
-        Participant.objects.present().filter(conference__in=rooms).values_list("conference_id").annotate(n=Count("id"))
-    )
-    return [(room.pk, broadcast.conference_state(room, counts.get(room.pk, 0))) for room in rooms]
+    """``[(room id, its state for the room list)]``: the room, who is in it (in join order), its Asterisk link."""
+    rooms = list(access.conferences_visible_to(user).select_related("server").order_by("name"))
+    present = defaultdict(list)
+    for participant in Participant.objects.present().filter(conference__in=rooms).order_by("joined_at", "id"):
+        present[participant.conference_id].append(broadcast.list_participant(participant))
+    return [(room.pk, broadcast.list_room_state(room, present[room.pk])) for room in rooms]
 
 
 def _session_rooms(session_key, user_id=None):
@@ -897,7 +897,15 @@ class ConferenceConsumer(GuardedConsumer):
 
 
 class RoomListConsumer(GuardedConsumer):
-    """Live counts for the room list: the rooms a user may see, and their conference.updated frames only."""
+    """The room list, an overview that moves: the rooms a user may see, who is in each, who talks, the links.
+
+    ``rooms`` at connect (and when the visible rooms change) has each room's
+    state with its present callers (compact) and its Asterisk link; then
+    ``conference.updated``, ``participant.joined`` / ``updated`` / ``left``
+    (compact, with the room's ``conference`` slug) and ``asterisk.status``
+    for those rooms. Room events carry seq: a gap in a room's events (an
+    event lost by the layer) sends the whole list again.
+    """
 
     metrics_kind = "rooms"
 
@@ -929,6 +937,8 @@ class RoomListConsumer(GuardedConsumer):
             await self.leave_group(group)
         for group in sorted(wanted - set(self.groups_joined)):
             await self.join_group(group)
+        self.room_seqs = {pk: state["seq"] for pk, state in rooms}
+        self.slugs = {pk: state["slug"] for pk, state in rooms}
         await self.send(text_data=json.dumps({"type": "rooms", "rooms": [state for _pk, state in rooms]}))
         return True
 
@@ -959,9 +969,28 @@ class RoomListConsumer(GuardedConsumer):
         pass  # nothing to say: this socket only listens
 
     async def room_event(self, message):
-        if message.get("kind") == "conference.updated":
-            frame = json.loads(message["text"])
-            await self.send(text_data=json.dumps({"type": "conference.updated", "conference": frame["conference"]}))
+        conference_id, seq, kind = message.get("conference"), message.get("seq"), message.get("kind")
+        slug = getattr(self, "slugs", {}).get(conference_id)
+        if slug is None:
+            return  # a room this socket no longer lists (or not yet)
+        if seq is not None:
+            last = self.room_seqs.get(conference_id, 0)
+            if seq <= last:
+                return  # in the list sent already
+            self.room_seqs[conference_id] = seq
+            if seq > last + 1:
+                await self.send_rooms()  # an event was lost: the whole list again
+                return
+        frame = json.loads(message["text"])
+        if kind == "conference.updated":
+            out = {"type": kind, "conference": frame["conference"]}
+        elif kind in ("participant.joined", "participant.updated", "participant.left"):
+            out = {"type": kind, "conference": slug, "participant": broadcast.list_participant_state(frame)}
+        elif kind == "asterisk.status":
+            out = {"type": kind, "conference": slug, "connected": bool(frame.get("connected"))}
+        else:
+            return
+        await self.send(text_data=json.dumps(out))
 
     async def access_changed(self, message):
         try:

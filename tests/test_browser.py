@@ -129,6 +129,10 @@ async def test_moderator_and_viewer_watch_a_real_room(stack, browser, pbx, sandb
     await rooms.wait_for_function(
         "() => document.querySelector('tr[data-slug=daily] [data-role=count]').textContent === '2'", timeout=10000
     )
+    # The list is an overview: who is in each room, who talks (the hostile name as text).
+    who = rooms.locator("tr[data-slug=daily] [data-role=who]")
+    await who.locator(f"[data-participant-id='{talker_id}'][data-talking='true']").wait_for(timeout=15000)
+    assert "Alice <script>x</script>" in await who.inner_text() and "Bob" in await who.inner_text()
 
     # The viewer has no controls at all.
     assert await viewer.locator("[data-action]").count() == 0
@@ -147,10 +151,11 @@ async def test_moderator_and_viewer_watch_a_real_room(stack, browser, pbx, sandb
     for page in (moderator, viewer):
         await row(page, quiet_id).locator("[data-badge=hand]").wait_for(state="detached", timeout=10000)
     assert await row(moderator, quiet_id).locator("[data-action=lower_hand]").is_hidden()
-    # And mutes himself (*6): a mute of his own, which the page tells apart.
+    # And mutes himself (*6): a mute of his own, which the page tells apart; the list shows it too.
     await quiet.press("*6")
     await row(viewer, quiet_id).locator("[data-badge=muted]").wait_for(timeout=10000)
     assert await row(viewer, quiet_id).locator("[data-badge=muted]").inner_text() == "muted (by themself)"
+    await who.locator(f"[data-participant-id='{quiet_id}'] .badge-muted").wait_for(timeout=10000)
 
     # Kick asks for confirmation, then the row goes everywhere.
     moderator.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))

@@ -559,23 +559,62 @@ async def test_room_list_socket_refuses_anonymous(login):
     assert await closed_with(communicator) == 4401
 
 
-async def test_room_list_gets_counts_of_visible_rooms_only(login, viewer, room, make_conference, make_participant):
+async def test_room_list_shows_who_is_in_the_visible_rooms_only(login, viewer, room, make_conference, make_participant):
     hidden = await db(make_conference)("300", slug="hidden", name="Hidden")
-    alice = await db(make_participant)(room)
+    await db(make_participant)(hidden, caller_name="Secret")
+    alice = await db(make_participant)(room, caller_name="Alice", caller_number="201")
     communicator = await list_socket(login, viewer)
     try:
         rooms = await frame(communicator)
-        assert rooms == {
-            "type": "rooms",
-            "rooms": [{"slug": "sales", "name": "Sales", "number": "100", "locked": False, "participant_count": 1}],
+        [sales] = rooms["rooms"]
+        assert rooms["type"] == "rooms"
+        assert {key: sales[key] for key in ("slug", "name", "number", "locked", "participant_count")} == {
+            "slug": "sales",
+            "name": "Sales",
+            "number": "100",
+            "locked": False,
+            "participant_count": 1,
         }
-        # A leave in the visible room: only the room's new state comes, no caller details.
+        assert sales["participants"] == [
+            {
+                "id": alice.pk,
+                "caller_name": "Alice",
+                "caller_number": "201",
+                "talking": False,
+                "muted": False,
+                "hand_raised": False,
+            }
+        ]
+        assert sales["asterisk"] == {"server": room.server.name, "connected": True}
+        # Alice talks: the list says so (compact, with the room's slug), then her leave and the room's count.
+        await db(services.participant_update)(participant_id=alice.pk, talking=True)
+        talking = await frame(communicator)
+        assert talking["type"] == "participant.updated" and talking["conference"] == "sales"
+        assert talking["participant"]["talking"] is True and "joined_at" not in talking["participant"]
         await db(services.participant_leave)(participant_id=alice.pk, reason="hangup")
+        left = await frame(communicator)
+        assert left["type"] == "participant.left" and left["participant"]["id"] == alice.pk
         update = await frame(communicator)
-        assert update == {"type": "conference.updated", "conference": {**rooms["rooms"][0], "participant_count": 0}}
+        assert update["type"] == "conference.updated" and update["conference"]["participant_count"] == 0
         # Nothing from a room the user may not see.
         await db(services.conference_set_locked)(conference_id=hidden.pk, locked=True)
         assert await communicator.receive_nothing(timeout=0.3)
+    finally:
+        await communicator.disconnect()
+
+
+async def test_room_list_sends_the_whole_list_again_after_a_lost_event(login, viewer, room, make_participant):
+    alice = await db(make_participant)(room, caller_name="Alice")
+    communicator = await list_socket(login, viewer)
+    try:
+        first = await frame(communicator)
+        # An event the layer lost: the room's seq moves on without it reaching the socket.
+        await db(Conference.objects.filter(pk=room.pk).update)(seq=F("seq") + 1)
+        await db(services.participant_update)(participant_id=alice.pk, talking=True)
+        again = await frame(communicator)
+        assert again["type"] == "rooms"
+        assert again["rooms"][0]["participants"][0]["talking"] is True
+        assert again["rooms"][0]["seq"] == first["rooms"][0]["seq"] + 2
     finally:
         await communicator.disconnect()
 

@@ -1,39 +1,87 @@
-// The room list: live people counts and locked badges from /ws/conferences/.
+// The room list, an overview that moves (a wall display too): per room who is in, who talks,
+// who is muted or has a hand up, locked and Asterisk-down badges, live from /ws/conferences/.
+//
+// Caller names come from the phone network and are hostile: textContent only.
 "use strict";
 (() => {
   const table = document.querySelector("table.rooms");
   if (!table) return;
-  const lockedText = table.dataset.lockedText || "locked";
+  const text = {
+    locked: table.dataset.lockedText || "locked",
+    linkDown: table.dataset.linkDownText || "Asterisk down",
+    talking: table.dataset.talkingText || "talking",
+    muted: table.dataset.mutedText || "muted",
+    hand: table.dataset.handText || "hand raised",
+  };
   const notLoggedIn = Number(table.dataset.notLoggedInCode); // conferences/closecodes.py
+  const rooms = new Map(); // slug -> {state, participants: Map(id -> participant)}
   let delay = 1000;
 
-  function update(room) {
-    const row = table.querySelector(`tr[data-slug="${CSS.escape(room.slug)}"]`);
-    if (!row) return;
-    row.querySelector("[data-role=count]").textContent = String(room.participant_count);
-    const status = row.querySelector("[data-role=status]");
-    status.replaceChildren();
-    if (room.locked) {
-      const badge = document.createElement("span");
-      badge.className = "badge";
-      badge.textContent = lockedText;
-      status.append(badge);
+  function element(tag, className, content) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (content !== undefined) node.textContent = content;
+    return node;
+  }
+
+  function render(slug) {
+    const room = rooms.get(slug);
+    const row = table.querySelector(`tr[data-slug="${CSS.escape(slug)}"]`);
+    if (!room || !row) return;
+    const { state, participants } = room;
+    row.querySelector("[data-role=count]").textContent = String(participants.size);
+    const who = row.querySelector("[data-role=who] ul");
+    if (who) {
+      who.replaceChildren(
+        ...[...participants.values()].map((p) => {
+          const item = element("li", "who-item", p.caller_name || p.caller_number || "?");
+          item.dataset.participantId = String(p.id);
+          item.dataset.talking = String(Boolean(p.talking));
+          if (p.talking) item.title = text.talking;
+          if (p.muted) item.append(" ", element("span", "badge badge-muted", text.muted));
+          if (p.hand_raised) item.append(" ", element("span", "badge badge-hand", text.hand));
+          return item;
+        })
+      );
     }
+    const status = row.querySelector("[data-role=status]");
+    const badges = [];
+    if (state.locked) badges.push(element("span", "badge", text.locked));
+    if (state.asterisk && !state.asterisk.connected) badges.push(element("span", "badge badge-down", text.linkDown));
+    status.replaceChildren(...badges);
+  }
+
+  function onFrame(frame) {
+    if (frame.type === "rooms") {
+      delay = 1000;
+      table.dataset.live = "true";
+      rooms.clear();
+      for (const state of frame.rooms) {
+        const participants = new Map((state.participants || []).map((p) => [p.id, p]));
+        rooms.set(state.slug, { state, participants });
+        render(state.slug);
+      }
+      return;
+    }
+    const slug = frame.type === "conference.updated" ? frame.conference && frame.conference.slug : frame.conference;
+    const room = rooms.get(slug);
+    if (!room) return;
+    if (frame.type === "conference.updated") {
+      room.state = { ...room.state, ...frame.conference };
+    } else if (frame.type === "participant.left" || (frame.participant && frame.participant.left_at)) {
+      room.participants.delete(frame.participant.id);
+    } else if (frame.type === "participant.joined" || frame.type === "participant.updated") {
+      room.participants.set(frame.participant.id, frame.participant);
+    } else if (frame.type === "asterisk.status") {
+      room.state = { ...room.state, asterisk: { ...(room.state.asterisk || {}), connected: frame.connected } };
+    }
+    render(slug);
   }
 
   function connect() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const socket = new WebSocket(`${scheme}://${location.host}/ws/conferences/`);
-    socket.addEventListener("message", (event) => {
-      const frame = JSON.parse(event.data);
-      if (frame.type === "rooms") {
-        delay = 1000;
-        table.dataset.live = "true";
-        frame.rooms.forEach(update);
-      } else if (frame.type === "conference.updated") {
-        update(frame.conference);
-      }
-    });
+    socket.addEventListener("message", (event) => onFrame(JSON.parse(event.data)));
     socket.addEventListener("close", (event) => {
       table.dataset.live = "false";
       if (event.code === notLoggedIn) return; // logged out: the next page load goes to the login page
