@@ -157,6 +157,7 @@ class ParticipantAdmin(ReadOnlyAdmin):
         _participant_action("mute", _("Mute the selected participants")),
         _participant_action("unmute", _("Unmute the selected participants")),
         _participant_action("kick", _("Kick the selected participants")),
+        _participant_action("lower_hand", _("Lower the hands of the selected participants")),
     ]
     list_display = [
         "caller_name",
@@ -167,10 +168,20 @@ class ParticipantAdmin(ReadOnlyAdmin):
         "left_at",
         "left_reason",
         "muted",
+        "mute_source",
+        "hand_raised",
         "talking",
         "channel_id",
     ]
-    list_filter = [("left_at", admin.EmptyFieldListFilter), "conference", "role", "left_reason", "muted"]
+    list_filter = [
+        ("left_at", admin.EmptyFieldListFilter),
+        "conference",
+        "role",
+        "left_reason",
+        "muted",
+        "mute_source",
+        "hand_raised",
+    ]
     search_fields = ["caller_name", "caller_number", "channel_id", "conference__name", "conference__number"]
     list_select_related = ["conference"]
     date_hierarchy = "joined_at"

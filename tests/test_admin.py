@@ -71,6 +71,14 @@ def test_participants_and_events_are_read_only(admin_client, populated):
     assert admin_client.post(delete, {"post": "yes"}).status_code == 403
 
 
+def test_participants_show_hands_and_who_muted_and_offer_lower_hand(admin_client, populated):
+    response = admin_client.get(reverse("admin:conferences_participant_changelist"))
+    assert response.status_code == 200
+    content = response.content.decode()
+    assert 'value="lower_hand"' in content  # through the same moderation path as the page's
+    assert "column-mute_source" in content and "column-hand_raised" in content
+
+
 def test_room_list_shows_people_present(admin_client, populated):
     response = admin_client.get(reverse("admin:conferences_conference_changelist"))
     row = response.context["cl"].result_list[0]
