@@ -132,6 +132,7 @@ class Conference(models.Model):
         _("keys: raise or lower the hand"),
         max_length=KEYPAD_MAX_KEYS,
         default="*1",
+        db_default="*1",
         validators=[keypad_validator],
         help_text=_("What a caller presses during the call (0-9, * and #, at most 4 keys)."),
     )
@@ -139,6 +140,7 @@ class Conference(models.Model):
         _("keys: mute or unmute oneself"),
         max_length=KEYPAD_MAX_KEYS,
         default="*6",
+        db_default="*6",
         validators=[keypad_validator],
         help_text=_("Not for a caller a moderator muted (0-9, * and #, at most 4 keys)."),
     )
@@ -320,10 +322,14 @@ class Participant(models.Model):
     left_reason = models.CharField(_("left reason"), max_length=16, choices=LeftReason.choices, blank=True)
     muted = models.BooleanField(_("muted"), default=False)
     # Who muted the caller (empty when not muted): a caller a moderator muted cannot unmute themself.
-    mute_source = models.CharField(_("muted by"), max_length=16, choices=MuteSource.choices, blank=True)
+    # The new columns have database defaults too: rows written without them (the previous
+    # release's processes during an upgrade, bulk loaders) get the same values.
+    mute_source = models.CharField(
+        _("muted by"), max_length=16, choices=MuteSource.choices, blank=True, default="", db_default=""
+    )
     talking = models.BooleanField(_("talking"), default=False)
     moh = models.BooleanField(_("music on hold"), default=False)
-    hand_raised = models.BooleanField(_("hand raised"), default=False)
+    hand_raised = models.BooleanField(_("hand raised"), default=False, db_default=False)
     hand_raised_at = models.DateTimeField(_("hand raised at"), null=True, blank=True)
     # Null only for a stay stored without the services (the services and the
     # migration that introduced meetings set it). db_index=False: the
