@@ -1,3 +1,5 @@
+import json
+
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count
@@ -19,7 +21,7 @@ def conference_list(request):
     return render(
         request,
         "conferences/conference_list.html",
-        {"conferences": conferences, "not_logged_in_code": closecodes.NOT_LOGGED_IN},
+        {"conferences": conferences, "close_codes": json.dumps(closecodes.page_config())},
     )
 
 

@@ -1,5 +1,6 @@
 """The live room page: its markup, the json config for room.js, and room.js's own Node tests."""
 
+import html
 import json
 import re
 import shutil
@@ -198,7 +199,8 @@ def test_no_protocol_error_text_or_close_code_is_typed_under_static(client, conf
         "retry_after_ms": {"4429": 30000},
         "not_logged_in": 4401,
     }
-    assert 'data-not-logged-in-code="4401"' in client.get("/").content.decode()
+    listed = re.search(r'data-close-codes="([^"]*)"', client.get("/").content.decode()).group(1)
+    assert json.loads(html.unescape(listed)) == closecodes.page_config()
 
 
 def test_room_js_node_tests():
@@ -206,7 +208,8 @@ def test_room_js_node_tests():
     assert node, "Node.js is needed for tests/js (room.js helpers)"
     files = sorted(str(path) for path in (ROOT / "tests" / "js").glob("*.test.js"))
     assert files
-    check = subprocess.run([node, "--check", str(ROOT / "static" / "conferences" / "room.js")], capture_output=True)
-    assert check.returncode == 0, check.stderr.decode()
+    for script in sorted((ROOT / "static" / "conferences").glob("*.js")):
+        check = subprocess.run([node, "--check", str(script)], capture_output=True, cwd=ROOT)
+        assert check.returncode == 0, (script.name, check.stderr.decode())
     result = subprocess.run([node, "--test", *files], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr

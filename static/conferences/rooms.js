@@ -1,11 +1,12 @@
 // The room list, an overview that moves (a wall display too): per room who is in, who talks,
-// who is muted or has a hand up, locked and Asterisk-down badges, live from /ws/conferences/.
+// who is muted or has a hand up, locked and Asterisk-down badges, live from /ws/conferences/
+// (live-socket.js: the same reconnecting socket as the room page).
 //
 // Caller names come from the phone network and are hostile: textContent only.
-"use strict";
-(() => {
-  const table = document.querySelector("table.rooms");
-  if (!table) return;
+import { LiveSocket } from "./live-socket.js";
+
+const table = document.querySelector("table.rooms");
+if (table) {
   const text = {
     locked: table.dataset.lockedText || "locked",
     linkDown: table.dataset.linkDownText || "Asterisk down",
@@ -13,18 +14,16 @@
     muted: table.dataset.mutedText || "muted",
     hand: table.dataset.handText || "hand raised",
   };
-  const notLoggedIn = Number(table.dataset.notLoggedInCode); // conferences/closecodes.py
   const rooms = new Map(); // slug -> {state, participants: Map(id -> participant)}
-  let delay = 1000;
 
-  function element(tag, className, content) {
+  const element = (tag, className, content) => {
     const node = document.createElement(tag);
     if (className) node.className = className;
     if (content !== undefined) node.textContent = content;
     return node;
-  }
+  };
 
-  function render(slug) {
+  const render = (slug) => {
     const room = rooms.get(slug);
     const row = table.querySelector(`tr[data-slug="${CSS.escape(slug)}"]`);
     if (!room || !row) return;
@@ -44,21 +43,20 @@
         })
       );
     }
-    const status = row.querySelector("[data-role=status]");
     const badges = [];
     if (state.locked) badges.push(element("span", "badge", text.locked));
     if (state.asterisk && !state.asterisk.connected) badges.push(element("span", "badge badge-down", text.linkDown));
-    status.replaceChildren(...badges);
-  }
+    row.querySelector("[data-role=status]").replaceChildren(...badges);
+  };
 
-  function onFrame(frame) {
+  const onFrame = (data) => {
+    const frame = JSON.parse(data);
     if (frame.type === "rooms") {
-      delay = 1000;
+      socket.live();
       table.dataset.live = "true";
       rooms.clear();
       for (const state of frame.rooms) {
-        const participants = new Map((state.participants || []).map((p) => [p.id, p]));
-        rooms.set(state.slug, { state, participants });
+        rooms.set(state.slug, { state, participants: new Map((state.participants || []).map((p) => [p.id, p])) });
         render(state.slug);
       }
       return;
@@ -76,20 +74,15 @@
       room.state = { ...room.state, asterisk: { ...(room.state.asterisk || {}), connected: frame.connected } };
     }
     render(slug);
-  }
+  };
 
-  function connect() {
-    const scheme = location.protocol === "https:" ? "wss" : "ws";
-    const socket = new WebSocket(`${scheme}://${location.host}/ws/conferences/`);
-    socket.addEventListener("message", (event) => onFrame(JSON.parse(event.data)));
-    socket.addEventListener("close", (event) => {
-      table.dataset.live = "false";
-      if (event.code === notLoggedIn) return; // logged out: the next page load goes to the login page
-      // As the room page: the first retry anywhere in 0.25-2.25 s (lists dropped together spread out).
-      const wait = delay === 1000 ? 250 + 2000 * Math.random() : delay * (0.5 + Math.random() / 2);
-      delay = Math.min(delay * 2, 30000);
-      setTimeout(connect, wait);
-    });
-  }
-  connect();
-})();
+  const socket = new LiveSocket({
+    path: "/ws/conferences/",
+    closeCodes: JSON.parse(table.dataset.closeCodes || "{}"), // conferences/closecodes.py
+    onFrame,
+    onState: (state) => {
+      if (state !== "connecting") table.dataset.live = "false";
+    },
+  });
+  socket.connect();
+}

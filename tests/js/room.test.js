@@ -1,11 +1,11 @@
-// Pure helpers of static/conferences/room.js (node --test, no dependencies).
-"use strict";
+// Pure helpers of the page scripts (node --test, no dependencies; ES modules: package.json).
+import assert from "node:assert/strict";
+import test from "node:test";
 
-const test = require("node:test");
-const assert = require("node:assert/strict");
-const path = require("node:path");
+import * as socket from "../../static/conferences/live-socket.js";
+import * as state from "../../static/conferences/room-state.js";
 
-const room = require(path.join(__dirname, "..", "..", "static", "conferences", "room.js"));
+const room = { ...state, ...socket };
 
 test("seq: stale, next, gap", () => {
   assert.equal(room.classifySeq(5, 3), "stale");

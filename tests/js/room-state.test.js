@@ -1,0 +1,156 @@
+// The room page's reducer (static/conferences/room-state.js) over every frame type and every
+// gap and resync case: what the page shows follows from these.
+import assert from "node:assert/strict";
+import test from "node:test";
+
+import { handPosition, initialState, reduce } from "../../static/conferences/room-state.js";
+
+const at = (second) => `2025-01-01T10:00:${String(second).padStart(2, "0")}+00:00`;
+const caller = (id, fields = {}) => ({ id, caller_name: `C${id}`, joined_at: at(id), muted: false, ...fields });
+const room = (fields = {}) => ({ slug: "sales", name: "Sales", locked: false, ...fields });
+
+function snapshot(seq, participants, fields = {}) {
+  return { type: "snapshot", seq, conference: room(), participants, can_moderate: false, ...fields };
+}
+
+function run(frames, start = initialState()) {
+  let current = start;
+  const results = [];
+  for (const frame of frames) {
+    const result = reduce(current, frame);
+    current = result.state;
+    results.push(result);
+  }
+  return { state: current, results };
+}
+
+const kinds = (result) => result.entries.map((entry) => entry.kind);
+
+test("the first snapshot sets the roster and says nothing; it rebuilds and answers a resync", () => {
+  const { state, results } = run([snapshot(5, [caller(1), caller(2)], { asterisk: { connected: true } })]);
+  assert.deepEqual([...state.participants.keys()], [1, 2]);
+  assert.equal(state.lastSeq, 5);
+  assert.equal(state.snapshots, 1);
+  assert.deepEqual(kinds(results[0]), []);
+  assert.equal(results[0].rebuild, true);
+  assert.equal(results[0].resynced, true);
+  assert.deepEqual(results[0].asterisk, { connected: true, log: false }); // not logged on the first
+});
+
+test("events before the first snapshot are ignored", () => {
+  const { state, results } = run([{ type: "participant.joined", seq: 1, participant: caller(1) }]);
+  assert.equal(state.participants.size, 0);
+  assert.equal(state.lastSeq, null);
+  assert.deepEqual(kinds(results[0]), []);
+});
+
+test("joined, updated (mute, hand), left: in order, each logged once", () => {
+  const { state, results } = run([
+    snapshot(1, [caller(1)]),
+    { type: "participant.joined", seq: 2, participant: caller(2) },
+    { type: "participant.updated", seq: 3, participant: caller(2, { muted: true, mute_source: "self" }) },
+    { type: "participant.updated", seq: 4, participant: caller(2, { muted: true, hand_raised: true, hand_raised_at: at(30) }) },
+    { type: "participant.updated", seq: 5, participant: caller(2, { muted: true, hand_raised: true, talking: true }) },
+    { type: "participant.left", seq: 6, participant: caller(1, { left_at: at(40), left_reason: "kicked" }) },
+  ]);
+  assert.deepEqual(results.slice(1).map(kinds), [["joined"], ["muted"], ["hand"], [], ["left"]]);
+  assert.equal(results[5].entries[0].reason, "kicked");
+  assert.deepEqual([...state.participants.keys()], [2]);
+  assert.equal(state.lastSeq, 6);
+});
+
+test("a participant with left_at in an update leaves; a leave of someone unknown changes nothing", () => {
+  const { state, results } = run([
+    snapshot(1, [caller(1)]),
+    { type: "participant.updated", seq: 2, participant: caller(1, { left_at: at(9), left_reason: "hangup" }) },
+    { type: "participant.left", seq: 3, participant: caller(7, { left_at: at(9), left_reason: "hangup" }) },
+  ]);
+  assert.equal(state.participants.size, 0);
+  assert.deepEqual(results.slice(1).map(kinds), [["left"], []]);
+});
+
+test("stale events (seq not above the last) are dropped without a change", () => {
+  const first = run([snapshot(10, [caller(1)])]).state;
+  for (const seq of [3, 9, 10]) {
+    const result = reduce(first, { type: "participant.joined", seq, participant: caller(2) });
+    assert.equal(result.state, first);
+    assert.equal(result.resync, false);
+  }
+});
+
+test("a gap asks for a resync, applies the event anyway and keeps the last seq until the snapshot", () => {
+  const { state, results } = run([
+    snapshot(10, [caller(1)]),
+    { type: "participant.joined", seq: 13, participant: caller(2) },
+    { type: "participant.joined", seq: 14, participant: caller(3) },
+  ]);
+  assert.equal(results[1].resync, true);
+  assert.equal(results[2].resync, true); // still behind: seq 11 and 12 never came
+  assert.equal(state.lastSeq, 10);
+  assert.deepEqual([...state.participants.keys()], [1, 2, 3]);
+  // The snapshot asked for: the truth, the gap closed.
+  const after = reduce(state, snapshot(14, [caller(2), caller(3)]));
+  assert.equal(after.state.lastSeq, 14);
+  assert.equal(after.resynced, true);
+  assert.deepEqual(kinds(after), ["left"]); // 1 left during the gap
+  assert.equal(reduce(after.state, { type: "participant.joined", seq: 15, participant: caller(4) }).resync, false);
+});
+
+test("a later snapshot logs what changed meanwhile: joins, leaves, mutes, hands, the lock", () => {
+  const { results } = run([
+    snapshot(1, [caller(1), caller(2, { muted: true })]),
+    snapshot(9, [caller(2), caller(3), caller(1, { hand_raised: true, hand_raised_at: at(50) })], {
+      conference: room({ locked: true }),
+      asterisk: { connected: false },
+    }),
+  ]);
+  assert.deepEqual(kinds(results[1]).sort(), ["hand", "joined", "locked", "unmuted"].sort());
+  assert.deepEqual(results[1].asterisk, { connected: false, log: true });
+  assert.equal(results[1].rebuild, false);
+});
+
+test("a role change in a snapshot rebuilds the roster (moderator controls come or go)", () => {
+  const { results } = run([snapshot(1, []), snapshot(1, [], { can_moderate: true }), snapshot(1, [], { can_moderate: true })]);
+  assert.deepEqual(results.map((result) => result.rebuild), [true, true, false]);
+});
+
+test("conference.updated: the lock is logged when it changes, the room's state replaced", () => {
+  const { state, results } = run([
+    snapshot(1, []),
+    { type: "conference.updated", seq: 2, conference: room({ locked: true, participant_count: 0 }) },
+    { type: "conference.updated", seq: 3, conference: room({ locked: true, name: "Sales (EU)" }) },
+    { type: "conference.updated", seq: 4 }, // no conference: nothing but the seq
+  ]);
+  assert.deepEqual(results.slice(1).map(kinds), [["locked"], [], []]);
+  assert.equal(state.conference.name, "Sales (EU)");
+  assert.equal(state.lastSeq, 4);
+});
+
+test("asterisk.status is reported for the page to show and log, without touching the room", () => {
+  const first = run([snapshot(1, [])]).state;
+  const result = reduce(first, { type: "asterisk.status", connected: false });
+  assert.equal(result.state, first);
+  assert.deepEqual(result.asterisk, { connected: false, log: true });
+});
+
+test("hostile or unknown frames change nothing", () => {
+  const first = run([snapshot(1, [caller(1)])]).state;
+  for (const frame of [null, 7, "x", {}, { type: "reply", ok: true }, { type: "participant.joined", seq: 2 }]) {
+    const result = reduce(first, frame);
+    assert.deepEqual(kinds(result), []);
+    assert.equal(result.resync, false);
+  }
+  assert.equal(reduce(first, { type: "snapshot", seq: 2, participants: "not a list" }).state.participants.size, 0);
+});
+
+test("raised hands keep the order they went up in", () => {
+  const people = new Map(
+    [
+      caller(1, { hand_raised: true, hand_raised_at: at(30) }),
+      caller(2, { hand_raised: true, hand_raised_at: at(10) }),
+      caller(3),
+      caller(4, { hand_raised: true, hand_raised_at: at(10) }), // same moment: by id
+    ].map((p) => [p.id, p])
+  );
+  assert.deepEqual([1, 2, 3, 4].map((id) => handPosition(people, people.get(id))), [3, 1, 0, 2]);
+});
