@@ -53,7 +53,7 @@ def participant_state(participant):
         "role": participant.role,
         "joined_at": _iso(participant.joined_at),
         "muted": participant.muted,
-        "mute_source": participant.mute_source or None,
+        "mute_source": (participant.mute_source or None) if participant.muted else None,
         "talking": participant.talking,
         "moh": participant.moh,
         "hand_raised": participant.hand_raised,
@@ -88,7 +88,7 @@ def list_room_state(conference, participants):
     return {
         **conference_state(conference, len(participants)),
         "participants": participants,
-        "asterisk": {"server": conference.server.name, "connected": conference.server.connected},
+        "asterisk": {"connected": conference.server.connected},
         "seq": conference.seq,
     }
 
@@ -227,13 +227,22 @@ def room_message(frame, conference_id=None):
     ``text`` is what goes to browsers as is (no per-socket JSON encoding);
     ``kind`` and ``seq`` are what consumers need to decide without parsing it.
     """
-    return {
+    message = {
         "type": ROOM_EVENT,
         "conference": conference_id,
         "kind": frame["type"],
         "seq": frame.get("seq"),
         "text": json.dumps(frame, separators=(",", ":")),
     }
+    # The room list's part, also serialised once (conferences/consumers.py, RoomListConsumer).
+    if frame["type"] in LIST_PARTICIPANT_KINDS:
+        message["list"] = json.dumps(list_participant_state(frame), separators=(",", ":"))
+    elif frame["type"] == "conference.updated" and frame.get("conference"):
+        message["list"] = json.dumps(frame["conference"], separators=(",", ":"))
+    return message
+
+
+LIST_PARTICIPANT_KINDS = frozenset({"participant.joined", "participant.updated", "participant.left"})
 
 
 def send_to_room(conference_id, frame):

@@ -51,6 +51,7 @@ from conferences import (
     socketcap,
 )
 from conferences.models import Conference, Participant
+from conferences.ratelimit import TokenBucket
 from conferences.sessions import session_user
 
 logger = logging.getLogger(__name__)
@@ -215,29 +216,11 @@ def _session_rooms(session_key, user_id=None):
 
 
 def _visible_room_ids(session_key, user_id):
-    """The periodic check of a room-list socket: the ids of the rooms it may see, or None when logged out."""
+    """The periodic check of a room-list socket: ``{room id: its seq}`` of the rooms it may see, None: logged out."""
     user = session_user(session_key)
     if user is None or user.pk != user_id:
         return None
-    return set(access.conferences_visible_to(user).values_list("pk", flat=True))
-
-
-class TokenBucket:
-    """Allows ``burst`` frames at once and ``rate`` per second after that."""
-
-    def __init__(self, rate, burst, clock=time.monotonic):
-        self.rate, self.burst, self.clock = rate, burst, clock
-        self.tokens = float(burst)
-        self.updated = clock()
-
-    def take(self):
-        now = self.clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
+    return dict(access.conferences_visible_to(user).values_list("pk", "seq"))
 
 
 def start_eagerly(coroutine):
@@ -926,6 +909,11 @@ class RoomListConsumer(GuardedConsumer):
 
         ``rooms``: read in the same hop as the login check already.
         """
+        lock = self.__dict__.setdefault("_rooms_lock", asyncio.Lock())
+        async with lock:  # one at a time: an older read may not undo a newer one (a revoked room)
+            return await self._send_rooms(rooms)
+
+    async def _send_rooms(self, rooms):
         if rooms is None:
             user, rooms = await db_call(_session_rooms, self.session_key, self.user_id)
             if user is None:
@@ -949,7 +937,13 @@ class RoomListConsumer(GuardedConsumer):
         return {int(g.split(".", 1)[1]) for g in self.groups_joined if g.startswith("conference.")}
 
     async def _watch(self):
-        """Every SESSION_CHECK_SECONDS: still logged in, and are the visible rooms still the same?"""
+        """Every SESSION_CHECK_SECONDS: still logged in, the visible rooms the same, and no room's event lost?
+
+        A room whose seq stayed ahead of the socket's for a whole check
+        period lost an event (one committed while the list was read, one the
+        layer dropped at the end of a burst): the list is sent again.
+        """
+        behind_before = set()
         while True:
             await asyncio.sleep(SESSION_CHECK_SECONDS)
             try:
@@ -958,8 +952,12 @@ class RoomListConsumer(GuardedConsumer):
                     await self.close(CLOSE_NOT_LOGGED_IN)
                     return
                 await self.confirm_place()
-                if visible != self._room_ids_joined():
+                seqs = getattr(self, "room_seqs", {})
+                behind = {pk for pk, seq in visible.items() if seq > seqs.get(pk, 0)}
+                if set(visible) != self._room_ids_joined() or behind & behind_before:
                     await self.send_rooms()
+                    behind = set()
+                behind_before = behind
             except DatabaseError as exc:
                 logger.warning("user %s: room list check failed: %s", self.user_id, exc)
             except Exception:
@@ -981,16 +979,18 @@ class RoomListConsumer(GuardedConsumer):
             if seq > last + 1:
                 await self.send_rooms()  # an event was lost: the whole list again
                 return
-        frame = json.loads(message["text"])
-        if kind == "conference.updated":
-            out = {"type": kind, "conference": frame["conference"]}
-        elif kind in ("participant.joined", "participant.updated", "participant.left"):
-            out = {"type": kind, "conference": slug, "participant": broadcast.list_participant_state(frame)}
+        # The room message carries its list part serialised once for every list socket (broadcast.py).
+        part = message.get("list")
+        if kind == "conference.updated" and part is not None:
+            text = f'{{"type":"conference.updated","conference":{part}}}'
+        elif kind in broadcast.LIST_PARTICIPANT_KINDS and part is not None:
+            text = f'{{"type":"{kind}","conference":{json.dumps(slug)},"participant":{part}}}'
         elif kind == "asterisk.status":
-            out = {"type": kind, "conference": slug, "connected": bool(frame.get("connected"))}
+            connected = bool(json.loads(message["text"]).get("connected"))
+            text = json.dumps({"type": kind, "conference": slug, "connected": connected})
         else:
             return
-        await self.send(text_data=json.dumps(out))
+        await self.send(text_data=text)
 
     async def access_changed(self, message):
         try:

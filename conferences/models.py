@@ -322,6 +322,8 @@ class Participant(models.Model):
     left_reason = models.CharField(_("left reason"), max_length=16, choices=LeftReason.choices, blank=True)
     muted = models.BooleanField(_("muted"), default=False)
     # Who muted the caller (empty when not muted): a caller a moderator muted cannot unmute themself.
+    # Read only with muted (no constraint ties them: the previous release's unmute, during an
+    # upgrade, clears muted alone).
     # The new columns have database defaults too: rows written without them (the previous
     # release's processes during an upgrade, bulk loaders) get the same values.
     mute_source = models.CharField(
@@ -363,9 +365,6 @@ class Participant(models.Model):
                 name="participant_left_after_joined",
             ),
             models.CheckConstraint(condition=~Q(channel_id=""), name="participant_channel_id_not_empty"),
-            models.CheckConstraint(
-                condition=Q(muted=True) | Q(mute_source=""), name="participant_mute_source_only_when_muted"
-            ),
             models.CheckConstraint(
                 condition=Q(hand_raised=False, hand_raised_at__isnull=True)
                 | Q(hand_raised=True, hand_raised_at__isnull=False),

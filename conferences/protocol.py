@@ -65,6 +65,9 @@ def localized(error, language):
     return text
 
 
+MAX_ACCEPT_LANGUAGE = 500
+
+
 def language_of(scope):
     """The language a socket's page is in: the language cookie, else Accept-Language, else the site's.
 
@@ -77,8 +80,13 @@ def language_of(scope):
     candidates = [cookie] if cookie else []
     for name, value in scope.get("headers") or ():
         if name == b"accept-language":
-            header = value.decode("latin-1")[:500]
-            candidates += [code for code, _quality in trans_real.parse_accept_lang_header(header) if code != "*"]
+            header = value.decode("latin-1")
+            if len(header) > MAX_ACCEPT_LANGUAGE:  # cut at a comma, as Django does: the first entries stay
+                header = header[:MAX_ACCEPT_LANGUAGE].rsplit(",", 1)[0]
+            for code, _quality in trans_real.parse_accept_lang_header(header):
+                if code == "*":
+                    break  # as Django's LocaleMiddleware: the languages after "*" do not count
+                candidates.append(code)
             break
     for code in candidates:
         try:

@@ -14,6 +14,7 @@ import asyncio
 import pytest
 from django.contrib.auth.models import User
 
+from conferences.ari import rules
 from conferences.models import ConferenceEvent, Participant
 from tests.live import EventLog, act, db, events_of, participant, wait_roster
 from tests.sandbox import Ears, eventually
@@ -132,5 +133,11 @@ async def test_a_rooms_own_keys_and_stray_keys(runner, sandbox, make_room, moder
         row = await db(participant)(other.channel_id)
         assert await act(worker, room, "lower_hand", row.pk, moderator) == (True, None)
         await reaches(other.channel_id, hand=False)
-    [lowered] = [e for e in await db(events_of)(room) if e["kind"] == "hand_lowered"]
-    assert lowered["actor_id"] == moderator.pk
+        [lowered] = [e for e in await db(events_of)(room) if e["kind"] == "hand_lowered"]
+        assert lowered["actor_id"] == moderator.pk
+        # A flood of sequences (eight #5 in about 1.2 s): at most the keypad's burst and rate get through.
+        before = len([e for e in await db(events_of)(room) if e["kind"].startswith("hand_")])
+        await other.press("#5" * 8, between=50)
+        await asyncio.sleep(1)
+        flood = len([e for e in await db(events_of)(room) if e["kind"].startswith("hand_")]) - before
+        assert 1 <= flood <= rules.KEYPAD_BURST + 2, flood

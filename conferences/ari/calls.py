@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from conferences.ari import rules
+from conferences.ratelimit import TokenBucket
 
 
 class Phase(StrEnum):
@@ -52,10 +53,12 @@ class Call:
     talking: bool = False  # as talk detection last said
     kicked: bool = False
     kicked_by: int | None = None
-    # The keypad during the call: the room's sequences (read at the first key), the keys typed since.
+    # The keypad during the call: the room's sequences (read at the first key), the keys typed since,
+    # and the rate of its actions.
     keypad: dict | None = None
     typed: str = ""
     typed_at: float = 0.0
+    keypad_bucket: TokenBucket = field(default_factory=lambda: TokenBucket(rules.KEYPAD_RATE, rules.KEYPAD_BURST))
     # Leaving: hang up when one of these playbacks finishes.
     hangup_after: set = field(default_factory=set)
 

@@ -342,7 +342,14 @@ class ConferenceApp:
     # --- the keypad during the call -------------------------------------------------------
 
     async def keypad(self, call, key):
-        """A key a caller in the room pressed: the room's sequences raise or lower the hand, mute or unmute."""
+        """A key a caller in the room pressed: the room's sequences raise or lower the hand, mute or unmute.
+
+        The keys typed are kept only once the action is done: a database
+        outage repeats the event (conferences/ari/lanes.py), which then
+        finds the same sequence again. At most KEYPAD_RATE actions a second
+        per call (a burst of KEYPAD_BURST): a caller who floods the keys
+        cannot flood the room's timeline, its pages or Asterisk's prompts.
+        """
         if call.participant_id is None:
             return
         if call.keypad is None:
@@ -350,28 +357,35 @@ class ConferenceApp:
             if call.keypad is None:
                 return  # the room was deleted
         now = time.monotonic()
-        call.typed, action = rules.keypad_press(call.typed, key, call.keypad, now - call.typed_at)
-        call.typed_at = now
-        if action is None:
-            return
+        typed, action = rules.keypad_press(call.typed, key, call.keypad, now - call.typed_at)
+        if action is not None and not call.keypad_bucket.take():
+            logger.info("conference %s: channel %s: keypad too fast; ignored", call.conference_id, call.channel_id)
+            action = None
+        if action is not None:
+            await self._keypad_action(call, action)
+        call.typed, call.typed_at = typed, now
+
+    async def _keypad_action(self, call, action):
         state = await self.effects.db(store.keypad_state, call.participant_id)
         if state is None:
             return
         hand_raised, muted, mute_source = state
         if action == rules.HAND:
             await self.effects.db(store.set_hand, call.participant_id, not hand_raised, by_self=True)
-            await self.effects.play(
-                call.channel_id, *rules.KEYPAD_SOUNDS["hand_lowered" if hand_raised else "hand_raised"]
-            )
-            return
-        decision = rules.self_mute(muted=muted, mute_source=mute_source)
-        if decision == rules.SelfMute.MUTE:
-            await self._mute(call.channel_id)
-            await self.effects.db(store.self_mute, call.participant_id, True)
-        elif decision == rules.SelfMute.UNMUTE:
-            await self._unmute(call.channel_id)
-            await self.effects.db(store.self_mute, call.participant_id, False)
-        await self.effects.play(call.channel_id, *rules.KEYPAD_SOUNDS[decision])
+            sounds = rules.KEYPAD_SOUNDS["hand_lowered" if hand_raised else "hand_raised"]
+        else:
+            decision = rules.self_mute(muted=muted, mute_source=mute_source)
+            if decision == rules.SelfMute.MUTE:
+                await self._mute(call.channel_id)
+                await self.effects.db(store.self_mute, call.participant_id, True)
+            elif decision == rules.SelfMute.UNMUTE:
+                await self._unmute(call.channel_id)
+                await self.effects.db(store.self_mute, call.participant_id, False)
+            sounds = rules.KEYPAD_SOUNDS[decision]
+        if call.prompt is not None:  # the previous key's prompt: this one replaces it
+            prompt, call.prompt = call.prompt, None
+            await self.effects.stop_playback(prompt)
+        call.prompt = await self.effects.play(call.channel_id, *sounds)
 
     # --- into the bridge -------------------------------------------------------------
 

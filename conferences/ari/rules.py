@@ -205,6 +205,10 @@ KEY_GAP_SECONDS = 3.0  # keys further apart than this start a new sequence
 MAX_TYPED = 8  # keys kept while a sequence may still be under way
 
 
+KEYPAD_RATE = 1.0  # keypad actions a second per call, after a burst of
+KEYPAD_BURST = 3
+
+
 def keypad_press(typed, key, sequences, gap):
     """A key pressed in the room: ``(keys kept, action or None)``.
 

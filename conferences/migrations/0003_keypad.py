@@ -54,10 +54,6 @@ class Migration(migrations.Migration):
         ),
         migrations.AddConstraint(
             model_name='participant',
-            constraint=models.CheckConstraint(condition=models.Q(('muted', True), ('mute_source', ''), _connector='OR'), name='participant_mute_source_only_when_muted'),
-        ),
-        migrations.AddConstraint(
-            model_name='participant',
             constraint=models.CheckConstraint(condition=models.Q(models.Q(('hand_raised', False), ('hand_raised_at__isnull', True)), models.Q(('hand_raised', True), ('hand_raised_at__isnull', False)), _connector='OR'), name='participant_hand_raised_at_with_hand'),
         ),
     ]

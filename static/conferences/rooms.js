@@ -59,6 +59,11 @@ if (table) {
         rooms.set(state.slug, { state, participants: new Map((state.participants || []).map((p) => [p.id, p])) });
         render(state.slug);
       }
+      // A room no longer listed (access withdrawn) disappears, with its callers' names.
+      for (const row of table.querySelectorAll("tbody tr[data-slug]")) {
+        row.hidden = !rooms.has(row.dataset.slug);
+        if (row.hidden) row.querySelector("[data-role=who] ul")?.replaceChildren();
+      }
       return;
     }
     const slug = frame.type === "conference.updated" ? frame.conference && frame.conference.slug : frame.conference;
