@@ -260,18 +260,6 @@ async def test_keys_typed_in_the_room_reach_the_worker_both_ways(runner, phones,
     assert phones.socket.of("ChannelDtmfReceived", talker.id) == []
 
 
-async def test_without_absorbing_the_keys_the_other_phones_in_a_bridge_receive_them(phones, sandbox, conference_app):
-    """The control for the absorbed keys above: in a bridge joined without absorbDTMF, the keys pass on."""
-    bridge_id = f"keys-{uuid.uuid4().hex}"
-    await sandbox.call("POST", f"/bridges/{bridge_id}", params={"type": "mixing,dtmf_events,proxy_media"})
-    talker, typist = await two_phones_in_a_bridge(phones, sandbox, conference_app, bridge_id)
-    await phones.dtmf(typist, "*1", mode="rfc4733")
-    await eventually(
-        lambda: "".join(e["digit"] for e in phones.socket.of("ChannelDtmfReceived", talker.id)) == "*1",
-        message="the keys at the other phone",
-    )
-
-
 # --- the bridge keeps the media in Asterisk -------------------------------------------------
 
 
