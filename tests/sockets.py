@@ -108,3 +108,13 @@ def _no_room_lookups_left_from_other_tests():
     consumers._rooms_by_slug.clear()
     yield
     consumers._rooms_by_slug.clear()
+
+
+def refused(request_id, error):
+    """The ``reply`` an English page gets for a refused request: the protocol's text, and the same as ``error_text``."""
+    return {"type": "reply", "request_id": request_id, "ok": False, "error": error, "error_text": error}
+
+
+def error_frame(error):
+    """The ``error`` frame an English page gets for a frame the server could not take."""
+    return {"type": "error", "error": error, "error_text": error}

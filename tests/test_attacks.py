@@ -20,6 +20,7 @@ from django.db import connection
 
 from conferences.models import AsteriskServer, Conference, ConferenceAccess
 from tests.live import db
+from tests.sockets import error_frame, refused
 from tests.stack import Processes, base_env, database_url, make_sessions
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -96,24 +97,12 @@ async def test_hostile_frames_and_unknown_paths_do_not_kill_sockets(stack, tmp_p
     page = await Page(stack.port, room.slug, sessions["moderator"]).open()
     assert (await page.frame())["type"] == "snapshot"
     # The 4 KB frame that raised RecursionError and ended the socket with 1011.
-    assert await page.ask("[" * 2048 + "]" * 2048) == {
-        "type": "error",
-        "error": "message too deeply nested",
-        "error_text": "message too deeply nested",
-    }
-    assert await page.ask('{"action": "mute", "request_id": "\\ud800", "participant": 1}') == {
-        "type": "error",
-        "error": "request_id missing or invalid",
-        "error_text": "request_id missing or invalid",
-    }
+    assert await page.ask("[" * 2048 + "]" * 2048) == error_frame("message too deeply nested")
+    assert await page.ask('{"action": "mute", "request_id": "\\ud800", "participant": 1}') == error_frame(
+        "request_id missing or invalid"
+    )
     reply = await page.ask('{"action": "kick", "request_id": "k", "participant": ' + "9" * 300 + "}")
-    assert reply == {
-        "type": "reply",
-        "request_id": "k",
-        "ok": False,
-        "error": "participant missing or invalid",
-        "error_text": "participant missing or invalid",
-    }
+    assert reply == refused("k", "participant missing or invalid")
     assert (await page.ask({"action": "resync", "request_id": "still-here"}))["type"] == "snapshot"
     # A path that is no socket of ours: closed with 4404, no traceback in the web log.
     stray = await Page(stack.port, None, sessions["viewer"], path="/ws/nothing-here/").open()
@@ -138,13 +127,7 @@ async def test_revocations_without_signals_end_open_sockets_within_the_check_per
     await db(ConferenceAccess.objects.filter(user=users["moderator"]).update)(role="viewer")
     # At once: the lowered moderator may no longer act.
     reply = await moderator_page.ask({"action": "lock", "request_id": "l"})
-    assert reply == {
-        "type": "reply",
-        "request_id": "l",
-        "ok": False,
-        "error": "you may not moderate this room",
-        "error_text": "you may not moderate this room",
-    }
+    assert reply == refused("l", "you may not moderate this room")
     codes = await asyncio.gather(victim_page.closed_with(CHECK_PERIOD + 5), revoked_page.closed_with(CHECK_PERIOD + 5))
     assert codes == [4401, 4403]
     # The lowered moderator's page got a snapshot without its controls, and stays open.

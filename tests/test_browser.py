@@ -15,6 +15,7 @@ from django.contrib.auth.models import User
 from conferences.models import AsteriskServer, Conference, ConferenceAccess
 from tests.live import db, present_channels
 from tests.sandbox import Ears, eventually
+from tests.sockets import refused
 from tests.stack import ROOT, Processes, base_env, database_url
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -179,13 +180,7 @@ async def test_moderator_and_viewer_watch_a_real_room(stack, browser, pbx, sandb
         })""",
         talker_id,
     )
-    assert reply == {
-        "type": "reply",
-        "request_id": "forged",
-        "ok": False,
-        "error": "you may not moderate this room",
-        "error_text": "you may not moderate this room",
-    }
+    assert reply == refused("forged", "you may not moderate this room")
     assert await sandbox.channel_exists(talker.channel_id)
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from django.db.models import F
 from conferences import broadcast, closecodes, consumers, fanout, moderation, services
 from conferences.models import AsteriskServer, Conference, ConferenceAccess, Participant
 from conferencesite.asgi import application
-from tests.sockets import closed_with, frame, list_socket, send
+from tests.sockets import closed_with, error_frame, frame, list_socket, refused, send
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -117,13 +117,7 @@ async def test_viewer_actions_are_refused(connect, viewer, room, make_participan
     await frame(communicator)
     for action in moderation.ACTIONS:
         reply = await send(communicator, {"action": action, "request_id": action, "participant": alice.pk})
-        assert reply == {
-            "type": "reply",
-            "request_id": action,
-            "ok": False,
-            "error": "you may not moderate this room",
-            "error_text": "you may not moderate this room",
-        }
+        assert reply == refused(action, "you may not moderate this room")
 
 
 async def test_a_russian_page_gets_every_error_in_russian_beside_the_protocol_text(connect, viewer, room):
@@ -144,13 +138,7 @@ async def test_participant_of_another_room_is_refused(connect, moderator, room, 
     await frame(communicator)
     for target in (other.pk, gone.pk, 999999):
         reply = await send(communicator, {"action": "kick", "request_id": 1, "participant": target})
-        assert reply == {
-            "type": "reply",
-            "request_id": 1,
-            "ok": False,
-            "error": "no such participant in this room",
-            "error_text": "no such participant in this room",
-        }
+        assert reply == refused(1, "no such participant in this room")
     reply = await send(communicator, {"action": "mute", "request_id": 2, "participant": "1"})
     assert reply["error"] == "participant missing or invalid"
 
@@ -191,13 +179,7 @@ async def test_moderator_action_goes_to_the_worker_and_the_reply_comes_back(conn
         assert reply["ok"] and worker.requests[-1]["participant_id"] is None
         worker.ok, worker.error = False, "the caller has already left"
         reply = await send(communicator, {"action": "kick", "request_id": "k", "participant": alice.pk})
-        assert reply == {
-            "type": "reply",
-            "request_id": "k",
-            "ok": False,
-            "error": "the caller has already left",
-            "error_text": "the caller has already left",
-        }
+        assert reply == refused("k", "the caller has already left")
     finally:
         task.cancel()
 
@@ -207,13 +189,7 @@ async def test_no_worker_answer_gives_a_clear_reply(connect, moderator, room, mo
     communicator, _ = await connect(moderator)
     await frame(communicator)
     reply = await send(communicator, {"action": "lock", "request_id": "slow"})
-    assert reply == {
-        "type": "reply",
-        "request_id": "slow",
-        "ok": False,
-        "error": moderation.WORKER_DOWN,
-        "error_text": moderation.WORKER_DOWN,
-    }
+    assert reply == refused("slow", moderation.WORKER_DOWN)
 
 
 async def test_link_down_is_refused_before_asking(connect, moderator, room):
@@ -252,7 +228,7 @@ async def test_permission_is_checked_on_every_action(connect, moderator, room):
 async def test_garbage_gets_an_error_and_the_socket_stays_usable(connect, moderator, payload, error):
     communicator, _ = await connect(moderator)
     await frame(communicator)
-    assert await send(communicator, payload) == {"type": "error", "error": error, "error_text": error}
+    assert await send(communicator, payload) == error_frame(error)
     assert (await send(communicator, {"action": "resync", "request_id": "after"}))["type"] == "snapshot"
 
 
@@ -260,24 +236,14 @@ async def test_unknown_action_gets_a_not_ok_reply(connect, moderator):
     communicator, _ = await connect(moderator)
     await frame(communicator)
     reply = await send(communicator, {"action": "hangup_everyone", "request_id": "h"})
-    assert reply == {
-        "type": "reply",
-        "request_id": "h",
-        "ok": False,
-        "error": "unknown action",
-        "error_text": "unknown action",
-    }
+    assert reply == refused("h", "unknown action")
 
 
 async def test_binary_frames_are_refused(connect, moderator):
     communicator, _ = await connect(moderator)
     await frame(communicator)
     await communicator.send_to(bytes_data=b"\x00\x01")
-    assert await frame(communicator) == {
-        "type": "error",
-        "error": "send JSON text frames",
-        "error_text": "send JSON text frames",
-    }
+    assert await frame(communicator) == error_frame("send JSON text frames")
 
 
 async def test_a_flood_is_rate_limited_and_nothing_changes(connect, moderator, room):

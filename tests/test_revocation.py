@@ -19,7 +19,7 @@ from django.db import connection
 from conferences import consumers, sessions
 from conferences.models import AsteriskServer, ConferenceAccess
 from conferencesite.asgi import application
-from tests.sockets import closed_with, frame, send
+from tests.sockets import closed_with, frame, refused, send
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -116,13 +116,7 @@ async def test_a_role_lowered_by_update_refuses_actions_at_once_and_refreshes_th
     await db(ConferenceAccess.objects.filter(user=moderator).update)(role="viewer")
     # The next action is checked against the fresh grant, before any periodic check ran.
     reply = await send(communicator, {"action": "lock", "request_id": "l"})
-    assert reply == {
-        "type": "reply",
-        "request_id": "l",
-        "ok": False,
-        "error": "you may not moderate this room",
-        "error_text": "you may not moderate this room",
-    }
+    assert reply == refused("l", "you may not moderate this room")
     # The periodic check sends the page a snapshot without its moderator controls.
     monkeypatch.setattr(consumers, "SESSION_CHECK_SECONDS", 0.2)
     communicator2, _ = await connect(moderator)  # a socket opened with the new role has none either
@@ -155,13 +149,7 @@ async def test_moderation_checks_the_session_too(connect, moderator, room):
     await frame(communicator)
     await db(User.objects.filter(pk=moderator.pk).update)(password=make_password("new-Pa55word!"))
     reply = await send(communicator, {"action": "lock", "request_id": "l"})
-    assert reply == {
-        "type": "reply",
-        "request_id": "l",
-        "ok": False,
-        "error": "you are not logged in",
-        "error_text": "you are not logged in",
-    }
+    assert reply == refused("l", "you are not logged in")
 
 
 # --- the session check itself, for every session engine ---------------------------------------

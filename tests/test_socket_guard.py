@@ -13,7 +13,7 @@ from django.db import OperationalError
 
 from conferences import consumers, fanout, moderation, socketcap
 from conferencesite.asgi import application
-from tests.sockets import closed_with, frame, list_socket, send
+from tests.sockets import closed_with, frame, list_socket, refused, send
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -89,13 +89,7 @@ async def test_a_database_error_while_handling_a_request_is_answered(connect, mo
 
     monkeypatch.setattr(consumers, "_moderation_check", broken)
     reply = await send(communicator, {"action": "lock", "request_id": "db"})
-    assert reply == {
-        "type": "reply",
-        "request_id": "db",
-        "ok": False,
-        "error": consumers.DATABASE_DOWN,
-        "error_text": consumers.DATABASE_DOWN,
-    }
+    assert reply == refused("db", consumers.DATABASE_DOWN)
     monkeypatch.undo()
     assert (await send(communicator, {"action": "resync", "request_id": "r"}))["type"] == "snapshot"
 
@@ -109,13 +103,7 @@ async def test_a_full_channel_layer_is_answered_and_the_request_forgotten(connec
 
     monkeypatch.setattr(moderation, "send_request", full)
     reply = await send(communicator, {"action": "lock", "request_id": "full"})
-    assert reply == {
-        "type": "reply",
-        "request_id": "full",
-        "ok": False,
-        "error": consumers.LAYER_BUSY,
-        "error_text": consumers.LAYER_BUSY,
-    }
+    assert reply == refused("full", consumers.LAYER_BUSY)
     # No reply timer is left waiting for it.
     await asyncio.sleep(0.05)
     assert not [t for t in asyncio.all_tasks() if t.get_name() == "room-socket-reply" and not t.done()]
