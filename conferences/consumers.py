@@ -26,6 +26,7 @@ Rules every socket keeps, whatever the browser sends or the server does:
 """
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -590,13 +591,10 @@ class GuardedConsumer(FanOutConsumer):
     async def send_frame(self, frame):
         await self.send(text_data=json.dumps(frame))
 
-    @property
+    @functools.cached_property
     def language(self):
         """The language of this socket's page (conferences/protocol.py), worked out once."""
-        language = self.__dict__.get("_language")
-        if language is None:
-            language = self.__dict__["_language"] = protocol.language_of(self.scope)
-        return language
+        return protocol.language_of(self.scope)
 
     async def send_error(self, error):
         """An ``error`` frame: the protocol's English text, and ``error_text`` in the page's language."""
@@ -892,6 +890,12 @@ class RoomListConsumer(GuardedConsumer):
 
     metrics_kind = "rooms"
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.room_seqs = {}  # room id -> the seq of its last event sent to this socket
+        self.slugs = {}  # room id -> its slug, for the rooms listed
+        self.rooms_lock = asyncio.Lock()  # one list at a time: an older read may not undo a newer one
+
     async def connect(self):
         await self.accept()
         self.session_key = self.scope.get("session_key")
@@ -909,8 +913,7 @@ class RoomListConsumer(GuardedConsumer):
 
         ``rooms``: read in the same hop as the login check already.
         """
-        lock = self.__dict__.setdefault("_rooms_lock", asyncio.Lock())
-        async with lock:  # one at a time: an older read may not undo a newer one (a revoked room)
+        async with self.rooms_lock:  # (a revoked room must not come back with an older read)
             return await self._send_rooms(rooms)
 
     async def _send_rooms(self, rooms):
@@ -952,8 +955,7 @@ class RoomListConsumer(GuardedConsumer):
                     await self.close(CLOSE_NOT_LOGGED_IN)
                     return
                 await self.confirm_place()
-                seqs = getattr(self, "room_seqs", {})
-                behind = {pk for pk, seq in visible.items() if seq > seqs.get(pk, 0)}
+                behind = {pk for pk, seq in visible.items() if seq > self.room_seqs.get(pk, 0)}
                 if set(visible) != self._room_ids_joined() or behind & behind_before:
                     await self.send_rooms()
                     behind = set()
@@ -968,7 +970,7 @@ class RoomListConsumer(GuardedConsumer):
 
     async def room_event(self, message):
         conference_id, seq, kind = message.get("conference"), message.get("seq"), message.get("kind")
-        slug = getattr(self, "slugs", {}).get(conference_id)
+        slug = self.slugs.get(conference_id)
         if slug is None:
             return  # a room this socket no longer lists (or not yet)
         if seq is not None:

@@ -20,6 +20,18 @@ KEYPAD_PATTERN = r"^[0-9*#]{1,4}$"
 keypad_validator = RegexValidator(KEYPAD_PATTERN, _("Use 1 to 4 of the keys 0-9, * and #."))
 
 
+def keypad_field(verbose_name, default, help_text):
+    """A room's key sequence; a database default too (rows written by the previous release)."""
+    return models.CharField(
+        verbose_name,
+        max_length=KEYPAD_MAX_KEYS,
+        default=default,
+        db_default=default,
+        validators=[keypad_validator],
+        help_text=help_text,
+    )
+
+
 def validate_ari_url(value):
     """An ARI base URL: http(s), a host (a bare intranet name is fine), an optional port, no credentials."""
     problem = address.http_url_problem(value)
@@ -128,21 +140,15 @@ class Conference(models.Model):
         help_text=_("Digits callers must enter to join; empty for none."),
     )
     locked = models.BooleanField(_("locked"), default=False)
-    keypad_hand = models.CharField(
+    keypad_hand = keypad_field(
         _("keys: raise or lower the hand"),
-        max_length=KEYPAD_MAX_KEYS,
-        default="*1",
-        db_default="*1",
-        validators=[keypad_validator],
-        help_text=_("What a caller presses during the call (0-9, * and #, at most 4 keys)."),
+        "*1",
+        _("What a caller presses during the call (0-9, * and #, at most 4 keys)."),
     )
-    keypad_mute = models.CharField(
+    keypad_mute = keypad_field(
         _("keys: mute or unmute oneself"),
-        max_length=KEYPAD_MAX_KEYS,
-        default="*6",
-        db_default="*6",
-        validators=[keypad_validator],
-        help_text=_("Not for a caller a moderator muted (0-9, * and #, at most 4 keys)."),
+        "*6",
+        _("Not for a caller a moderator muted (0-9, * and #, at most 4 keys)."),
     )
     seq = models.PositiveBigIntegerField(
         _("event sequence"), default=0, editable=False, help_text=_("Number of the room's last event.")
