@@ -71,16 +71,19 @@ class Sandbox:
         ``admin`` picks [conferences-admin]; ``variables`` are set on the far
         end's channel, and Local channels copy them to the participant half.
         """
-        caller = Caller(_id("p"), _id("f"), name, number)
         context = context or ("conferences-admin" if admin else "conferences")
+        far_end = {"context": "test-farend", "extension": far, "priority": 1}
+        return await self._dial(room, context, far_end, name, number, variables)
+
+    async def _dial(self, room, context, far_end, name, number, variables=None):
+        """A Local channel into ``room``@``context`` whose far end (the ;1 half) goes where ``far_end`` says."""
+        caller = Caller(_id("p"), _id("f"), name, number)
         await self.call(
             "POST",
             "/channels",
             params={
                 "endpoint": f"Local/{room}@{context}",
-                "context": "test-farend",
-                "extension": far,
-                "priority": 1,
+                **far_end,
                 "channelId": caller.far_id,
                 "otherChannelId": caller.channel_id,
                 "callerId": f'"{name}" <{number}>',
@@ -96,18 +99,7 @@ class Sandbox:
         the far ends of ``caller`` run dialplan. The keys and the speech the
         far end is given arrive on the participant's half, as a phone's would.
         """
-        caller = Caller(_id("p"), _id("f"), name, number)
-        await self.call(
-            "POST",
-            "/channels",
-            params={
-                "endpoint": f"Local/{room}@conferences",
-                "app": EAR_APP,
-                "channelId": caller.far_id,
-                "otherChannelId": caller.channel_id,
-                "callerId": f'"{name}" <{number}>',
-            },
-        )
+        caller = await self._dial(room, "conferences", {"app": EAR_APP}, name, number)
         await ears.wait_in_app(caller.far_id)
         typist = Typist(self, caller)
         if talking:
