@@ -7,6 +7,7 @@
 // close codes and translated strings come from the json_script element
 // #room-config). The state is room-state.js's reducer (tested in Node,
 // tests/js/); the socket is live-socket.js's, shared with the room list.
+import { element } from "./dom.js";
 import { LiveSocket, refusalKey } from "./live-socket.js";
 import {
   compareParticipants,
@@ -68,12 +69,6 @@ function start() {
   const formatTime = (value) => {
     const date = value instanceof Date ? value : new Date(value);
     return Number.isNaN(date.getTime()) ? "" : timeFormat.format(date);
-  };
-  const element = (tag, className, text) => {
-    const node = document.createElement(tag);
-    if (className) node.className = className;
-    if (text !== undefined) node.textContent = text;
-    return node;
   };
   const setText = (node, text) => {
     if (node.textContent !== text) node.textContent = text;

@@ -3,6 +3,7 @@
 // (live-socket.js: the same reconnecting socket as the room page).
 //
 // Caller names come from the phone network and are hostile: textContent only.
+import { element } from "./dom.js";
 import { LiveSocket } from "./live-socket.js";
 
 const table = document.querySelector("table.rooms");
@@ -15,13 +16,6 @@ if (table) {
     hand: table.dataset.handText || "hand raised",
   };
   const rooms = new Map(); // slug -> {state, participants: Map(id -> participant)}
-
-  const element = (tag, className, content) => {
-    const node = document.createElement(tag);
-    if (className) node.className = className;
-    if (content !== undefined) node.textContent = content;
-    return node;
-  };
 
   const render = (slug) => {
     const room = rooms.get(slug);
