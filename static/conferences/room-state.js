@@ -1,14 +1,28 @@
 // The live room page's state, as pure functions: (state, frame) -> the next state and what happened.
 //
 // No DOM, no socket, no clock of its own: tests/js/room-state.test.js runs every frame type and
-// every gap and resync case in Node. static/conferences/room.js keeps the view, the controls and
-// the socket, and applies what reduce() says (timeline entries, a resync to ask for, the link).
+// every gap and resync case in Node. static/conferences/room.js applies what reduce() says
+// (timeline entries, a resync to ask for, the link); roster.js and controls.js draw the state.
+//
+// A participant is present (in the room's bridge) or waiting (in the lobby, or for the leader):
+// the state keeps the two apart, ``participants`` and ``waiting``, so nothing that means "present"
+// (the roster, the count, hands, mute and kick targets) counts a caller who is not in yet.
 
 /** What to do with a room event given the last applied seq: "stale", "next" or "gap". */
 export function classifySeq(lastSeq, seq) {
   if (seq <= lastSeq) return "stale";
   if (seq === lastSeq + 1) return "next";
   return "gap";
+}
+
+/** A waiting caller (in the lobby or waiting for the leader); a frame without a status is present. */
+export function isWaiting(p) {
+  return p.status === "waiting";
+}
+
+/** What a waiting caller waits for: "leader", else "lobby" (to be admitted). */
+export function waitingFor(p) {
+  return p.waiting_for === "leader" ? "leader" : "lobby";
 }
 
 /** Roster order: by join time, then id. */
@@ -34,25 +48,39 @@ export function handPosition(participants, p) {
   return position;
 }
 
-/** What changed between the roster we had and a fresh snapshot (after a gap or reconnect). */
-export function diffRoster(previous, participants) {
+/**
+ * What changed between the room we had and a fresh snapshot (after a gap or reconnect).
+ * ``previous``: the present callers, ``previousWaiting`` the waiting ones; ``participants``: the
+ * snapshot's list, both kinds. ``waiting``: callers who wait now and did not (or wait for something
+ * else); ``admitted``: waiting ones now present; ``gone``: waiting ones no longer listed.
+ */
+export function diffRoster(previous, participants, previousWaiting = new Map()) {
   const next = new Map(participants.map((p) => [p.id, p]));
-  const joined = participants.filter((p) => !previous.has(p.id));
+  const present = participants.filter((p) => !isWaiting(p));
+  const joined = present.filter((p) => !previous.has(p.id) && !previousWaiting.has(p.id));
+  const admitted = present.filter((p) => previousWaiting.has(p.id));
   const left = [...previous.values()].filter((p) => !next.has(p.id));
+  const gone = [...previousWaiting.values()].filter((p) => !next.has(p.id));
+  const waiting = participants.filter((p) => {
+    if (!isWaiting(p)) return false;
+    const before = previousWaiting.get(p.id);
+    return !before || waitingFor(before) !== waitingFor(p);
+  });
   const muted = [];
   const unmuted = [];
   const hands = [];
-  for (const p of participants) {
+  for (const p of present) {
     const before = previous.get(p.id);
     if (before && before.muted !== p.muted) (p.muted ? muted : unmuted).push(p);
     if (before && Boolean(before.hand_raised) !== Boolean(p.hand_raised)) hands.push(p);
   }
-  return { joined, left, muted, unmuted, hands };
+  return { joined, left, muted, unmuted, hands, waiting, admitted, gone };
 }
 
 export function initialState() {
   return {
     participants: new Map(), // id -> participant, present ones only
+    waiting: new Map(), // id -> participant, waiting ones (in the lobby or for the leader)
     conference: null,
     canModerate: false,
     lastSeq: null, // null until the first snapshot
@@ -62,8 +90,23 @@ export function initialState() {
 
 const ROOM_EVENTS = new Set(["participant.joined", "participant.updated", "participant.left", "conference.updated"]);
 
-function lockEntry(locked) {
-  return { kind: locked ? "locked" : "unlocked" };
+function conferenceEntries(before, after) {
+  const entries = [];
+  if (!before || !after) return entries;
+  if (before.locked !== after.locked) entries.push({ kind: after.locked ? "locked" : "unlocked" });
+  if (Boolean(before.lobby) !== Boolean(after.lobby)) entries.push({ kind: after.lobby ? "lobby-on" : "lobby-off" });
+  return entries;
+}
+
+function waitingEntry(p, when) {
+  return { kind: "waiting", participant: p, reason: waitingFor(p), when };
+}
+
+/** A waiting caller's leave: turned away, the room ended, or gone by itself (hung up, lost). */
+function waitingLeaveEntry(p, reason) {
+  if (reason === "denied") return { kind: "denied", participant: p, when: p.left_at };
+  if (reason === "ended") return { kind: "left", participant: p, reason, when: p.left_at };
+  return { kind: "waiting-left", participant: p, reason: reason || null, when: p.left_at };
 }
 
 function participantEntries(before, p) {
@@ -79,7 +122,9 @@ function participantEntries(before, p) {
  * The next state after ``frame``, with what the page should do about it:
  *
  * - ``entries``: timeline entries, oldest first: {kind, participant?, reason?, when?};
- *   kinds joined, left, muted, unmuted, hand, hand-lowered, locked, unlocked;
+ *   kinds joined, left (reason: hangup, kicked, lost, ended, null), muted, unmuted, hand,
+ *   hand-lowered, locked, unlocked, lobby-on, lobby-off, waiting (reason: lobby or leader),
+ *   admitted, denied, waiting-left (a waiting caller gone by itself; reason hangup, lost, null);
  * - ``resync``: a seq gap: ask for a snapshot (the event is applied anyway: events are whole state);
  * - ``resynced``: a snapshot came (any resync asked for is answered);
  * - ``rebuild``: the roster must be drawn afresh (the first snapshot, a role change);
@@ -108,47 +153,59 @@ export function reduce(state, frame) {
   if (frame.type === "conference.updated") {
     const c = frame.conference;
     if (!c) return { ...result, state: next };
-    if (state.conference && state.conference.locked !== c.locked) result.entries.push(lockEntry(c.locked));
+    result.entries.push(...conferenceEntries(state.conference, c));
     next.conference = c;
     return { ...result, state: next };
   }
   const p = frame.participant;
   if (!p || p.id === undefined) return { ...result, state: next };
-  const before = state.participants.get(p.id);
+  const present = state.participants.get(p.id);
+  const waiting = state.waiting.get(p.id);
   next.participants = new Map(state.participants);
+  next.waiting = new Map(state.waiting);
+  next.participants.delete(p.id);
+  next.waiting.delete(p.id);
   if (frame.type === "participant.left" || p.left_at) {
-    if (before) {
-      next.participants.delete(p.id);
-      result.entries.push({ kind: "left", participant: p, reason: p.left_reason || null, when: p.left_at });
-    }
+    const reason = p.left_reason || null;
+    if (present) result.entries.push({ kind: "left", participant: p, reason, when: p.left_at });
+    else if (waiting) result.entries.push(waitingLeaveEntry(p, reason));
+    return { ...result, state: next };
+  }
+  if (isWaiting(p)) {
+    next.waiting.set(p.id, p);
+    if (present) result.entries.push(waitingEntry(p)); // back to waiting: the leader left
+    else if (waiting && waitingFor(waiting) !== waitingFor(p)) result.entries.push(waitingEntry(p));
+    else if (!waiting && frame.type === "participant.joined") result.entries.push(waitingEntry(p, p.joined_at));
     return { ...result, state: next };
   }
   next.participants.set(p.id, p);
-  if (!before) {
-    if (frame.type === "participant.joined") result.entries.push({ kind: "joined", participant: p, when: p.joined_at });
-  } else {
-    result.entries.push(...participantEntries(before, p));
-  }
+  if (waiting) result.entries.push({ kind: "admitted", participant: p, when: p.joined_at });
+  else if (present) result.entries.push(...participantEntries(present, p));
+  else if (frame.type === "participant.joined") result.entries.push({ kind: "joined", participant: p, when: p.joined_at });
   return { ...result, state: next };
 }
 
 function reduceSnapshot(state, frame, result) {
-  const list = Array.isArray(frame.participants) ? frame.participants : [];
+  const list = Array.isArray(frame.participants) ? frame.participants.filter((p) => p && p.id !== undefined) : [];
   const first = state.snapshots === 0;
   if (!first) {
-    const diff = diffRoster(state.participants, list);
-    diff.joined.forEach((p) => result.entries.push({ kind: "joined", participant: p, when: p.joined_at }));
-    diff.left.forEach((p) => result.entries.push({ kind: "left", participant: p, reason: null }));
-    diff.muted.concat(diff.unmuted).forEach((p) => result.entries.push({ kind: p.muted ? "muted" : "unmuted", participant: p }));
-    diff.hands.forEach((p) => result.entries.push({ kind: p.hand_raised ? "hand" : "hand-lowered", participant: p }));
-    if (state.conference && frame.conference && state.conference.locked !== frame.conference.locked) {
-      result.entries.push(lockEntry(frame.conference.locked));
-    }
+    const diff = diffRoster(state.participants, list, state.waiting);
+    const entry = (kind, p, fields) => result.entries.push({ kind, participant: p, ...fields });
+    diff.gone.forEach((p) => entry("waiting-left", p, { reason: null }));
+    diff.admitted.forEach((p) => entry("admitted", p, { when: p.joined_at }));
+    diff.joined.forEach((p) => entry("joined", p, { when: p.joined_at }));
+    diff.left.forEach((p) => entry("left", p, { reason: null }));
+    // Waiting anew: since its arrival; waiting again (the leader left) or for something else: now.
+    diff.waiting.forEach((p) => result.entries.push(waitingEntry(p, known(state, p) ? undefined : p.joined_at)));
+    diff.muted.concat(diff.unmuted).forEach((p) => entry(p.muted ? "muted" : "unmuted", p));
+    diff.hands.forEach((p) => entry(p.hand_raised ? "hand" : "hand-lowered", p));
+    result.entries.push(...conferenceEntries(state.conference, frame.conference));
   }
   const canModerate = Boolean(frame.can_moderate);
   result.state = {
     ...state,
-    participants: new Map(list.map((p) => [p.id, p])),
+    participants: new Map(list.filter((p) => !isWaiting(p)).map((p) => [p.id, p])),
+    waiting: new Map(list.filter(isWaiting).map((p) => [p.id, p])),
     conference: frame.conference || state.conference,
     lastSeq: typeof frame.seq === "number" ? frame.seq : state.lastSeq,
     canModerate,
@@ -158,6 +215,10 @@ function reduceSnapshot(state, frame, result) {
   result.rebuild = first || canModerate !== state.canModerate;
   if (frame.asterisk) result.asterisk = { connected: Boolean(frame.asterisk.connected), log: !first };
   return result;
+}
+
+function known(state, p) {
+  return state.participants.has(p.id) || state.waiting.has(p.id);
 }
 
 /** "m:ss" below an hour, "h:mm:ss" above; negative (clock skew) counts as zero. */
