@@ -5,8 +5,8 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Count
 from django.shortcuts import get_object_or_404, render
 
-from conferences import access, closecodes
-from conferences.models import Conference, present_filter
+from conferences import access, closecodes, moderation
+from conferences.models import Conference, present_filter, waiting_filter
 
 
 @login_required
@@ -15,7 +15,10 @@ def conference_list(request):
     conferences = (
         access.conferences_visible_to(request.user)
         .select_related("server")
-        .annotate(present_count=Count("participants", filter=present_filter("participants")))
+        .annotate(
+            present_count=Count("participants", filter=present_filter("participants")),
+            waiting_count=Count("participants", filter=waiting_filter("participants")),
+        )
         .order_by("name")
     )
     return render(
@@ -33,6 +36,7 @@ def conference_detail(request, slug):
     if role is None:
         raise PermissionDenied
     participants = conference.participants.present()
+    waiting = conference.participants.waiting().order_by("joined_at", "id")
     can_moderate = role == access.MODERATOR
 
     # The live page's settings and every string its script shows, for json_script.
@@ -96,7 +100,34 @@ def conference_detail(request, slug):
         "event_unlocked": _("The room was unlocked"),
         "event_link_up": _("The link to Asterisk is up"),
         "event_link_down": _("The link to Asterisk is down"),
+        # The lobby and the leader.
+        "waiting_count": _("%(count)s waiting"),
+        "waiting_since": _("waiting since"),
+        "waiting_for_lobby": _("waits to be admitted"),
+        "waiting_for_leader": _("waits for the leader"),
+        "admit": _("Admit"),
+        "deny": _("Deny"),
+        "admit_label": _("Admit %(name)s"),
+        "deny_label": _("Turn %(name)s away"),
+        "deny_confirm": _("Turn %(name)s away from the room?"),
+        "admit_all": _("Admit all"),
+        "lobby_state_on": _("Lobby: on"),
+        "lobby_state_off": _("Lobby: off"),
+        "open_room": _("Open the room"),
+        "event_waiting_lobby": _("%(name)s is waiting in the lobby"),
+        "event_waiting_leader": _("%(name)s is waiting for the leader"),
+        "event_admitted": _("%(name)s was admitted"),
+        "event_denied": _("%(name)s was turned away"),
+        "event_left_ended": _("%(name)s left (the room ended with its leader)"),
+        "event_waiting_left_hangup": _("%(name)s hung up while waiting"),
+        "event_waiting_left_lost": _("%(name)s was lost while waiting (the call dropped)"),
+        "event_waiting_left": _("%(name)s is no longer waiting"),
+        "event_lobby_on": _("The lobby was turned on"),
+        "event_lobby_off": _("The lobby was turned off"),
     }
+    # The actions the page may send, as the server names them: no action name is typed under static/.
+    actions = {name.upper(): name for name in moderation.ACTIONS}
+    actions["RESYNC"] = "resync"
     room_config = {
         "ws_path": f"/ws/conferences/{conference.slug}/",
         "slug": conference.slug,
@@ -104,6 +135,7 @@ def conference_detail(request, slug):
         "login_url": f"{reverse('login')}?{urlencode({'next': request.get_full_path()})}",
         "timeline_limit": 100,
         "strings": strings,
+        "actions": actions,
         "close_codes": closecodes.page_config(),
     }
     return render(
@@ -112,6 +144,7 @@ def conference_detail(request, slug):
         {
             "conference": conference,
             "participants": participants,
+            "waiting": waiting,
             "can_moderate": can_moderate,
             "asterisk_connected": conference.server.connected,
             "room_config": room_config,

@@ -203,6 +203,19 @@ def test_no_protocol_error_text_or_close_code_is_typed_under_static(client, conf
     assert json.loads(html.unescape(listed)) == closecodes.page_config()
 
 
+def test_every_action_a_script_sends_is_one_the_server_names(client, conference, moderator):
+    """The page's action names come from the server (config.actions); a script reads only keys it has."""
+    from conferences import moderation
+
+    client.force_login(moderator)
+    actions = _config(client.get(URL))["actions"]
+    assert actions == {**{name.upper(): name for name in moderation.ACTIONS}, "RESYNC": "resync"}
+    scripts = "\n".join(path.read_text() for path in (ROOT / "static").rglob("*.js"))
+    used = set(re.findall(r"\bactions\.([A-Z][A-Z_]*)\b", scripts))
+    assert {"MUTE", "KICK", "ADMIT", "DENY", "LOBBY_ON", "RESYNC"} <= used  # the scan sees the controls
+    assert used <= set(actions), sorted(used - set(actions))
+
+
 def test_room_js_node_tests():
     node = shutil.which("node")
     assert node, "Node.js is needed for tests/js (room.js helpers)"
