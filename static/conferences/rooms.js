@@ -1,10 +1,13 @@
 // The room list, an overview that moves (a wall display too): per room who is in, who talks,
-// who is muted or has a hand up, locked and Asterisk-down badges, live from /ws/conferences/
-// (live-socket.js: the same reconnecting socket as the room page).
+// who is muted or has a hand up, how many wait (in the lobby or for the leader), lobby, locked
+// and Asterisk-down badges, live from /ws/conferences/ (live-socket.js: the same reconnecting
+// socket as the room page). The list shows present callers only: a waiting one is counted (the
+// room's waiting_count), not named.
 //
 // Caller names come from the phone network and are hostile: textContent only.
 import { element } from "./dom.js";
 import { LiveSocket } from "./live-socket.js";
+import { interpolate, isWaiting } from "./room-state.js";
 
 const table = document.querySelector("table.rooms");
 if (table) {
@@ -14,8 +17,11 @@ if (table) {
     talking: table.dataset.talkingText || "talking",
     muted: table.dataset.mutedText || "muted",
     hand: table.dataset.handText || "hand raised",
+    waiting: table.dataset.waitingText || "%(count)s waiting",
+    lobby: table.dataset.lobbyText || "lobby",
   };
   const rooms = new Map(); // slug -> {state, participants: Map(id -> participant)}
+  const notIn = (p) => Boolean(p && (p.left_at || isWaiting(p))); // gone, or waiting (again)
 
   const render = (slug) => {
     const room = rooms.get(slug);
@@ -38,6 +44,10 @@ if (table) {
       );
     }
     const badges = [];
+    if (state.waiting_count > 0) {
+      badges.push(element("span", "badge badge-waiting", interpolate(text.waiting, { count: state.waiting_count })));
+    }
+    if (state.lobby) badges.push(element("span", "badge badge-lobby", text.lobby));
     if (state.locked) badges.push(element("span", "badge", text.locked));
     if (state.asterisk && !state.asterisk.connected) badges.push(element("span", "badge badge-down", text.linkDown));
     row.querySelector("[data-role=status]").replaceChildren(...badges);
@@ -65,7 +75,7 @@ if (table) {
     if (!room) return;
     if (frame.type === "conference.updated") {
       room.state = { ...room.state, ...frame.conference };
-    } else if (frame.type === "participant.left" || (frame.participant && frame.participant.left_at)) {
+    } else if (frame.type === "participant.left" || notIn(frame.participant)) {
       room.participants.delete(frame.participant.id);
     } else if (frame.type === "participant.joined" || frame.type === "participant.updated") {
       room.participants.set(frame.participant.id, frame.participant);
