@@ -102,8 +102,8 @@ class ConferenceAccessInline(admin.TabularInline):
 
 @admin.register(Conference)
 class ConferenceAdmin(admin.ModelAdmin):
-    list_display = ["name", "number", "server", "slug", "locked", "present_count", "max_participants"]
-    list_filter = ["server", "locked"]
+    list_display = ["name", "number", "server", "slug", "locked", "lobby", "present_count", "max_participants"]
+    list_filter = ["server", "locked", "lobby", "wait_for_leader"]
     search_fields = ["name", "number", "slug"]
     prepopulated_fields = {"slug": ["name"]}
     readonly_fields = ["seq", "created_at"]
@@ -113,6 +113,7 @@ class ConferenceAdmin(admin.ModelAdmin):
         _room_action("unlock", _("Unlock the selected rooms")),
         _room_action("mute_all", _("Mute everyone but admins")),
         _room_action("unmute_all", _("Unmute everyone")),
+        _room_action("admit_all", _("Admit everyone waiting in the lobby")),
     ]
 
     def save_model(self, request, obj, form, change):
@@ -158,11 +159,15 @@ class ParticipantAdmin(ReadOnlyAdmin):
         _participant_action("unmute", _("Unmute the selected participants")),
         _participant_action("kick", _("Kick the selected participants")),
         _participant_action("lower_hand", _("Lower the hands of the selected participants")),
+        _participant_action("admit", _("Admit the selected waiting callers")),
+        _participant_action("deny", _("Turn the selected waiting callers away")),
     ]
     list_display = [
         "caller_name",
         "caller_number",
         "conference",
+        "status",
+        "waiting_for",
         "role",
         "joined_at",
         "left_at",
@@ -176,6 +181,7 @@ class ParticipantAdmin(ReadOnlyAdmin):
     list_filter = [
         ("left_at", admin.EmptyFieldListFilter),
         "conference",
+        "status",
         "role",
         "left_reason",
         "muted",

@@ -51,6 +51,9 @@ def participant_state(participant):
         "caller_number": participant.caller_number,
         "caller_name": participant.caller_name,
         "role": participant.role,
+        # present, or waiting (in the lobby or for the leader: waiting_for says which; joined_at is the arrival)
+        "status": str(participant.status),
+        "waiting_for": (participant.waiting_for or None) if participant.status == "waiting" else None,
         "joined_at": _iso(participant.joined_at),
         "muted": participant.muted,
         "mute_source": (participant.mute_source or None) if participant.muted else None,
@@ -65,7 +68,7 @@ def participant_state(participant):
     return state
 
 
-LIST_FIELDS = ("id", "caller_name", "caller_number", "talking", "muted", "hand_raised")
+LIST_FIELDS = ("id", "caller_name", "caller_number", "status", "talking", "muted", "hand_raised")
 
 
 def list_participant(participant):
@@ -83,24 +86,29 @@ def list_participant_state(frame):
     return state
 
 
-def list_room_state(conference, participants):
-    """A room as the room list shows it: its state, who is in it, its Asterisk link, its last seq."""
+def list_room_state(conference, participants, waiting_count=0):
+    """A room as the room list shows it: its state, who is in it (present), its Asterisk link, its last seq."""
     return {
-        **conference_state(conference, len(participants)),
+        **conference_state(conference, len(participants), waiting_count),
         "participants": participants,
         "asterisk": {"connected": conference.server.connected},
         "seq": conference.seq,
     }
 
 
-def conference_state(conference, participant_count):
-    """A room as browsers see it."""
+def conference_state(conference, participant_count, waiting_count=0):
+    """A room as browsers see it: ``participant_count`` counts the present callers, ``waiting_count`` the waiting."""
     return {
         "slug": conference.slug,
         "name": conference.name,
         "number": conference.number,
         "locked": conference.locked,
+        "lobby": conference.lobby,
+        "wait_for_leader": conference.wait_for_leader,
+        "when_leader_leaves": conference.when_leader_leaves,
+        "recording": False,  # recording comes with its own issue (16)
         "participant_count": participant_count,
+        "waiting_count": waiting_count,
     }
 
 

@@ -137,11 +137,12 @@ def _snapshot(conference_id):
         # The row lock orders this read with the services, which take the
         # room's next seq on the same row: seq and roster belong together.
         conference = Conference.objects.select_for_update().select_related("server").get(pk=conference_id)
-        participants = list(Participant.objects.present().filter(conference=conference))
+        participants = list(Participant.objects.in_room().filter(conference=conference))
+    waiting = sum(1 for participant in participants if participant.waiting)
     return {
         "type": "snapshot",
         "seq": conference.seq,
-        "conference": broadcast.conference_state(conference, len(participants)),
+        "conference": broadcast.conference_state(conference, len(participants) - waiting, waiting),
         "participants": [broadcast.participant_state(p) for p in participants],
         "asterisk": {"connected": conference.server.connected},
     }
@@ -188,8 +189,10 @@ def _moderation_check(session_key, user_id, conference_id, action, participant_i
     if action in moderation.PARTICIPANT_ACTIONS:
         if participant_id is None:
             return "participant missing or invalid"
-        present = Participant.objects.present().filter(pk=participant_id, conference_id=conference_id)
-        if not present.exists():
+        if action in moderation.WAITING_ACTIONS:
+            if not Participant.objects.waiting().filter(pk=participant_id, conference_id=conference_id).exists():
+                return "no such waiting caller in this room"
+        elif not Participant.objects.present().filter(pk=participant_id, conference_id=conference_id).exists():
             return "no such participant in this room"
     if not conference.server.connected:
         return "the link to Asterisk is down"
@@ -199,10 +202,13 @@ def _moderation_check(session_key, user_id, conference_id, action, participant_i
 def _visible_rooms(user):
     """``[(room id, its state for the room list)]``: the room, who is in it (in join order), its Asterisk link."""
     rooms = list(access.conferences_visible_to(user).select_related("server").order_by("name"))
-    present = defaultdict(list)
-    for participant in Participant.objects.present().filter(conference__in=rooms).order_by("joined_at", "id"):
-        present[participant.conference_id].append(broadcast.list_participant(participant))
-    return [(room.pk, broadcast.list_room_state(room, present[room.pk])) for room in rooms]
+    present, waiting = defaultdict(list), defaultdict(int)
+    for participant in Participant.objects.in_room().filter(conference__in=rooms).order_by("joined_at", "id"):
+        if participant.waiting:
+            waiting[participant.conference_id] += 1
+        else:
+            present[participant.conference_id].append(broadcast.list_participant(participant))
+    return [(room.pk, broadcast.list_room_state(room, present[room.pk], waiting[room.pk])) for room in rooms]
 
 
 def _session_rooms(session_key, user_id=None):

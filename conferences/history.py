@@ -401,6 +401,8 @@ def describe(event):
             return _("%(who)s was lost (gone while the link to Asterisk was down)") % {"who": who}
         if reason == LeftReason.HANGUP:
             return _("%(who)s hung up") % {"who": who}
+        if reason == LeftReason.ENDED:
+            return _("%(who)s was hung up: the room ended with its leader") % {"who": who}
         return _("%(who)s left") % {"who": who}
     if kind == Kind.KICKED:
         return _("%(who)s was kicked by a moderator") % {"who": who}
@@ -426,6 +428,26 @@ def describe(event):
         return _("Room locked by a moderator")
     if kind == Kind.UNLOCKED:
         return _("Room unlocked by a moderator")
+    if kind == Kind.WAITING:
+        if details.get("for") == "leader":
+            return _("%(who)s is waiting for the leader") % {"who": who}
+        return _("%(who)s is waiting in the lobby") % {"who": who}
+    if kind == Kind.ADMITTED:
+        return _("%(who)s was admitted by a moderator") % {"who": who}
+    if kind == Kind.DENIED:
+        return _("%(who)s was turned away by a moderator") % {"who": who}
+    if kind == Kind.LOBBY_ON:
+        return _("Lobby turned on by a moderator")
+    if kind == Kind.LOBBY_OFF:
+        return _("Lobby turned off by a moderator")
+    if kind == Kind.ROOM_OPENED:
+        if event.actor_id is not None:
+            return _("The room was opened by a moderator")
+        return _("The leader is in: the room opened")
+    if kind == Kind.ROOM_ENDED:
+        return _("The room ended with its leader")
+    if kind == Kind.ROOM_WAITING:
+        return _("The leader left: the others wait for the leader")
     if kind == Kind.REFUSED:
         if reason:
             return _("Refused a caller: %(reason)s") % {"reason": _refusal_reason(reason)}

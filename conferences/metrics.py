@@ -23,6 +23,8 @@ import hmac
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 
+from conferences import moderation
+
 # Seconds, from a lane's 1 ms to a stalled worker's 10 s.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -58,7 +60,7 @@ LAYER_FAILURES = Counter(
     ["where"],
 )
 LAYER_WHERE = ("broadcast", "hub", "group", "receive")
-ACTIONS = frozenset({"mute", "unmute", "kick", "lower_hand", "lock", "unlock", "mute_all", "unmute_all"})
+ACTIONS = frozenset(moderation.ACTIONS)
 
 
 def action_label(action):

@@ -112,6 +112,11 @@ class AsteriskServer(models.Model):
 class Conference(models.Model):
     """A conference room: callers dial ``number`` on ``server``; the page lives at ``slug``."""
 
+    class LeaderLeaves(models.TextChoices):
+        STAY = "stay", _("the others stay")
+        END = "end", _("the room ends: the others are hung up")
+        WAIT = "wait", _("the others wait for the leader again")
+
     server = models.ForeignKey(
         AsteriskServer, on_delete=models.PROTECT, related_name="conferences", verbose_name=_("server")
     )
@@ -150,6 +155,27 @@ class Conference(models.Model):
         "*6",
         _("Not for a caller a moderator muted (0-9, * and #, at most 4 keys)."),
     )
+    lobby = models.BooleanField(
+        _("lobby"),
+        default=False,
+        db_default=False,
+        help_text=_("New callers wait, hearing music, until a moderator admits them. Admin callers skip it."),
+    )
+    wait_for_leader = models.BooleanField(
+        _("wait for the leader"),
+        default=False,
+        db_default=False,
+        help_text=_("Callers wait, hearing music, until an admin caller is in or a moderator opens the room."),
+    )
+
+    when_leader_leaves = models.CharField(
+        _("when the last leader leaves"),
+        max_length=8,
+        choices=LeaderLeaves.choices,
+        default=LeaderLeaves.STAY,
+        db_default=LeaderLeaves.STAY,
+        help_text=_("A leader is an admin caller."),
+    )
     seq = models.PositiveBigIntegerField(
         _("event sequence"), default=0, editable=False, help_text=_("Number of the room's last event.")
     )
@@ -171,6 +197,9 @@ class Conference(models.Model):
             models.CheckConstraint(
                 condition=Q(keypad_hand__regex=KEYPAD_PATTERN) & Q(keypad_mute__regex=KEYPAD_PATTERN),
                 name="conference_keypad_keys",
+            ),
+            models.CheckConstraint(
+                condition=Q(when_leader_leaves__in=["stay", "end", "wait"]), name="conference_when_leader_leaves_valid"
             ),
         ]
 
@@ -284,14 +313,34 @@ class Meeting(models.Model):
         return self.ended_at is None
 
 
+def _on(relation, lookups):
+    return Q(**{f"{relation}__{name}" if relation else name: value for name, value in lookups.items()})
+
+
 def present_filter(relation=""):
-    """The one home of "present" (in the room's bridge: not left), as a Q on Participant or through ``relation``."""
-    return Q(**{f"{relation}__left_at__isnull" if relation else "left_at__isnull": True})
+    """The one home of "present" (in the room itself: not left, not waiting), as a Q on Participant or through
+    ``relation``. Counts, max participants, mute and kick targets and attendance mean these."""
+    return _on(relation, {"left_at__isnull": True, "status": "present"})
+
+
+def in_room_filter(relation=""):
+    """Present or waiting (in the lobby, or for the leader): every caller a room's page lists."""
+    return _on(relation, {"left_at__isnull": True})
+
+
+def waiting_filter(relation=""):
+    return _on(relation, {"left_at__isnull": True, "status": "waiting"})
 
 
 class PresentParticipantQuerySet(models.QuerySet):
     def present(self):
         return self.filter(present_filter())
+
+    def in_room(self):
+        return self.filter(in_room_filter())
+
+    def waiting(self):
+        return self.filter(waiting_filter())
 
 
 class Participant(models.Model):
@@ -305,6 +354,16 @@ class Participant(models.Model):
         HANGUP = "hangup", _("hung up")
         KICKED = "kicked", _("kicked")
         LOST = "lost", _("lost")
+        DENIED = "denied", _("turned away from the lobby")
+        ENDED = "ended", _("the room ended with its leader")
+
+    class Status(models.TextChoices):
+        PRESENT = "present", _("present")
+        WAITING = "waiting", _("waiting")
+
+    class WaitingFor(models.TextChoices):
+        LOBBY = "lobby", _("admission")
+        LEADER = "leader", _("the leader")
 
     class MuteSource(models.TextChoices):
         MODERATOR = "moderator", _("by a moderator")
@@ -323,6 +382,14 @@ class Participant(models.Model):
     caller_number = models.CharField(_("caller number"), max_length=80, blank=True)
     caller_name = models.CharField(_("caller name"), max_length=80, blank=True)
     role = models.CharField(_("role"), max_length=16, choices=Role.choices, default=Role.PARTICIPANT)
+    # Waiting (in the lobby or for the leader) or present. A waiting caller's joined_at is its arrival;
+    # once admitted, the admission (its stay in the room starts then, and its meeting with it).
+    status = models.CharField(
+        _("status"), max_length=8, choices=Status.choices, default=Status.PRESENT, db_default=Status.PRESENT
+    )
+    waiting_for = models.CharField(
+        _("waiting for"), max_length=8, choices=WaitingFor.choices, blank=True, default="", db_default=""
+    )
     joined_at = models.DateTimeField(_("joined at"))
     left_at = models.DateTimeField(_("left at"), null=True, blank=True)
     left_reason = models.CharField(_("left reason"), max_length=16, choices=LeftReason.choices, blank=True)
@@ -362,8 +429,13 @@ class Participant(models.Model):
             models.UniqueConstraint(fields=["server", "channel_id"], name="participant_channel_unique_per_server"),
             models.CheckConstraint(
                 condition=(Q(left_at__isnull=True) & Q(left_reason=""))
-                | (Q(left_at__isnull=False) & Q(left_reason__in=["hangup", "kicked", "lost"])),
+                | (Q(left_at__isnull=False) & Q(left_reason__in=["hangup", "kicked", "lost", "denied", "ended"])),
                 name="participant_left_reason_iff_left",
+            ),
+            models.CheckConstraint(
+                condition=Q(status="present", waiting_for="")
+                | Q(status="waiting", waiting_for__in=["lobby", "leader"]),
+                name="participant_waiting_for_iff_waiting",
             ),
             models.CheckConstraint(condition=Q(role__in=["participant", "admin"]), name="participant_role_valid"),
             models.CheckConstraint(
@@ -402,7 +474,11 @@ class Participant(models.Model):
 
     @property
     def present(self):
-        return self.left_at is None
+        return self.left_at is None and self.status == self.Status.PRESENT
+
+    @property
+    def waiting(self):
+        return self.left_at is None and self.status == self.Status.WAITING
 
 
 class ConferenceEvent(models.Model):
@@ -423,6 +499,14 @@ class ConferenceEvent(models.Model):
         HAND_LOWERED = "hand_lowered", _("lowered the hand")
         SELF_MUTED = "self_muted", _("muted themself")
         SELF_UNMUTED = "self_unmuted", _("unmuted themself")
+        WAITING = "waiting", _("is waiting")
+        ADMITTED = "admitted", _("admitted")
+        DENIED = "denied", _("turned away")
+        LOBBY_ON = "lobby_on", _("lobby turned on")
+        LOBBY_OFF = "lobby_off", _("lobby turned off")
+        ROOM_OPENED = "room_opened", _("room opened")
+        ROOM_ENDED = "room_ended", _("room ended with its leader")
+        ROOM_WAITING = "room_waiting", _("room waits for its leader")
 
     conference = models.ForeignKey(
         Conference, on_delete=models.CASCADE, related_name="events", verbose_name=_("conference")

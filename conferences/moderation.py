@@ -12,8 +12,25 @@ import time
 
 from channels.layers import get_channel_layer
 
-ACTIONS = ("mute", "unmute", "kick", "lower_hand", "mute_all", "unmute_all", "lock", "unlock")
-PARTICIPANT_ACTIONS = ("mute", "unmute", "kick", "lower_hand")
+ACTIONS = (
+    "mute",
+    "unmute",
+    "kick",
+    "lower_hand",
+    "admit",
+    "deny",
+    "mute_all",
+    "unmute_all",
+    "lock",
+    "unlock",
+    "admit_all",
+    "lobby_on",
+    "lobby_off",
+    "open_room",
+)
+# Actions on one caller: a present one, or (WAITING_ACTIONS) one waiting in the lobby or for the leader.
+PARTICIPANT_ACTIONS = ("mute", "unmute", "kick", "lower_hand", "admit", "deny")
+WAITING_ACTIONS = ("admit", "deny")
 
 REQUEST_TYPE = "moderation.request"
 REPLY_TYPE = "moderation.reply"

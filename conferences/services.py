@@ -12,7 +12,7 @@ from datetime import UTC
 from functools import partial
 
 from django.db import connection, transaction
-from django.db.models import F, Value
+from django.db.models import Count, F, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -59,15 +59,20 @@ def _record(conference_id, kind, *, participant=None, actor_id=None, details=Non
     )
 
 
-def _present_count(conference_id):
-    return Participant.objects.present().filter(conference_id=conference_id).count()
-
-
 def _emit_conference(conference):
+    counts = dict(
+        Participant.objects.in_room()
+        .filter(conference_id=conference.pk)
+        .order_by()
+        .values_list("status")
+        .annotate(n=Count("pk"))
+    )
     _emit(
         conference.pk,
         "conference.updated",
-        conference=broadcast.conference_state(conference, _present_count(conference.pk)),
+        conference=broadcast.conference_state(
+            conference, counts.get(Participant.Status.PRESENT, 0), counts.get(Participant.Status.WAITING, 0)
+        ),
     )
 
 
@@ -109,18 +114,38 @@ def _end_meeting_if_empty(conference_id, at):
     )
 
 
-def participant_join(*, conference_id, channel_id, caller_number="", caller_name="", role=Participant.Role.PARTICIPANT):
-    """Record that a caller is in the room's bridge; returns ``(participant, created)``.
+def participant_join(
+    *,
+    conference_id,
+    channel_id,
+    caller_number="",
+    caller_name="",
+    role=Participant.Role.PARTICIPANT,
+    waiting_for="",
+    admitted_by=None,
+):
+    """Record that a caller is in the room's bridge, or (``waiting_for``: lobby, leader) waits to be let in.
 
-    Idempotent: a channel that is already present in this room is returned as is.
-    ``(None, False)`` when the room no longer exists.
+    Returns ``(participant, created)``. Idempotent: a channel already recorded
+    is returned as is, except a waiting one that now enters the room: its
+    stay starts (``joined_at`` = now, its meeting, ``participant.updated``
+    with ``status: present``; ``admitted_by``: the moderator who let it in
+    from the lobby). ``(None, False)`` when the room no longer exists.
     """
     with transaction.atomic():
+        # The participant's row before the room's: the order participant_leave takes them in.
+        server_id = Conference.objects.filter(pk=conference_id).values_list("server_id", flat=True).first()
+        existing = (
+            Participant.objects.select_for_update().filter(server_id=server_id, channel_id=channel_id).first()
+            if server_id is not None
+            else None
+        )
         conference = _lock_room(conference_id)
         if conference is None:
             return None, False
-        existing = Participant.objects.filter(server_id=conference.server_id, channel_id=channel_id).first()
         if existing is not None:
+            if not waiting_for and existing.waiting and existing.conference_id == conference.pk:
+                _enter_from_waiting(conference, existing, admitted_by)
             return existing, False
         now = timezone.now()
         participant = Participant.objects.create(
@@ -131,17 +156,96 @@ def participant_join(*, conference_id, channel_id, caller_number="", caller_name
             caller_name=(caller_name or "")[:80],
             role=role,
             joined_at=now,
-            meeting_id=_meeting_for_join(conference.pk, now),
+            status=Participant.Status.WAITING if waiting_for else Participant.Status.PRESENT,
+            waiting_for=waiting_for,
+            meeting_id=None if waiting_for else _meeting_for_join(conference.pk, now),
         )
-        _record(conference.pk, Kind.JOINED, participant=participant, at=now, details={"role": role})
+        if waiting_for:
+            _record(conference.pk, Kind.WAITING, participant=participant, at=now, details={"for": waiting_for})
+        else:
+            _record(conference.pk, Kind.JOINED, participant=participant, at=now, details={"role": role})
         _emit(conference.pk, "participant.joined", participant=broadcast.participant_state(participant))
         _emit_conference(conference)
-    logger.info("conference %s: participant %s joined (channel %s)", conference.pk, participant.pk, channel_id)
+    logger.info(
+        "conference %s: participant %s %s (channel %s)",
+        conference.pk,
+        participant.pk,
+        f"waits for {waiting_for}" if waiting_for else "joined",
+        channel_id,
+    )
     return participant, True
 
 
+def _enter_from_waiting(conference, participant, admitted_by):
+    """A waiting caller's stay in the room starts now (the room's row and the participant's are locked)."""
+    now = timezone.now()
+    from_lobby = participant.waiting_for == Participant.WaitingFor.LOBBY
+    participant.status, participant.waiting_for = Participant.Status.PRESENT, ""
+    participant.joined_at = now
+    participant.meeting_id = _meeting_for_join(conference.pk, now)
+    participant.save(update_fields=["status", "waiting_for", "joined_at", "meeting"])
+    if from_lobby:
+        _record(conference.pk, Kind.ADMITTED, participant=participant, actor_id=admitted_by, at=now)
+    _record(conference.pk, Kind.JOINED, participant=participant, at=now, details={"role": participant.role})
+    _emit(conference.pk, "participant.updated", participant=broadcast.participant_state(participant))
+    _emit_conference(conference)
+
+
+def participant_admit_to_leader_wait(*, participant_id, actor_id=None):
+    """A caller admitted from the lobby while the room waits for its leader: it waits for the leader now.
+
+    Returns the participant, or None when it is not waiting in the lobby.
+    """
+    with transaction.atomic():
+        participant = (
+            Participant.objects.waiting()
+            .select_for_update()
+            .filter(pk=participant_id, waiting_for=Participant.WaitingFor.LOBBY)
+            .first()
+        )
+        if participant is None:
+            return None
+        participant.waiting_for = Participant.WaitingFor.LEADER
+        participant.save(update_fields=["waiting_for"])
+        _record(participant.conference_id, Kind.ADMITTED, participant=participant, actor_id=actor_id)
+        _emit(participant.conference_id, "participant.updated", participant=broadcast.participant_state(participant))
+    return participant
+
+
+def participants_wait_for_leader(*, conference_id, participant_ids):
+    """The room's leader left (``when_leader_leaves: wait``): these present callers wait for a leader again.
+
+    One timeline entry for the room; the meeting ends when nobody is left in
+    the room itself. Returns the participants that went back to waiting.
+    """
+    with transaction.atomic():
+        moved = list(
+            Participant.objects.present()
+            .select_for_update()
+            .filter(pk__in=list(participant_ids), conference_id=conference_id)
+            .order_by("pk")
+        )
+        conference = _lock_room(conference_id)
+        if conference is None:
+            return []
+        now = timezone.now()
+        for participant in moved:
+            participant.status, participant.waiting_for = Participant.Status.WAITING, Participant.WaitingFor.LEADER
+            participant.talking = participant.moh = False
+            participant.save(update_fields=["status", "waiting_for", "talking", "moh"])
+            _emit(conference.pk, "participant.updated", participant=broadcast.participant_state(participant))
+        _record(conference.pk, Kind.ROOM_WAITING, at=now, details={"callers": len(moved)})
+        _end_meeting_if_empty(conference.pk, now)
+        _emit_conference(conference)
+    logger.info("conference %s: the leader left; %s callers wait for a leader", conference_id, len(moved))
+    return moved
+
+
+LEAVE_KINDS = {Participant.LeftReason.KICKED: Kind.KICKED, Participant.LeftReason.DENIED: Kind.DENIED}
+
+
 def participant_leave(*, participant_id, reason, actor_id=None):
-    """Record that a participant left the room (hangup, kicked or lost).
+    """Record that a participant left the room or its lobby (hangup, kicked, lost, denied, ended).
 
     Returns the participant, or ``None`` when it had left already.
     """
@@ -163,7 +267,7 @@ def participant_leave(*, participant_id, reason, actor_id=None):
         participant.save(update_fields=["left_at", "left_reason", "talking", "moh"])
         _record(
             participant.conference_id,
-            Kind.KICKED if reason == Participant.LeftReason.KICKED else Kind.LEFT,
+            LEAVE_KINDS.get(reason, Kind.LEFT),
             participant=participant,
             actor_id=actor_id,
             details={"reason": reason},
@@ -224,7 +328,8 @@ def _quick_update(participant_ids, changes):
     ids = ", ".join(["%s"] * len(participant_ids))
     sql = (
         f"UPDATE {quote(Participant._meta.db_table)} SET {sets} "  # noqa: S608 (names from the model, values bound)
-        f"WHERE id IN ({ids}) AND left_at IS NULL AND ({differs}) RETURNING {', '.join(map(quote, columns))}"
+        f"WHERE id IN ({ids}) AND left_at IS NULL AND status = 'present' AND ({differs}) "
+        f"RETURNING {', '.join(map(quote, columns))}"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, [*changes.values(), *participant_ids, *compared.values()])
@@ -321,18 +426,32 @@ def participants_set_muted(*, conference_id, participant_ids, muted, actor_id=No
 # --- rooms ------------------------------------------------------------------------
 
 
-def conference_set_locked(*, conference_id, locked, actor_id=None):
-    """Lock or unlock a room; a locked room admits admin callers only. Returns the room (None: no such room)."""
+# A room's switches a moderator turns from the page: the timeline entry of each, (on, off).
+SWITCHES = {"locked": (Kind.LOCKED, Kind.UNLOCKED), "lobby": (Kind.LOBBY_ON, Kind.LOBBY_OFF)}
+
+
+def _set_switch(conference_id, field, value, actor_id):
     with transaction.atomic():
         conference = _lock_room(conference_id)
-        if conference is None or conference.locked == locked:
+        if conference is None or getattr(conference, field) == value:
             return conference
-        conference.locked = locked
-        conference.save(update_fields=["locked"])
-        _record(conference.pk, Kind.LOCKED if locked else Kind.UNLOCKED, actor_id=actor_id)
+        setattr(conference, field, value)
+        conference.save(update_fields=[field])
+        on, off = SWITCHES[field]
+        _record(conference.pk, on if value else off, actor_id=actor_id)
         _emit_conference(conference)
-    logger.info("conference %s: %s", conference.pk, "locked" if locked else "unlocked")
+    logger.info("conference %s: %s %s", conference.pk, field, "on" if value else "off")
     return conference
+
+
+def conference_set_locked(*, conference_id, locked, actor_id=None):
+    """Lock or unlock a room; a locked room admits admin callers only. Returns the room (None: no such room)."""
+    return _set_switch(conference_id, "locked", locked, actor_id)
+
+
+def conference_set_lobby(*, conference_id, lobby, actor_id=None):
+    """Turn a room's lobby on or off (new callers wait to be admitted). Returns the room (None: no such room)."""
+    return _set_switch(conference_id, "lobby", lobby, actor_id)
 
 
 def conference_record(*, conference_id, kind, actor_id=None, participant_id=None, details=None):
@@ -376,7 +495,7 @@ def server_heartbeat(*, server_id):
 
 
 # The room settings pages show: a change of one is broadcast.
-BROADCAST_FIELDS = {"name", "number", "slug", "locked"}
+BROADCAST_FIELDS = {"name", "number", "slug", "locked", "lobby", "wait_for_leader", "when_leader_leaves"}
 
 
 def configurable_fields():
@@ -405,8 +524,9 @@ def conference_update(*, conference_id, actor_id=None, **changes):
             setattr(conference, field, changes[field])
         conference.full_clean(validate_unique=True, validate_constraints=True)
         conference.save(update_fields=changed)
-        if "locked" in changed:
-            _record(conference.pk, Kind.LOCKED if conference.locked else Kind.UNLOCKED, actor_id=actor_id)
+        for field, (on, off) in SWITCHES.items():
+            if field in changed:
+                _record(conference.pk, on if getattr(conference, field) else off, actor_id=actor_id)
         if BROADCAST_FIELDS & set(changed):
             _emit_conference(conference)
     logger.info("conference %s: settings changed (%s)", conference.pk, ", ".join(sorted(changed)))

@@ -72,7 +72,12 @@ async def test_viewer_gets_a_snapshot_without_channel_ids(connect, viewer, room,
         "name": "Sales",
         "number": "100",
         "locked": False,
+        "lobby": False,
+        "wait_for_leader": False,
+        "when_leader_leaves": "stay",
+        "recording": False,
         "participant_count": 1,
+        "waiting_count": 0,
     }
     assert [p["caller_name"] for p in snapshot["participants"]] == ["<b>Alice</b>"]
     assert "chan-secret-1" not in json.dumps(snapshot)
@@ -546,6 +551,7 @@ async def test_room_list_shows_who_is_in_the_visible_rooms_only(login, viewer, r
                 "id": alice.pk,
                 "caller_name": "Alice",
                 "caller_number": "201",
+                "status": "present",
                 "talking": False,
                 "muted": False,
                 "hand_raised": False,

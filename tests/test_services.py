@@ -36,6 +36,8 @@ def test_a_talking_update_broadcasts_the_whole_state(conference, make_participan
         "caller_number": "201",
         "caller_name": "Алиса <b>",
         "role": "participant",
+        "status": "present",
+        "waiting_for": None,
         "joined_at": joined.isoformat(),
         "muted": False,
         "mute_source": None,
