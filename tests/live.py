@@ -145,9 +145,12 @@ class RoomWatcher:
 
 
 def present_channels(conference):
-    return set(
-        Participant.objects.filter(conference=conference, left_at__isnull=True).values_list("channel_id", flat=True)
-    )
+    """The channels of the room's present participants (not those waiting in its lobby or for its leader)."""
+    return set(Participant.objects.present().filter(conference=conference).values_list("channel_id", flat=True))
+
+
+def waiting_channels(conference):
+    return dict(Participant.objects.waiting().filter(conference=conference).values_list("channel_id", "waiting_for"))
 
 
 async def roster_matches_bridge(sandbox, server, conference):

@@ -92,14 +92,15 @@ class Sandbox:
         )
         return caller
 
-    async def typist(self, ears, room, *, name="Typist", number="200", talking=False):
+    async def typist(self, ears, room, *, name="Typist", number="200", talking=False, admin=False):
         """A caller whose far end is held in the ears' application: it types keys (``press``) and talks on demand.
 
         ``POST /channels/{id}/dtmf`` wants a channel in a Stasis application;
         the far ends of ``caller`` run dialplan. The keys and the speech the
         far end is given arrive on the participant's half, as a phone's would.
         """
-        caller = await self._dial(room, "conferences", {"app": EAR_APP}, name, number)
+        context = "conferences-admin" if admin else "conferences"
+        caller = await self._dial(room, context, {"app": EAR_APP}, name, number)
         await ears.wait_in_app(caller.far_id)
         typist = Typist(self, caller)
         if talking:
@@ -267,6 +268,10 @@ class Ears:
             raise SandboxError(
                 f"the caller did not {'hear sound' if hears else 'fall silent'} in {timeout} s"
             ) from None
+
+    async def stop_music(self, caller):
+        """Stop the music on hold a waiting caller hears: what else it hears is then plain to the ear."""
+        await self.sandbox.call("DELETE", f"/channels/{caller.channel_id}/moh")
 
     async def steady(self, snoop_id, hears, seconds):
         """Assert the caller keeps hearing sound / silence for ``seconds``."""

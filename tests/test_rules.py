@@ -111,8 +111,9 @@ def bridge(conference_id, *members):
     return {"id": rules.room_bridge_id("conference", conference_id), "channels": list(members)}
 
 
-def plan(channels, bridges, present, conference_ids=(7, 8), known=(), busy=()):
+def plan(channels, bridges, present, conference_ids=(7, 8), known=(), busy=(), waiting=()):
     return rules.resync_plan(
+        waiting=list(waiting),
         app_name="conference",
         channels={c["id"]: c for c in channels},
         bridges=bridges,
@@ -163,6 +164,68 @@ def test_resync_readmits_callers_in_the_application_outside_any_bridge():
 def test_resync_ignores_bridges_of_other_applications_and_channels_that_are_gone():
     result = plan([channel("a")], [{"id": "someone-else", "channels": ["a"]}, bridge(7, "a", "gone")], [row(1, "a")])
     assert result.rooms == {7: ["a"]} and result.lost == []
+
+
+def test_resync_keeps_waiting_callers_waiting_and_never_readmits_them():
+    """A waiting caller still in the application keeps waiting (no second PIN); gone, it is lost; found in its
+    room's bridge (admitted while the worker was away), it is present; in another room's bridge, lost."""
+    waiting = [
+        rules.WaitingRow(11, "held", 7, rules.LOBBY),
+        rules.WaitingRow(12, "gone", 7, rules.LEADER),
+        rules.WaitingRow(13, "entered", 7, rules.LOBBY),
+        rules.WaitingRow(14, "moved", 7, rules.LOBBY),
+    ]
+    channels = [channel("held", args=["100"]), channel("entered", args=["100"]), channel("moved", args=["100"])]
+    result = plan(
+        channels, [bridge(7, "entered"), bridge(8, "moved")], [], known=["held", "entered", "moved"], waiting=waiting
+    )
+    assert [row.participant_id for row in result.waiting] == [11]
+    assert sorted(result.lost) == [12, 14]
+    assert [(room, c["id"]) for room, c in result.entered] == [(7, "entered")]
+    assert result.readmit == [] and result.unknown == []
+    assert result.remove_bridges == [rules.room_bridge_id("conference", 8)]  # room 7 keeps its bridge
+
+
+LOBBY_ROOM = rules.RoomFacts(7, "100", False, None, "", lobby=True)
+LEADER_ROOM = rules.RoomFacts(7, "100", False, None, "", wait_for_leader=True)
+BOTH = rules.RoomFacts(7, "100", False, None, "", lobby=True, wait_for_leader=True)
+HELD = rules.RoomFacts(7, "100", False, None, "", leader_waiting=2)  # its leader left ("wait")
+
+
+@pytest.mark.parametrize(
+    ("room", "role", "started", "from_lobby", "expected"),
+    [
+        (OPEN, P, False, False, ""),
+        (LOBBY_ROOM, P, True, False, rules.LOBBY),
+        (LOBBY_ROOM, A, False, False, ""),  # admins skip the lobby
+        (LOBBY_ROOM, P, True, True, ""),  # admitted: in
+        (LEADER_ROOM, P, False, False, rules.LEADER),
+        (LEADER_ROOM, P, True, False, ""),  # the room has started (its leader came, or it was opened)
+        (LEADER_ROOM, A, False, False, ""),  # the leader
+        (BOTH, P, False, False, rules.LOBBY),  # PIN, then the lobby, then the leader
+        (BOTH, P, False, True, rules.LEADER),
+        (BOTH, P, True, True, ""),
+        (HELD, P, True, False, rules.LEADER),  # others wait for the leader: so does a newcomer
+        (HELD, A, True, False, ""),
+    ],
+)
+def test_where_a_caller_who_may_enter_goes(room, role, started, from_lobby, expected):
+    assert rules.waits_for(room=room, role=role, started=started, from_lobby=from_lobby) == expected
+
+
+@pytest.mark.parametrize(
+    ("when", "leaders_left", "others", "expected"),
+    [
+        ("stay", 0, [1], rules.STAY),
+        ("end", 0, [1], rules.END),
+        ("wait", 0, [1, 2], rules.WAIT),
+        ("end", 1, [1], rules.STAY),  # another leader is still in
+        ("wait", 0, [], rules.STAY),  # nobody left to wait
+        ("bogus", 0, [1], rules.STAY),
+    ],
+)
+def test_what_the_room_does_when_its_leader_leaves(when, leaders_left, others, expected):
+    assert rules.when_leader_left(when=when, leaders_left=leaders_left, others=others) == expected
 
 
 def test_verdicts_are_strings_for_logs():

@@ -2,14 +2,18 @@
 
 A call's life is one explicit phase instead of entries in several dicts:
 
-    ADMITTING ──▶ PIN ⇄ PIN_PAUSE ──▶ ENTERING ──▶ PRESENT ──▶ (gone)
-        │            │                    │            │
-        └────────────┴──────▶ LEAVING ◀───┴────────────┘   (refused or kicked: a prompt, then hang up)
+    ADMITTING ──▶ PIN ⇄ PIN_PAUSE ──▶ (WAITING ⇄) ENTERING ──▶ PRESENT ──▶ (gone)
+        │            │                    │      │            │   │
+        │            │                    │      └────────────┼───┘ (the leader left: wait again)
+        └────────────┴──────▶ LEAVING ◀───┴───────────────────┘   (refused, denied, kicked, ended:
+                                                                     a prompt, then hang up)
 
+``WAITING`` is a participant outside any bridge, hearing music on hold: in
+the lobby until a moderator admits it, or until the room's leader is in.
 ``ENTERING`` is admitted and on its way into the bridge (it holds a seat);
-``PRESENT`` is a participant in the room's bridge. Later phases (waiting in a
-lobby, an invite being dialled) fit in the same shape. The registry is plain
-data: the handlers change it, one room's calls from one room's events.
+``PRESENT`` is a participant in the room's bridge. Later phases (an invite
+being dialled) fit in the same shape. The registry is plain data: the
+handlers change it, one room's calls from one room's events.
 """
 
 from dataclasses import dataclass, field
@@ -23,13 +27,14 @@ class Phase(StrEnum):
     ADMITTING = "admitting"
     PIN = "pin"
     PIN_PAUSE = "pin_pause"  # waiting out a pause before the PIN prompt: digits are ignored
+    WAITING = "waiting"  # in the lobby or waiting for the leader, outside any bridge
     ENTERING = "entering"
     PRESENT = "present"
     LEAVING = "leaving"
 
 
 # Calls the worker is still letting in (not yet in the bridge, not refused).
-ON_THE_WAY_IN = frozenset({Phase.ADMITTING, Phase.PIN, Phase.PIN_PAUSE, Phase.ENTERING})
+ON_THE_WAY_IN = frozenset({Phase.ADMITTING, Phase.PIN, Phase.PIN_PAUSE, Phase.WAITING, Phase.ENTERING})
 
 
 @dataclass
@@ -47,6 +52,9 @@ class Call:
     tries: int = 0
     attempt: int = 0
     prompt: str | None = None  # the playback id of the PIN prompt while it is queued or playing
+    # Waiting (rules.LOBBY or rules.LEADER), and the moderator who admitted it from the lobby.
+    waiting_for: str = ""
+    admitted_by: int | None = None
     # In the room.
     participant_id: int | None = None
     moh: bool = False
@@ -97,6 +105,10 @@ class Registry:
             for call in self.calls.values()
             if call.conference_id == conference_id and (phase is None or call.phase == phase)
         ]
+
+    def waiting(self, conference_id, waiting_for):
+        """The room's callers waiting for ``waiting_for`` (rules.LOBBY, rules.LEADER)."""
+        return [call for call in self.in_room(conference_id, Phase.WAITING) if call.waiting_for == waiting_for]
 
     def seats_held(self, conference_id):
         """Calls admitted into the room and on their way into its bridge."""

@@ -225,6 +225,13 @@ class AriClient:
             "POST", f"/bridges/{quote(bridge_id, safe='')}/removeChannel", params={"channel": channel_id}
         )
 
+    async def start_moh(self, channel_id, moh_class):
+        """Music on hold to one channel (a caller waiting outside any bridge)."""
+        await self.request("POST", f"/channels/{quote(channel_id, safe='')}/moh", params={"mohClass": moh_class})
+
+    async def stop_moh(self, channel_id):
+        await self.request("DELETE", f"/channels/{quote(channel_id, safe='')}/moh")
+
     async def start_bridge_moh(self, bridge_id, moh_class):
         await self.request("POST", f"/bridges/{quote(bridge_id, safe='')}/moh", params={"mohClass": moh_class})
 

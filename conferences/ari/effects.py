@@ -91,20 +91,20 @@ class Effects:
         except AriNotFound:
             pass
 
-    async def prompt_then_hangup(self, call, sound, *, answer=False):
-        """Play ``sound`` to a caller who may not stay, then hang up (also when the playback never finishes)."""
+    async def prompt_then_hangup(self, call, *sounds, answer=False):
+        """Play ``sounds`` to a caller who may not stay, then hang up (also when the playback never finishes)."""
         channel_id = call.channel_id
         try:
             if answer:
                 await self.ari.answer(channel_id)
             playback_id = self.playback_id(channel_id)
             call.hangup_after.add(playback_id)
-            await self.ari.play(channel_id, f"sound:{sound}", playback_id)
+            await self.ari.play(channel_id, ",".join(f"sound:{sound}" for sound in sounds), playback_id)
             self.schedule(PROMPT_HANGUP_TIMEOUT, {"type": "_HangupTimeout", "channel_id": channel_id})
         except AriNotFound:
             return
         except AriError as exc:
-            logger.warning("channel %s: prompt %s failed (%s); hanging up", channel_id, sound, exc)
+            logger.warning("channel %s: prompt %s failed (%s); hanging up", channel_id, sounds, exc)
             await self.hangup(channel_id)
 
     async def talk_detect(self, channel_id):

@@ -162,14 +162,21 @@ class ConferenceApp:
                 logger.info("server %s: channel %s refused: unknown room %r", self.server_id, channel_id, number)
             await self.refuse(call, decision, answer=channel.get("state") != "Up")
             return
+        waiting_for = ""
+        if decision.verdict == rules.Verdict.ENTER:
+            waiting_for = self.waits_for(call, room, present)
+            if waiting_for:
+                await self.record_waiting(call, waiting_for)
         # Known to the worker from here on: a database hop that fails before this repeats the whole event.
         self.state.calls[channel_id] = call
         if channel.get("state") != "Up":
             await self.ari.answer(channel_id)
         if decision.verdict == rules.Verdict.ASK_PIN:
             await self.prompt_pin(call)
-            return
-        await self.enter_bridge(call, room)
+        elif waiting_for:
+            await self.start_waiting(call, room.moh_class)
+        else:
+            await self.enter_bridge(call, room)
 
     async def caller_role(self, channel):
         """The channel's role: CONFERENCE_ROLE from its ``channelvars``, else asked of Asterisk."""
@@ -321,7 +328,7 @@ class ConferenceApp:
             if decision.verdict == rules.Verdict.REFUSE:
                 await self.refuse(call, decision)
                 return
-            await self.enter_bridge(call, room)
+            await self.let_in(call, room, present)
             return
         call.tries += 1
         if call.digits:  # a timeout with nothing typed is no guess
@@ -387,6 +394,186 @@ class ConferenceApp:
             await self.effects.stop_playback(prompt)
         call.prompt = await self.effects.play(call.channel_id, *sounds)
 
+    # --- the lobby and the leader ------------------------------------------------------
+
+    def waits_for(self, call, facts, present, *, from_lobby=False):
+        started = present + self.state.seats_held(facts.conference_id) > 0
+        return rules.waits_for(room=facts, role=call.role, started=started, from_lobby=from_lobby)
+
+    async def let_in(self, call, facts, present):
+        """A caller who may enter (its PIN typed): into the lobby, to wait for the leader, or into the room."""
+        waiting_for = self.waits_for(call, facts, present)
+        if not waiting_for:
+            await self.enter_bridge(call, facts)
+            return
+        await self.record_waiting(call, waiting_for)  # first: a database outage repeats the event
+        await self.start_waiting(call, facts.moh_class)
+
+    async def record_waiting(self, call, waiting_for):
+        """The waiting caller as a participant (``status: waiting``): its moderators see it from now on."""
+        joined = await self.effects.db(
+            store.record_join, call.conference_id, store.caller_channel(call), call.role, waiting_for
+        )
+        if joined is not None:
+            call.participant_id = joined[0]
+        call.waiting_for = waiting_for
+
+    async def start_waiting(self, call, moh_class):
+        """Outside any bridge, the caller hears music on hold and nothing of the room or the other waiting."""
+        call.phase = Phase.WAITING
+        logger.info("conference %s: channel %s waits (%s)", call.conference_id, call.channel_id, call.waiting_for)
+        await self.ari.start_moh(call.channel_id, moh_class or "default")
+
+    async def release(self, call, facts, admitted_by=None):
+        """A waiting caller goes into the room: the music stops, the caller enters the bridge."""
+        call.admitted_by = admitted_by
+        try:
+            await self.ari.stop_moh(call.channel_id)
+        except AriNotFound:
+            raise
+        except AriError as exc:
+            logger.info("channel %s: music on hold not stopped (%s)", call.channel_id, exc)
+        await self.enter_bridge(call, facts)
+
+    async def _waiting_call(self, conference, command, waiting_for=None):
+        """The waiting caller a command names (one this worker holds): ``(participant id, call)``, or a Refusal."""
+        participant_id = command.get("participant_id")
+        found = await self.effects.db(store.waiting_target, conference.pk, participant_id)
+        if found is None:
+            raise Refusal("no such waiting caller in this room")
+        channel_id, waits = found
+        call = self.state.call(channel_id)
+        if call is None or call.phase != Phase.WAITING:
+            raise Refusal("the caller has already left")
+        if waiting_for is not None and waits != waiting_for:
+            raise Refusal("this caller waits for the leader: open the room")
+        return participant_id, call
+
+    async def _admit_one(self, conference, facts, present, participant_id, call, actor_id):
+        """Let one caller in from the lobby: into the room, or to wait for the leader. False when the room is full."""
+        if rules.entry_refusal(role=call.role, locked=False, max_participants=facts.max_participants, taken=present):
+            return False
+        if self.waits_for(call, facts, present, from_lobby=True):
+            await self.effects.db(store.to_leader_wait, participant_id, actor_id)
+            call.waiting_for = rules.LEADER
+            return True
+        await self.release(call, facts, admitted_by=actor_id)
+        return True
+
+    async def do_admit(self, conference, command, actor_id):
+        participant_id, call = await self._waiting_call(conference, command, rules.LOBBY)
+        facts, present = await self.effects.db(store.room_now, conference.pk)
+        if not await self._admit_one(
+            conference, facts, present + self.state.seats_held(conference.pk), participant_id, call, actor_id
+        ):
+            raise Refusal("the room is full")
+
+    async def do_admit_all(self, conference, command, actor_id):
+        await self._admit_all(conference, actor_id)
+
+    async def _admit_all(self, conference, actor_id):
+        """Everyone in the lobby, in arrival order, as far as the room has seats."""
+        facts, present = await self.effects.db(store.room_now, conference.pk)
+        taken = present + self.state.seats_held(conference.pk)
+        refused = 0
+        for participant_id, channel_id in await self.effects.db(store.waiting_targets, conference.pk, rules.LOBBY):
+            call = self.state.call(channel_id)
+            if call is None or call.phase != Phase.WAITING:
+                continue  # hung up meanwhile; its leave is on its way
+            try:
+                admitted = await self._admit_one(conference, facts, taken, participant_id, call, actor_id)
+            except AriNotFound:
+                continue
+            if not admitted:
+                refused += 1
+            elif call.phase == Phase.ENTERING:
+                taken += 1
+        if refused:
+            raise Refusal(protocol.callers_not_changed(refused))
+
+    async def do_deny(self, conference, command, actor_id):
+        """A caller turned away from the lobby (or the wait for the leader): a prompt, then hang up."""
+        participant_id, call = await self._waiting_call(conference, command)
+        await self.effects.db(store.deny, participant_id, actor_id)
+        call.phase, call.participant_id = Phase.LEAVING, None
+        try:
+            await self.ari.stop_moh(call.channel_id)
+        except AriError:
+            pass  # the prompt plays anyway, or the caller is gone
+        await self.effects.prompt_then_hangup(call, *rules.DENIED_SOUNDS)
+
+    async def do_lobby_on(self, conference, command, actor_id):
+        await self.effects.db(store.set_lobby, conference.pk, True, actor_id)
+
+    async def do_lobby_off(self, conference, command, actor_id):
+        """The lobby off: new callers come straight in, and those waiting in it are let in (as far as seats go)."""
+        await self.effects.db(store.set_lobby, conference.pk, False, actor_id)
+        await self._admit_all(conference, actor_id)
+
+    async def do_open_room(self, conference, command, actor_id):
+        await self.open_room(conference.pk, actor_id)
+
+    async def open_room(self, conference_id, actor_id=None):
+        """Let in the callers waiting for the leader: the leader is in, or a moderator opened the room."""
+        waiting = self.state.waiting(conference_id, rules.LEADER)
+        if not waiting:
+            return
+        facts, _present = await self.effects.db(store.room_now, conference_id)
+        if facts is None:
+            return
+        await self.effects.db(store.room_opened, conference_id, actor_id, len(waiting))
+        for call in waiting:
+            try:
+                await self.release(call, facts)
+            except AriNotFound:
+                continue  # hung up meanwhile
+
+    async def leader_left(self, conference_id):
+        """The room's last leader left: the others stay, are hung up (``end``) or wait again (``wait``)."""
+        facts = await self.effects.db(store.leader_left_facts, conference_id)
+        if facts is None:
+            return
+        when, leaders, others = facts
+        outcome = rules.when_leader_left(when=when, leaders_left=leaders, others=others)
+        if outcome == rules.STAY:
+            return
+        room = self.state.rooms.get(conference_id)
+        bridge_id = room.bridge_id if room else self.bridge_id(conference_id)
+        calls = [self.state.call(channel_id) for _pk, channel_id in others]
+        if outcome == rules.END:
+            await self.effects.db(store.end_with_leader, conference_id, [pk for pk, _channel in others])
+            for call in calls:
+                if call is not None:
+                    call.phase, call.participant_id = Phase.LEAVING, None
+        else:
+            await self.effects.db(store.wait_for_leader, conference_id, [pk for pk, _channel in others])
+            for call in calls:
+                if call is not None:
+                    call.phase, call.waiting_for, call.talking = Phase.WAITING, rules.LEADER, False
+        moh_class = await self.effects.db(store.moh_class, conference_id)
+        logger.info("conference %s: the leader left: %s (%s callers)", conference_id, outcome, len(others))
+
+        async def out_of_the_room(pk_channel):
+            _pk, channel_id = pk_channel
+            try:
+                await self.ari.remove_channel(bridge_id, channel_id)
+            except AriNotFound:
+                pass
+            except AriError as exc:
+                logger.info("channel %s: not removed from %s (%s)", channel_id, bridge_id, exc)
+            call = self.state.call(channel_id)
+            if call is None:
+                return
+            if outcome == rules.END:
+                await self.effects.prompt_then_hangup(call, rules.LEADER_LEFT_SOUND)
+            else:
+                try:
+                    await self.ari.start_moh(channel_id, moh_class or "default")
+                except AriNotFound:
+                    pass
+
+        await asyncio.gather(*(out_of_the_room(item) for item in others))
+
     # --- into the bridge -------------------------------------------------------------
 
     async def enter_bridge(self, call, facts):
@@ -433,7 +620,7 @@ class ConferenceApp:
         elif entered:
             await self._joined(conference_id, channel)
         else:
-            await self._left(channel["id"])
+            await self._left(channel["id"], from_bridge=True)
         await self.apply_moh(conference_id)
 
     async def _joined(self, conference_id, channel):
@@ -444,25 +631,35 @@ class ConferenceApp:
             call = Call(
                 channel_id, conference_id, caller_name=caller.get("name", ""), caller_number=caller.get("number", "")
             )
-        joined = await self.effects.db(store.record_join, conference_id, channel, call.role)
+        joined = await self.effects.db(
+            store.record_join, conference_id, channel, call.role, admitted_by=call.admitted_by
+        )
         if joined is None or not joined[1]:
             self.state.forget(channel_id)  # the room was deleted, or the channel's stay there is over
             return
         participant_id, _present, moh = joined
-        call.conference_id, call.phase = conference_id, Phase.PRESENT
+        call.conference_id, call.phase, call.waiting_for = conference_id, Phase.PRESENT, ""
         call.participant_id, call.moh = participant_id, moh
         self.state.calls[channel_id] = call
+        if call.role == rules.ADMIN:
+            await self.open_room(conference_id)  # the leader is in
 
-    async def _left(self, channel_id):
+    async def _left(self, channel_id, *, from_bridge=False):
+        """A caller's stay ended: it left the bridge (``from_bridge``), the application, or the PBX."""
         call = self.state.call(channel_id)
+        if from_bridge and call is not None and call.phase in (Phase.WAITING, Phase.LEAVING):
+            return  # taken out to wait for the leader, or to hear why it must go: still in the application
         reason, actor_id = Participant.LeftReason.HANGUP, None
         if call is not None and call.kicked:
             reason, actor_id = Participant.LeftReason.KICKED, call.kicked_by
+        leader = call is not None and call.phase == Phase.PRESENT and call.role == rules.ADMIN
+        await self.effects.db(store.record_leave, self.server_id, channel_id, reason, actor_id)
+        if leader:
+            await self.leader_left(call.conference_id)  # a failed hop repeats the event: the call is still PRESENT
         if call is not None:
             call.participant_id = None
-            if call.phase == Phase.PRESENT:
+            if call.phase in (Phase.PRESENT, Phase.WAITING):
                 call.phase = Phase.LEAVING
-        await self.effects.db(store.record_leave, self.server_id, channel_id, reason, actor_id)
 
     async def on_StasisEnd(self, event):
         channel_id = (event.get("channel") or {}).get("id")
@@ -478,7 +675,7 @@ class ConferenceApp:
     async def on_ChannelDestroyed(self, event):
         channel_id = (event.get("channel") or {}).get("id")
         call = self.state.call(channel_id)
-        if call is not None and call.phase == Phase.PRESENT:
+        if call is not None and call.phase in (Phase.PRESENT, Phase.WAITING):
             await self._left(channel_id)  # gone without leaving its bridge or the application first
         self.state.forget(channel_id)
 
@@ -660,7 +857,7 @@ class ConferenceApp:
         """
         channels = {channel["id"]: channel for channel in await self.ari.channels()}
         bridges = await self.ari.bridges()
-        present, conference_ids, known = await self.effects.db(store.resync_facts, self.server_id, channels)
+        present, conference_ids, known, waiting = await self.effects.db(store.resync_facts, self.server_id, channels)
         busy = {call.channel_id for call in self.state.calls.values() if call.phase in ON_THE_WAY_IN}
         leaving = {call.channel_id for call in self.state.calls.values() if call.hangup_after}
         plan = rules.resync_plan(
@@ -671,16 +868,17 @@ class ConferenceApp:
             conference_ids=conference_ids,
             known_channels=known,
             busy_channels=busy | leaving,
+            waiting=waiting,
         )
         await self.effects.db(store.resync_apply, plan)
 
         added = 0
-        for conference_id, channel in plan.unknown:
+        for conference_id, channel in [*plan.unknown, *plan.entered]:
             try:
                 role = await self.caller_role(channel)
             except AriNotFound:
                 continue  # hung up meanwhile
-            await self.effects.db(store.record_join, conference_id, channel, role)
+            await self.effects.db(store.record_join, conference_id, channel, role)  # a waiting one: now present
             try:
                 await self.effects.talk_detect(channel["id"])
             except AriNotFound:
@@ -700,6 +898,20 @@ class ConferenceApp:
             self.state.calls[channel_id] = Call(
                 channel_id, conference_id, Phase.PRESENT, role=role, participant_id=participant_id, moh=moh
             )
+        still_waiting = {row.channel_id for row in plan.waiting}
+        for channel_id, conference_id, participant_id, waiting_for, role, moh_class in await self.effects.db(
+            store.waiting_calls, self.server_id
+        ):
+            if channel_id not in still_waiting:
+                continue
+            call = self.state.calls.get(channel_id)
+            if call is None or call.phase != Phase.WAITING:
+                call = self.state.calls[channel_id] = Call(channel_id, conference_id, Phase.WAITING, role=role)
+                try:
+                    await self.ari.start_moh(channel_id, moh_class or "default")  # it may have stopped meanwhile
+                except AriNotFound:
+                    pass
+            call.participant_id, call.waiting_for = participant_id, waiting_for
         self.state.rooms = {
             conference_id: Room(conference_id, plan.bridge_ids[conference_id], channels=members)
             for conference_id, members in plan.rooms.items()
@@ -719,9 +931,10 @@ class ConferenceApp:
                 continue  # hung up meanwhile
             readmitted += 1
         logger.info(
-            "server %s: resync done: %s rooms with callers, %s lost, %s added, %s re-admitted",
+            "server %s: resync done: %s rooms with callers, %s waiting, %s lost, %s added, %s re-admitted",
             self.server_id,
             len(self.state.rooms),
+            len(plan.waiting),
             len(plan.lost),
             added,
             readmitted,

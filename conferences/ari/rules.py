@@ -121,6 +121,11 @@ class RoomFacts:
     locked: bool
     max_participants: int | None
     pin: str
+    lobby: bool = False
+    wait_for_leader: bool = False
+    when_leader_leaves: str = "stay"
+    moh_class: str = "default"
+    leader_waiting: int = 0  # callers waiting for the leader right now
 
 
 class Verdict(StrEnum):
@@ -174,6 +179,43 @@ def after_pin(*, room, role, taken):
     if closed is not None:
         return Admission.refuse(REFUSAL_SOUNDS[closed], closed)
     return ENTER
+
+
+# --- the lobby and the leader ---------------------------------------------------------------------
+
+LOBBY = "lobby"  # waits for a moderator to admit it
+LEADER = "leader"  # waits for a leader (an admin caller) or a moderator's open_room
+STAY, END, WAIT = "stay", "end", "wait"  # Conference.when_leader_leaves
+DENIED_SOUNDS = ("im-sorry", "goodbye")  # to a caller turned away from the lobby, before the hang-up
+LEADER_LEFT_SOUND = "conf-leaderhasleft"  # to the others when the room ends with its leader
+
+
+def waits_for(*, room, role, started, from_lobby=False):
+    """Where a caller who may enter goes: ``""`` (into the room), ``LOBBY`` or ``LEADER``.
+
+    PIN first, then the lobby, then the wait for the leader. ``started``: the
+    room has callers in it (or on their way in). Admin callers skip both; a
+    room whose callers wait for the leader keeps later callers waiting too,
+    whether it waits from the start (``wait_for_leader``) or since its
+    leader left (``when_leader_leaves: wait``).
+    """
+    if role == ADMIN:
+        return ""
+    if room.lobby and not from_lobby:
+        return LOBBY
+    if room.leader_waiting or (room.wait_for_leader and not started):
+        return LEADER
+    return ""
+
+
+def when_leader_left(*, when, leaders_left, others):
+    """What the room does once a leader left: ``STAY``, ``END`` or ``WAIT``.
+
+    Only the last leader's leaving counts, and only when callers remain.
+    """
+    if leaders_left or not others or when not in (END, WAIT):
+        return STAY
+    return when
 
 
 # --- the PIN ---------------------------------------------------------------------------------------
@@ -276,6 +318,16 @@ class PresentRow:
     talking: bool
 
 
+@dataclass(frozen=True)
+class WaitingRow:
+    """A caller the database holds as waiting (in the lobby, or for the leader)."""
+
+    participant_id: int
+    channel_id: str
+    conference_id: int
+    waiting_for: str
+
+
 @dataclass
 class ResyncPlan:
     """What a resync must change: each list is carried out in this order."""
@@ -288,9 +340,11 @@ class ResyncPlan:
     unknown: list = field(default_factory=list)  # (conference id, channel) in a bridge, unknown to the database
     remove_bridges: list = field(default_factory=list)  # bridge ids: empty leftovers or of rooms that are gone
     readmit: list = field(default_factory=list)  # (channel, args): in the application, in no bridge
+    waiting: list = field(default_factory=list)  # WaitingRows still waiting (in the application, in no bridge)
+    entered: list = field(default_factory=list)  # (conference id, channel): waiting ones found in their room's bridge
 
 
-def resync_plan(*, app_name, channels, bridges, present, conference_ids, known_channels, busy_channels):
+def resync_plan(*, app_name, channels, bridges, present, conference_ids, known_channels, busy_channels, waiting=()):
     """Compare Asterisk's state with the database's after a (re)connect.
 
     ``channels``: id -> channel JSON of every channel (``GET /channels``);
@@ -298,7 +352,10 @@ def resync_plan(*, app_name, channels, bridges, present, conference_ids, known_c
     PresentRows of this server; ``conference_ids``: the rooms that exist;
     ``known_channels``: channel ids the database has a participant row for
     (present or not); ``busy_channels``: channels the worker is already
-    handling (on their way in, or being hung up after a prompt) — not readmitted.
+    handling (on their way in, or being hung up after a prompt) — not readmitted;
+    ``waiting``: the WaitingRows of this server. A waiting caller whose channel
+    is gone is lost; one found in its room's bridge entered it meanwhile; one
+    still in the application keeps waiting (not readmitted: no second PIN).
     """
     plan = ResyncPlan()
     in_bridge = {}  # channel id -> conference id, participants only
@@ -322,6 +379,18 @@ def resync_plan(*, app_name, channels, bridges, present, conference_ids, known_c
         if row.talking:
             plan.stop_talking.append(row.participant_id)
 
+    for row in waiting:
+        if row.channel_id not in channels:
+            plan.lost.append(row.participant_id)
+        elif in_bridge.get(row.channel_id) == row.conference_id:
+            plan.entered.append((row.conference_id, channels[row.channel_id]))
+            still_present.add(row.channel_id)
+        elif row.channel_id in in_bridge:
+            plan.lost.append(row.participant_id)  # in another room's bridge: not this room's caller any more
+        else:
+            plan.waiting.append(row)
+    still_waiting = {row.channel_id for row in plan.waiting}
+
     recorded = set(known_channels) | {row.channel_id for row in present}
     for channel_id, conference_id in in_bridge.items():
         if conference_id in conference_ids and channel_id not in recorded:
@@ -335,7 +404,13 @@ def resync_plan(*, app_name, channels, bridges, present, conference_ids, known_c
 
     for channel_id, channel in channels.items():
         args = stasis_args(channel, app_name)
-        if args is None or channel_id in in_bridge or channel_id in busy_channels or is_helper_channel(channel):
+        if (
+            args is None
+            or channel_id in in_bridge
+            or channel_id in busy_channels
+            or channel_id in still_waiting
+            or is_helper_channel(channel)
+        ):
             continue
         plan.readmit.append((channel, args))
     return plan

@@ -20,12 +20,20 @@ def room_directory(server_id):
 
 
 def room_facts(conference):
+    """A room's RoomFacts, with how many wait for its leader right now."""
     return rules.RoomFacts(
         conference_id=conference.pk,
         number=conference.number,
         locked=conference.locked,
         max_participants=conference.max_participants,
         pin=conference.pin,
+        lobby=conference.lobby,
+        wait_for_leader=conference.wait_for_leader,
+        when_leader_leaves=conference.when_leader_leaves,
+        moh_class=conference.moh_class,
+        leader_waiting=Participant.objects.waiting()
+        .filter(conference_id=conference.pk, waiting_for=Participant.WaitingFor.LEADER)
+        .count(),
     )
 
 
@@ -46,6 +54,11 @@ def room_now(conference_id):
     return room_facts(conference), Participant.objects.present().filter(conference_id=conference_id).count()
 
 
+def caller_channel(call):
+    """The channel JSON record_join reads, from what the worker knows of a call."""
+    return {"id": call.channel_id, "caller": {"name": call.caller_name, "number": call.caller_number}}
+
+
 def record_refusal(conference_id, reason, caller_number):
     services.conference_record(
         conference_id=conference_id,
@@ -58,11 +71,12 @@ def moh_class(conference_id):
     return Conference.objects.filter(pk=conference_id).values_list("moh_class", flat=True).first()
 
 
-def record_join(conference_id, channel, role):
-    """The participant of a channel found in a room's bridge: ``(participant id, present, moh)``, or None.
+def record_join(conference_id, channel, role, waiting_for="", admitted_by=None):
+    """The participant of a channel found in a room's bridge, or (``waiting_for``) waiting outside it.
 
-    None when the room no longer exists. A channel already recorded (a
-    replayed event, a resync) is returned as it is.
+    Returns ``(participant id, in the room, moh)``, or None when the room no
+    longer exists. A channel already recorded (a replayed event, a resync) is
+    returned as it is; a waiting one found in the bridge is now present.
     """
     caller = channel.get("caller") or {}
     participant, _created = services.participant_join(
@@ -71,17 +85,19 @@ def record_join(conference_id, channel, role):
         caller_number=caller.get("number", ""),
         caller_name=caller.get("name", ""),
         role=role,
+        waiting_for=waiting_for,
+        admitted_by=admitted_by,
     )
     if participant is None:
         return None
-    present = participant.left_at is None and participant.conference_id == conference_id
-    return participant.pk, present, participant.moh
+    in_room = participant.left_at is None and participant.conference_id == conference_id
+    return participant.pk, in_room, participant.moh
 
 
 def record_leave(server_id, channel_id, reason, actor_id=None):
-    """End the stay of the participant of ``channel_id``, if it is present."""
+    """End the stay of the participant of ``channel_id``, if it is present or waiting."""
     participant_id = (
-        Participant.objects.present().filter(server_id=server_id, channel_id=channel_id).values_list("pk", flat=True)
+        Participant.objects.in_room().filter(server_id=server_id, channel_id=channel_id).values_list("pk", flat=True)
     ).first()
     if participant_id is not None:
         services.participant_leave(participant_id=participant_id, reason=reason, actor_id=actor_id)
@@ -138,6 +154,79 @@ def set_moh(changes):
         services.participant_update(participant_id=participant_id, moh=moh)
 
 
+# --- the lobby and the leader ------------------------------------------------------------------
+
+
+def waiting_target(conference_id, participant_id):
+    """``(channel id, waiting for)`` of a caller waiting in the room, or None."""
+    if not isinstance(participant_id, int) or isinstance(participant_id, bool):
+        return None
+    return (
+        Participant.objects.waiting()
+        .filter(pk=participant_id, conference_id=conference_id)
+        .values_list("channel_id", "waiting_for")
+        .first()
+    )
+
+
+def waiting_targets(conference_id, waiting_for):
+    """``[(participant id, channel id)]`` of the room's callers waiting for ``waiting_for``, in arrival order."""
+    return list(
+        Participant.objects.waiting()
+        .filter(conference_id=conference_id, waiting_for=waiting_for)
+        .order_by("joined_at", "id")
+        .values_list("pk", "channel_id")
+    )
+
+
+def leader_left_facts(conference_id):
+    """After a leader left: ``(when_leader_leaves, leaders still present, [(participant id, channel id)] of the
+    other present callers)``; None when the room is gone."""
+    when = Conference.objects.filter(pk=conference_id).values_list("when_leader_leaves", flat=True).first()
+    if when is None:
+        return None
+    present = list(
+        Participant.objects.present().filter(conference_id=conference_id).values_list("pk", "channel_id", "role")
+    )
+    leaders = sum(1 for _pk, _channel, role in present if role == Participant.Role.ADMIN)
+    return when, leaders, [(pk, channel_id) for pk, channel_id, role in present if role != Participant.Role.ADMIN]
+
+
+def deny(participant_id, actor_id):
+    """A waiting caller turned away: its stay ends (``denied``)."""
+    services.participant_leave(participant_id=participant_id, reason=Participant.LeftReason.DENIED, actor_id=actor_id)
+
+
+def to_leader_wait(participant_id, actor_id):
+    """A caller admitted from the lobby into a room that waits for its leader: it waits for the leader now."""
+    services.participant_admit_to_leader_wait(participant_id=participant_id, actor_id=actor_id)
+
+
+def end_with_leader(conference_id, participant_ids):
+    """The room ends with its leader: the others' stays end (``ended``), and one entry for the room."""
+    for participant_id in participant_ids:
+        services.participant_leave(participant_id=participant_id, reason=Participant.LeftReason.ENDED)
+    services.conference_record(conference_id=conference_id, kind=ConferenceEvent.Kind.ROOM_ENDED)
+
+
+def wait_for_leader(conference_id, participant_ids):
+    services.participants_wait_for_leader(conference_id=conference_id, participant_ids=participant_ids)
+
+
+def room_opened(conference_id, actor_id, callers):
+    """The room's callers waiting for the leader are let in: by the leader's arrival, or a moderator (actor)."""
+    services.conference_record(
+        conference_id=conference_id,
+        kind=ConferenceEvent.Kind.ROOM_OPENED,
+        actor_id=actor_id,
+        details={"callers": callers, "by": "moderator" if actor_id else "leader"},
+    )
+
+
+def set_lobby(conference_id, lobby, actor_id):
+    services.conference_set_lobby(conference_id=conference_id, lobby=lobby, actor_id=actor_id)
+
+
 # --- moderation ---------------------------------------------------------------------------------
 
 
@@ -190,7 +279,8 @@ def record_mute_all(conference_id, muted, done, actor_id):
 
 
 def resync_facts(server_id, channel_ids):
-    """What a resync compares with Asterisk: present rows, the server's rooms, channels the database knows."""
+    """What a resync compares with Asterisk: present rows, the server's rooms, channels the database knows,
+    waiting rows."""
     present = [
         rules.PresentRow(participant_id=pk, channel_id=channel_id, conference_id=conference_id, talking=talking)
         for pk, channel_id, conference_id, talking in Participant.objects.present()
@@ -203,7 +293,22 @@ def resync_facts(server_id, channel_ids):
             "channel_id", flat=True
         )
     )
-    return present, conference_ids, known
+    waiting = [
+        rules.WaitingRow(participant_id=pk, channel_id=channel_id, conference_id=conference_id, waiting_for=waiting_for)
+        for pk, channel_id, conference_id, waiting_for in Participant.objects.waiting()
+        .filter(server_id=server_id)
+        .values_list("pk", "channel_id", "conference_id", "waiting_for")
+    ]
+    return present, conference_ids, known, waiting
+
+
+def waiting_calls(server_id):
+    """``[(channel id, conference id, participant id, waiting for, role, moh class)]`` of the server's waiting."""
+    return list(
+        Participant.objects.waiting()
+        .filter(server_id=server_id)
+        .values_list("channel_id", "conference_id", "pk", "waiting_for", "role", "conference__moh_class")
+    )
 
 
 def resync_apply(plan):
@@ -238,5 +343,9 @@ READS = frozenset(
         present_calls,
         keypad_keys,
         keypad_state,
+        waiting_target,
+        waiting_targets,
+        leader_left_facts,
+        waiting_calls,
     }
 )
