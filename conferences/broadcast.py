@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
-from conferences import metrics
+from conferences import metrics, protocol
 
 logger = logging.getLogger(__name__)
 
@@ -245,12 +245,12 @@ def room_message(frame, conference_id=None):
     # The room list's part, also serialised once (conferences/consumers.py, RoomListConsumer).
     if frame["type"] in LIST_PARTICIPANT_KINDS:
         message["list"] = json.dumps(list_participant_state(frame), separators=(",", ":"))
-    elif frame["type"] == "conference.updated" and frame.get("conference"):
+    elif frame["type"] == protocol.CONFERENCE_UPDATED and frame.get("conference"):
         message["list"] = json.dumps(frame["conference"], separators=(",", ":"))
     return message
 
 
-LIST_PARTICIPANT_KINDS = frozenset({"participant.joined", "participant.updated", "participant.left"})
+LIST_PARTICIPANT_KINDS = frozenset(protocol.PARTICIPANT_FRAMES)
 
 
 def send_to_room(conference_id, frame):

@@ -2,7 +2,7 @@
 
 Refusals are sent as close codes after accepting (4401 not logged in, 4403
 no access, 4404 no such room, 4429 too many open sockets for this user; 4011 when
-the server failed and the page should reconnect, conferences/closecodes.py): a
+the server failed and the page should reconnect, conferences/protocol.py): a
 handshake refused with an HTTP status looks like a network error to a
 browser. Room events reach a socket through its process's hub
 (conferences/fanout.py), which it joins before it builds the snapshot, so no
@@ -42,7 +42,6 @@ from django.db import DatabaseError, transaction
 from conferences import (
     access,
     broadcast,
-    closecodes,
     dbthreads,
     fanout,
     frames,
@@ -69,11 +68,11 @@ async def db_call(func, /, *args):
     return await dbthreads.web().call(func, *args)
 
 
-CLOSE_NOT_LOGGED_IN = closecodes.NOT_LOGGED_IN
-CLOSE_FORBIDDEN = closecodes.FORBIDDEN
-CLOSE_NOT_FOUND = closecodes.NOT_FOUND
-CLOSE_TOO_MANY_SOCKETS = closecodes.TOO_MANY_SOCKETS
-CLOSE_INTERNAL_ERROR = closecodes.SERVER_ERROR
+CLOSE_NOT_LOGGED_IN = protocol.NOT_LOGGED_IN
+CLOSE_FORBIDDEN = protocol.FORBIDDEN
+CLOSE_NOT_FOUND = protocol.NOT_FOUND
+CLOSE_TOO_MANY_SOCKETS = protocol.TOO_MANY_SOCKETS
+CLOSE_INTERNAL_ERROR = protocol.SERVER_ERROR
 
 MAX_FRAME_BYTES = frames.MAX_FRAME_BYTES
 RATE_PER_SECOND = 5.0  # sustained frames per second a browser may send
@@ -140,7 +139,7 @@ def _snapshot(conference_id):
         participants = list(Participant.objects.in_room().filter(conference=conference))
     waiting = sum(1 for participant in participants if participant.waiting)
     return {
-        "type": "snapshot",
+        "type": protocol.SNAPSHOT,
         "seq": conference.seq,
         "conference": broadcast.conference_state(conference, len(participants) - waiting, waiting),
         "participants": [broadcast.participant_state(p) for p in participants],
@@ -278,7 +277,7 @@ class FanOutConsumer(AsyncWebsocketConsumer):
     and awaiting it there would hold the whole room behind one page that
     stopped reading. The outbox is bounded: when more than
     ``settings.WEBSOCKET_MAX_QUEUED_BYTES`` (1 MiB) waits, it is dropped and
-    the socket closed with 4008 (closecodes.TOO_SLOW; the page reconnects
+    the socket closed with 4008 (protocol.TOO_SLOW; the page reconnects
     and gets a fresh snapshot). Frames are ASCII (``json.dumps`` escapes
     the rest), so their length is their size. ``close()`` goes after the
     frames already handed over, waiting at most CLOSE_FLUSH_SECONDS for them.
@@ -355,7 +354,7 @@ class FanOutConsumer(AsyncWebsocketConsumer):
             writer.cancel()  # a send stuck behind the client's full buffer
         # The close frame queues behind what the server holds already; the server gives up
         # on the connection after its close timeout (uvicorn's websockets: 10 s).
-        asyncio.get_running_loop().create_task(self.close(closecodes.TOO_SLOW))
+        asyncio.get_running_loop().create_task(self.close(protocol.TOO_SLOW))
 
     async def close(self, code=None, reason=None):
         """Close once (a second close is a no-op: ASGI servers refuse it), after the frames handed over."""
@@ -452,7 +451,7 @@ class GuardedConsumer(FanOutConsumer):
     a traceback, and whatever the socket had joined (the hub, groups) and
     started (its periodic check) stays behind. Here the consumer's whole life
     runs inside ``try/finally``: an exception is logged, the socket is closed
-    with 4011 (closecodes.SERVER_ERROR), and ``release()`` runs on every path
+    with 4011 (protocol.SERVER_ERROR), and ``release()`` runs on every path
     — a normal close, an exception, cancellation. ``release()`` is idempotent.
     """
 
@@ -797,7 +796,7 @@ class ConferenceConsumer(GuardedConsumer):
             metrics.MODERATION_REPLY.labels(action, outcome).observe(time.monotonic() - started)
 
     async def handle_request(self, request):
-        if request.action == "resync":
+        if request.action == protocol.RESYNC:
             await self.resync()
             await self.reply(request.request_id, True)
             return
@@ -840,7 +839,7 @@ class ConferenceConsumer(GuardedConsumer):
             await self.reply(request_id, False, moderation.WORKER_DOWN)
 
     async def reply(self, request_id, ok, error=None):
-        frame = {"type": "reply", "request_id": request_id, "ok": ok}
+        frame = {"type": protocol.REPLY, "request_id": request_id, "ok": ok}
         if not ok:
             frame["error"] = error
             frame["error_text"] = protocol.localized(error, self.language)
@@ -936,7 +935,7 @@ class RoomListConsumer(GuardedConsumer):
             await self.join_group(group)
         self.room_seqs = {pk: state["seq"] for pk, state in rooms}
         self.slugs = {pk: state["slug"] for pk, state in rooms}
-        await self.send(text_data=json.dumps({"type": "rooms", "rooms": [state for _pk, state in rooms]}))
+        await self.send(text_data=json.dumps({"type": protocol.ROOMS, "rooms": [state for _pk, state in rooms]}))
         return True
 
     async def refresh_after_outage(self):
@@ -989,11 +988,11 @@ class RoomListConsumer(GuardedConsumer):
                 return
         # The room message carries its list part serialised once for every list socket (broadcast.py).
         part = message.get("list")
-        if kind == "conference.updated" and part is not None:
+        if kind == protocol.CONFERENCE_UPDATED and part is not None:
             text = f'{{"type":"conference.updated","conference":{part}}}'
         elif kind in broadcast.LIST_PARTICIPANT_KINDS and part is not None:
             text = f'{{"type":"{kind}","conference":{json.dumps(slug)},"participant":{part}}}'
-        elif kind == "asterisk.status":
+        elif kind == protocol.ASTERISK_STATUS:
             connected = bool(json.loads(message["text"]).get("connected"))
             text = json.dumps({"type": kind, "conference": slug, "connected": connected})
         else:

@@ -35,11 +35,11 @@ import time
 import weakref
 from collections import defaultdict
 
-from conferences import broadcast, closecodes, metrics
+from conferences import broadcast, metrics, protocol
 
 logger = logging.getLogger(__name__)
 
-CLOSE_LAYER_FAILED = closecodes.SERVER_ERROR
+CLOSE_LAYER_FAILED = protocol.SERVER_ERROR
 # How often a hub renews its group memberships (channels_redis forgets members after a day).
 REFRESH_SECONDS = 3600.0
 # How long, and for how many later events, a room's snapshot serves new sockets.

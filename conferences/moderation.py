@@ -12,25 +12,10 @@ import time
 
 from channels.layers import get_channel_layer
 
-ACTIONS = (
-    "mute",
-    "unmute",
-    "kick",
-    "lower_hand",
-    "admit",
-    "deny",
-    "mute_all",
-    "unmute_all",
-    "lock",
-    "unlock",
-    "admit_all",
-    "lobby_on",
-    "lobby_off",
-    "open_room",
-)
-# Actions on one caller: a present one, or (WAITING_ACTIONS) one waiting in the lobby or for the leader.
-PARTICIPANT_ACTIONS = ("mute", "unmute", "kick", "lower_hand", "admit", "deny")
-WAITING_ACTIONS = ("admit", "deny")
+from conferences import protocol
+
+# The actions and which of them name a caller: the protocol's (conferences/protocol.py).
+ACTIONS, PARTICIPANT_ACTIONS, WAITING_ACTIONS = protocol.ACTIONS, protocol.PARTICIPANT_ACTIONS, protocol.WAITING_ACTIONS
 
 REQUEST_TYPE = "moderation.request"
 REPLY_TYPE = "moderation.reply"

@@ -7,6 +7,11 @@ language, so that a Russian page shows every error in Russian, counted ones
 included ("3 caller(s) could not be changed"), and the page script keeps no
 list of its own. Every text a reply can carry is here, marked for
 translation; ``tests/test_translations.py`` checks each has its Russian.
+
+The module owns the protocol's other names too: the frame types, the
+actions and the close codes. The page scripts get actions and close codes
+from here (``page_config``, through the page's ``json_script``): none is
+typed under static/.
 """
 
 import re
@@ -14,6 +19,81 @@ import re
 from django.conf import settings
 from django.utils import translation
 from django.utils.translation import gettext_noop, ngettext
+
+# --- frame types (server to client) -------------------------------------------------------------
+
+SNAPSHOT = "snapshot"
+PARTICIPANT_JOINED = "participant.joined"
+PARTICIPANT_UPDATED = "participant.updated"
+PARTICIPANT_LEFT = "participant.left"
+CONFERENCE_UPDATED = "conference.updated"
+ASTERISK_STATUS = "asterisk.status"
+REPLY = "reply"
+ERROR = "error"
+ROOMS = "rooms"  # the room list socket's whole list
+PARTICIPANT_FRAMES = (PARTICIPANT_JOINED, PARTICIPANT_UPDATED, PARTICIPANT_LEFT)
+FRAME_TYPES = (SNAPSHOT, *PARTICIPANT_FRAMES, CONFERENCE_UPDATED, ASTERISK_STATUS, REPLY, ERROR, ROOMS)
+
+# --- actions (client to server) -----------------------------------------------------------------
+
+RESYNC = "resync"  # anyone: answered with a fresh snapshot, then its reply
+# The moderator's actions (conferences/moderation.py carries them to the worker).
+ACTIONS = (
+    "mute",
+    "unmute",
+    "kick",
+    "lower_hand",
+    "admit",
+    "deny",
+    "mute_all",
+    "unmute_all",
+    "lock",
+    "unlock",
+    "admit_all",
+    "lobby_on",
+    "lobby_off",
+    "open_room",
+)
+# Actions on one caller: a present one, or (WAITING_ACTIONS) one waiting in the lobby or for the leader.
+PARTICIPANT_ACTIONS = ("mute", "unmute", "kick", "lower_hand", "admit", "deny")
+WAITING_ACTIONS = ("admit", "deny")
+
+# --- close codes ----------------------------------------------------------------------------------
+# A server may send only 1000 or a code from 3000–4999 in its own close frame: autobahn (under
+# daphne) refuses the rest with an exception, so a server error is 4011, not the protocol's 1011
+# (daphne sends 1011 itself only for an exception that escapes the application, which ours never
+# let happen). docs/protocol.md explains each.
+
+NOT_LOGGED_IN = 4401
+FORBIDDEN = 4403
+NOT_FOUND = 4404
+TOO_MANY_SOCKETS = 4429
+# The server failed while handling the socket (an error, the channel layer gone): the page reconnects.
+SERVER_ERROR = 4011
+# The page did not take its frames: more than WEBSOCKET_MAX_QUEUED_BYTES waited for it
+# (conferences/consumers.py, FanOutConsumer). The page reconnects and gets a fresh snapshot.
+TOO_SLOW = 4008
+# Refusals: the page says why and does not reconnect by itself, except after the delay given
+# here (ms: too many pages open passes when others close).
+REFUSALS = (NOT_LOGGED_IN, FORBIDDEN, NOT_FOUND, TOO_MANY_SOCKETS)
+RETRY_AFTER_MS = {TOO_MANY_SOCKETS: 30000}
+
+
+def close_codes_config():
+    """The close codes as the page scripts read them (JSON keys are strings)."""
+    return {
+        "refusals": list(REFUSALS),
+        "retry_after_ms": {str(code): ms for code, ms in RETRY_AFTER_MS.items()},
+        "not_logged_in": NOT_LOGGED_IN,
+    }
+
+
+def actions_config():
+    """The action names as the room page's script reads them: ``{"MUTE": "mute", …, "RESYNC": "resync"}``."""
+    return {**{name.upper(): name for name in ACTIONS}, "RESYNC": RESYNC}
+
+
+# --- errors ---------------------------------------------------------------------------------------
 
 ERRORS = (
     gettext_noop("no such participant in this room"),

@@ -17,7 +17,7 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from conferences import broadcast
+from conferences import broadcast, protocol
 from conferences.models import AsteriskServer, Conference, ConferenceEvent, Meeting, Participant
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,10 @@ def _emit(conference_id, frame_type, **fields):
     return frame
 
 
+def _emit_participant(conference_id, frame_type, participant):
+    return _emit(conference_id, frame_type, participant=broadcast.participant_state(participant))
+
+
 def _record(conference_id, kind, *, participant=None, actor_id=None, details=None, at=None):
     ConferenceEvent.objects.create(
         conference_id=conference_id,
@@ -69,7 +73,7 @@ def _emit_conference(conference):
     )
     _emit(
         conference.pk,
-        "conference.updated",
+        protocol.CONFERENCE_UPDATED,
         conference=broadcast.conference_state(
             conference, counts.get(Participant.Status.PRESENT, 0), counts.get(Participant.Status.WAITING, 0)
         ),
@@ -105,8 +109,13 @@ def _meeting_for_join(conference_id, at):
 
 
 def _end_meeting_if_empty(conference_id, at):
-    """End the room's meeting at ``at`` when nobody is left in the room."""
-    if Participant.objects.present().filter(conference_id=conference_id).exists():
+    """End the room's meeting at ``at`` when nobody of it is left in the room.
+
+    A caller back to waiting for the leader (``when_leader_leaves: wait``) is
+    still on the call and in its meeting; one waiting in the lobby, or for
+    the leader since it called, is in no meeting yet.
+    """
+    if Participant.objects.in_room().filter(conference_id=conference_id, meeting__isnull=False).exists():
         return
     # Never before its start, whatever the clock did: the database refuses such a meeting.
     Meeting.objects.filter(conference_id=conference_id, ended_at__isnull=True).update(
@@ -164,7 +173,7 @@ def participant_join(
             _record(conference.pk, Kind.WAITING, participant=participant, at=now, details={"for": waiting_for})
         else:
             _record(conference.pk, Kind.JOINED, participant=participant, at=now, details={"role": role})
-        _emit(conference.pk, "participant.joined", participant=broadcast.participant_state(participant))
+        _emit_participant(conference.pk, protocol.PARTICIPANT_JOINED, participant)
         _emit_conference(conference)
     logger.info(
         "conference %s: participant %s %s (channel %s)",
@@ -177,17 +186,25 @@ def participant_join(
 
 
 def _enter_from_waiting(conference, participant, admitted_by):
-    """A waiting caller's stay in the room starts now (the room's row and the participant's are locked)."""
+    """A waiting caller enters the room (the room's row and the participant's are locked).
+
+    Its stay starts now (``joined_at``, its meeting), unless it is a caller
+    back from waiting for the leader: that one never left the call, and its
+    stay and meeting go on.
+    """
     now = timezone.now()
     from_lobby = participant.waiting_for == Participant.WaitingFor.LOBBY
+    returning = participant.meeting_id is not None
     participant.status, participant.waiting_for = Participant.Status.PRESENT, ""
-    participant.joined_at = now
-    participant.meeting_id = _meeting_for_join(conference.pk, now)
+    if not returning:
+        participant.joined_at = now
+        participant.meeting_id = _meeting_for_join(conference.pk, now)
     participant.save(update_fields=["status", "waiting_for", "joined_at", "meeting"])
     if from_lobby:
         _record(conference.pk, Kind.ADMITTED, participant=participant, actor_id=admitted_by, at=now)
-    _record(conference.pk, Kind.JOINED, participant=participant, at=now, details={"role": participant.role})
-    _emit(conference.pk, "participant.updated", participant=broadcast.participant_state(participant))
+    if not returning:
+        _record(conference.pk, Kind.JOINED, participant=participant, at=now, details={"role": participant.role})
+    _emit_participant(conference.pk, protocol.PARTICIPANT_UPDATED, participant)
     _emit_conference(conference)
 
 
@@ -208,15 +225,20 @@ def participant_admit_to_leader_wait(*, participant_id, actor_id=None):
         participant.waiting_for = Participant.WaitingFor.LEADER
         participant.save(update_fields=["waiting_for"])
         _record(participant.conference_id, Kind.ADMITTED, participant=participant, actor_id=actor_id)
-        _emit(participant.conference_id, "participant.updated", participant=broadcast.participant_state(participant))
+        _emit(
+            participant.conference_id,
+            protocol.PARTICIPANT_UPDATED,
+            participant=broadcast.participant_state(participant),
+        )
     return participant
 
 
 def participants_wait_for_leader(*, conference_id, participant_ids):
     """The room's leader left (``when_leader_leaves: wait``): these present callers wait for a leader again.
 
-    One timeline entry for the room; the meeting ends when nobody is left in
-    the room itself. Returns the participants that went back to waiting.
+    One timeline entry for the room. They stay on the call: their stays and
+    the meeting go on (``_end_meeting_if_empty``). Returns the participants
+    that went back to waiting.
     """
     with transaction.atomic():
         moved = list(
@@ -233,9 +255,8 @@ def participants_wait_for_leader(*, conference_id, participant_ids):
             participant.status, participant.waiting_for = Participant.Status.WAITING, Participant.WaitingFor.LEADER
             participant.talking = participant.moh = False
             participant.save(update_fields=["status", "waiting_for", "talking", "moh"])
-            _emit(conference.pk, "participant.updated", participant=broadcast.participant_state(participant))
+            _emit_participant(conference.pk, protocol.PARTICIPANT_UPDATED, participant)
         _record(conference.pk, Kind.ROOM_WAITING, at=now, details={"callers": len(moved)})
-        _end_meeting_if_empty(conference.pk, now)
         _emit_conference(conference)
     logger.info("conference %s: the leader left; %s callers wait for a leader", conference_id, len(moved))
     return moved
@@ -273,7 +294,7 @@ def participant_leave(*, participant_id, reason, actor_id=None):
             details={"reason": reason},
             at=now,
         )
-        _emit(participant.conference_id, "participant.left", participant=broadcast.participant_state(participant))
+        _emit_participant(participant.conference_id, protocol.PARTICIPANT_LEFT, participant)
         _end_meeting_if_empty(participant.conference_id, participant.left_at)
         _emit_conference(participant.conference)
     logger.info("conference %s: participant %s left (%s)", participant.conference_id, participant.pk, reason)
@@ -369,7 +390,11 @@ def participant_update(*, participant_id, actor_id=None, audit=True, by_self=Fal
     if changes and (set(changes) <= QUICK or not audit):
         with transaction.atomic():
             for updated in _quick_update([participant_id], changes):
-                _emit(updated.conference_id, "participant.updated", participant=broadcast.participant_state(updated))
+                _emit(
+                    updated.conference_id,
+                    protocol.PARTICIPANT_UPDATED,
+                    participant=broadcast.participant_state(updated),
+                )
                 return updated
         return Participant.objects.present().filter(pk=participant_id).first()
     with transaction.atomic():
@@ -391,7 +416,7 @@ def participant_update(*, participant_id, actor_id=None, audit=True, by_self=Fal
         if audit and "mute_source" in changed and "muted" not in changed and current.muted and not by_self:
             # A moderator's mute of a caller muted by themself: now only a moderator unmutes.
             _record(current.conference_id, Kind.MUTED, participant=current, actor_id=actor_id)
-        _emit(current.conference_id, "participant.updated", participant=broadcast.participant_state(current))
+        _emit_participant(current.conference_id, protocol.PARTICIPANT_UPDATED, current)
     return current
 
 
@@ -414,7 +439,7 @@ def participants_set_muted(*, conference_id, participant_ids, muted, actor_id=No
             last = _next_seq(conference_id, len(updated))
             for seq, participant in enumerate(updated, start=last - len(updated) + 1):
                 frame = {
-                    "type": "participant.updated",
+                    "type": protocol.PARTICIPANT_UPDATED,
                     "seq": seq,
                     "participant": broadcast.participant_state(participant),
                 }
@@ -483,7 +508,7 @@ def server_set_link_status(*, server_id, connected, error=""):
             current.last_error = error[:1000] if error else current.last_error
         current.save(update_fields=["connected", "last_seen_at", "status_since", "last_error"])
         if changed:
-            frame = {"type": "asterisk.status", "connected": connected}
+            frame = {"type": protocol.ASTERISK_STATUS, "connected": connected}
             for conference_id in Conference.objects.filter(server_id=server_id).values_list("pk", flat=True):
                 transaction.on_commit(partial(broadcast.send_to_room, conference_id, frame))
     return current

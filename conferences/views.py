@@ -5,7 +5,7 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Count
 from django.shortcuts import get_object_or_404, render
 
-from conferences import access, closecodes, moderation
+from conferences import access, protocol
 from conferences.models import Conference, present_filter, waiting_filter
 
 
@@ -24,7 +24,7 @@ def conference_list(request):
     return render(
         request,
         "conferences/conference_list.html",
-        {"conferences": conferences, "close_codes": json.dumps(closecodes.page_config())},
+        {"conferences": conferences, "close_codes": json.dumps(protocol.close_codes_config())},
     )
 
 
@@ -125,9 +125,6 @@ def conference_detail(request, slug):
         "event_lobby_on": _("The lobby was turned on"),
         "event_lobby_off": _("The lobby was turned off"),
     }
-    # The actions the page may send, as the server names them: no action name is typed under static/.
-    actions = {name.upper(): name for name in moderation.ACTIONS}
-    actions["RESYNC"] = "resync"
     room_config = {
         "ws_path": f"/ws/conferences/{conference.slug}/",
         "slug": conference.slug,
@@ -135,8 +132,9 @@ def conference_detail(request, slug):
         "login_url": f"{reverse('login')}?{urlencode({'next': request.get_full_path()})}",
         "timeline_limit": 100,
         "strings": strings,
-        "actions": actions,
-        "close_codes": closecodes.page_config(),
+        # The protocol's names the page uses: no action name or close code is typed under static/.
+        "actions": protocol.actions_config(),
+        "close_codes": protocol.close_codes_config(),
     }
     return render(
         request,

@@ -206,3 +206,89 @@ async def test_moderator_and_viewer_watch_a_real_room(stack, browser, pbx, sandb
         await row(page, talker_id).wait_for(state="detached", timeout=20000)
         ids = await page.eval_on_selector_all("[data-participant-id]", "rows => rows.map(r => r.dataset.participantId)")
         assert sorted(ids) == [str(late_id)]
+
+
+async def test_a_moderator_runs_the_lobby_while_a_viewer_watches(stack, browser, pbx, sandbox):
+    """Callers wait in the lobby: both pages list them (only the moderator has buttons), the room list counts
+    them; the moderator admits one (it moves to the roster on both pages) and turns another away."""
+    room = await db(Conference.objects.create)(server=pbx, number="160", slug="lobby", name="With a lobby", lobby=True)
+
+    def users():
+        password = PBKDF2PasswordHasher().encode("pw-Tr0ub4dor", "e2e-salt-123456", iterations=100_000)
+        moderator = User.objects.create(username="mod", password=password)
+        viewer = User.objects.create(username="view", password=password)
+        ConferenceAccess.objects.create(conference=room, user=moderator, role="moderator")
+        ConferenceAccess.objects.create(conference=room, user=viewer, role="viewer")
+
+    await db(users)()
+    base = f"http://127.0.0.1:{stack.port}"
+    moderator = await logged_in_page(browser, base, "mod")
+    viewer = await logged_in_page(browser, base, "view")
+    for page in (moderator, viewer):
+        await page.goto(f"{base}/conferences/lobby/")
+        await live(page)
+    rooms = await viewer.context.new_page()
+    await rooms.goto(f"{base}/")
+    await rooms.wait_for_selector("table.rooms[data-live=true]", timeout=10000)
+
+    guest = await sandbox.caller(160, name="Guest <img src=x>", number="401")
+    other = await sandbox.caller(160, name="Other", number="402")
+
+    def waiting_ids():
+        from conferences.models import Participant
+
+        return list(Participant.objects.waiting().filter(conference=room).order_by("id").values_list("pk", flat=True))
+
+    guest_id, other_id = await eventually(lambda: db(lambda: len(waiting_ids()) == 2 and waiting_ids())(), timeout=15)
+    in_lobby = "[data-role=lobby] [data-participant-id='{}']"
+    in_roster = "[data-role=roster-body] [data-participant-id='{}']"
+    for page in (moderator, viewer):
+        await page.locator(in_lobby.format(guest_id)).wait_for(timeout=10000)
+        await page.locator(in_lobby.format(other_id)).wait_for(timeout=10000)
+        assert "Guest <img src=x>" in await page.locator(in_lobby.format(guest_id)).inner_text()
+        assert await page.locator("[data-role=waiting-count]").inner_text() == "2 waiting"
+    assert await viewer.locator("[data-action]").count() == 0
+    status = rooms.locator("tr[data-slug=lobby] [data-role=status]")
+    await rooms.wait_for_function(
+        "() => document.querySelector('tr[data-slug=lobby] [data-role=status]').textContent.includes('2 waiting')",
+        timeout=10000,
+    )
+    assert "lobby" in await status.inner_text()
+
+    # Admit: the guest moves from the lobby to the roster, on both pages; the room list counts one waiting.
+    await moderator.locator(in_lobby.format(guest_id)).locator("[data-action=admit]").click()
+    for page in (moderator, viewer):
+        await page.locator(in_roster.format(guest_id)).wait_for(timeout=15000)
+        await page.locator(in_lobby.format(guest_id)).wait_for(state="detached", timeout=10000)
+    assert await viewer.locator("[data-role=count]").inner_text() == "1"
+    await rooms.wait_for_function(
+        "() => document.querySelector('tr[data-slug=lobby] [data-role=status]').textContent.includes('1 waiting')",
+        timeout=10000,
+    )
+    await eventually(lambda: db(lambda: guest.channel_id in present_channels(room))(), timeout=10)
+
+    # Deny asks first; the other caller leaves the lobby everywhere and is hung up.
+    await moderator.locator(in_lobby.format(other_id)).locator("[data-action=deny]").click()
+    await moderator.locator("dialog[open] [data-confirm]").click()
+    for page in (moderator, viewer):
+        await page.locator(in_lobby.format(other_id)).wait_for(state="detached", timeout=10000)
+        await page.locator("[data-role=waiting-count]").wait_for(state="hidden", timeout=10000)
+
+    async def other_gone():
+        return not await sandbox.channel_exists(other.channel_id)
+
+    await eventually(other_gone, timeout=20, message="the denied caller is hung up")
+    # The viewer's timeline tells the story in words.
+    timeline = await viewer.locator("[data-role=timeline]").inner_text()
+    assert "was admitted" in timeline and "was turned away" in timeline, timeline
+
+    # The lobby switched off from the page: the next caller comes straight in.
+    await moderator.locator("[data-action=lobby_off]").click()
+    await rooms.wait_for_function(
+        "() => !document.querySelector('tr[data-slug=lobby] [data-role=status]').textContent.includes('lobby')",
+        timeout=10000,
+    )
+    late = await sandbox.caller(160, name="Late", number="403")
+    await eventually(lambda: db(lambda: late.channel_id in present_channels(room))(), timeout=15)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await moderator.screenshot(path=str(SCREENSHOTS / "room-lobby-moderator.png"), full_page=True)

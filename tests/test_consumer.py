@@ -9,7 +9,7 @@ from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
 from django.db.models import F
 
-from conferences import broadcast, closecodes, consumers, fanout, moderation, services
+from conferences import broadcast, consumers, fanout, moderation, protocol, services
 from conferences.models import AsteriskServer, Conference, ConferenceAccess, Participant
 from conferencesite.asgi import application
 from tests.sockets import closed_with, error_frame, frame, list_socket, refused, send
@@ -431,7 +431,7 @@ async def test_a_failing_hub_closes_its_sockets_so_pages_reconnect(connect, view
     await db(broadcast.send_to_room)(room.pk, {"type": "participant.updated", "seq": snapshot["seq"] + 1})
     assert (await frame(communicator))["seq"] == snapshot["seq"] + 1
     await layer.send(hub.channel, {"type": "test.fail"})
-    assert await closed_with(communicator) == closecodes.SERVER_ERROR
+    assert await closed_with(communicator) == protocol.SERVER_ERROR
 
 
 async def test_a_lost_last_event_is_repaired_by_a_fresh_snapshot(connect, viewer, room, make_participant, monkeypatch):

@@ -84,7 +84,7 @@ def test_admitted_into_a_room_waiting_for_its_leader_the_caller_waits_for_the_le
     assert services.participant_admit_to_leader_wait(participant_id=waiting.pk) is None
 
 
-def test_when_the_leader_leaves_the_others_wait_and_the_meeting_ends(conference, sent):
+def test_when_the_leader_leaves_the_others_wait_on_the_call_and_in_the_meeting(conference, sent):
     alice, _ = services.participant_join(conference_id=conference.pk, channel_id="a", caller_name="Alice")
     bob, _ = services.participant_join(conference_id=conference.pk, channel_id="b", caller_name="Bob")
     sent.clear()
@@ -92,11 +92,21 @@ def test_when_the_leader_leaves_the_others_wait_and_the_meeting_ends(conference,
     assert {p.pk for p in moved} == {alice.pk, bob.pk}
     assert [f["participant"]["status"] for f in sent if f["type"] == "participant.updated"] == ["waiting", "waiting"]
     assert sent[-1]["conference"]["waiting_count"] == 2 and sent[-1]["conference"]["participant_count"] == 0
-    assert Meeting.objects.get().ended_at is not None
     assert ConferenceEvent.objects.filter(kind="room_waiting").count() == 1
-    # Back in (the room opened): a new stay in a new meeting.
+    # Still on the call: the meeting goes on, a lobby caller hanging up meanwhile does not end it.
+    lobby = wait(conference, "w1")
+    services.participant_leave(participant_id=lobby.pk, reason="hangup")
+    assert Meeting.objects.get().ended_at is None
+    # Back in (the room opened): the same stay, the same meeting, no second "joined".
     services.participant_join(conference_id=conference.pk, channel_id="a")
-    assert Meeting.objects.count() == 2 and Participant.objects.get(pk=alice.pk).meeting.ended_at is None
+    row = Participant.objects.get(pk=alice.pk)
+    assert (row.status, row.joined_at, row.meeting_id) == ("present", alice.joined_at, alice.meeting_id)
+    assert ConferenceEvent.objects.filter(kind="joined", participant=alice).count() == 1
+    # Bob hangs up while waiting, then Alice: the meeting ends with the last of its callers.
+    services.participant_leave(participant_id=bob.pk, reason="hangup")
+    assert Meeting.objects.get().ended_at is None
+    services.participant_leave(participant_id=alice.pk, reason="hangup")
+    assert Meeting.objects.get().ended_at is not None
 
 
 def test_the_room_list_counts_the_waiting_apart(conference, make_user):

@@ -13,7 +13,7 @@ import asyncio
 
 import pytest
 
-from conferences import closecodes, consumers
+from conferences import consumers, protocol
 from conferences.consumers import FanOutConsumer
 
 
@@ -80,7 +80,7 @@ async def test_more_than_the_limit_waiting_drops_the_outbox_and_closes_4008(sett
     await settle()
     assert consumer.outbox_closed and consumer.outbox_bytes == 0 and len(consumer.outbox) == 0
     # The close is not stuck behind the send that waits for the client.
-    assert server.closes() == [closecodes.TOO_SLOW]
+    assert server.closes() == [protocol.TOO_SLOW]
     assert "does not read (limit 10000); closing it" in caplog.text
     # Nothing more is kept for it, whatever is handed over later.
     for _ in range(50):
@@ -115,9 +115,9 @@ async def test_close_goes_after_the_frames_handed_over():
     server = StuckServer()
     consumer = socket_with(server)
     await consumer.send(text_data="last words")
-    await consumer.close(closecodes.FORBIDDEN)
+    await consumer.close(protocol.FORBIDDEN)
     assert [m["type"] for m in server.sent] == ["websocket.send", "websocket.close"]
-    assert server.closes() == [closecodes.FORBIDDEN]
+    assert server.closes() == [protocol.FORBIDDEN]
 
 
 async def test_close_waits_for_a_stuck_client_at_most_the_flush_time(monkeypatch):
@@ -127,19 +127,19 @@ async def test_close_waits_for_a_stuck_client_at_most_the_flush_time(monkeypatch
     await consumer.send(text_data="never taken")
     loop = asyncio.get_running_loop()
     started = loop.time()
-    await consumer.close(closecodes.NOT_LOGGED_IN)
+    await consumer.close(protocol.NOT_LOGGED_IN)
     assert 0.15 < loop.time() - started < 1.0
-    assert server.closes() == [closecodes.NOT_LOGGED_IN]
+    assert server.closes() == [protocol.NOT_LOGGED_IN]
 
 
 async def test_a_second_close_sends_nothing():
     server = StuckServer()
     consumer = socket_with(server)
-    await consumer.close(closecodes.FORBIDDEN)
-    await consumer.close(closecodes.SERVER_ERROR)
+    await consumer.close(protocol.FORBIDDEN)
+    await consumer.close(protocol.SERVER_ERROR)
     await consumer.send(text_data="after the close")
     await settle()
-    assert server.closes() == [closecodes.FORBIDDEN] and server.texts() == []
+    assert server.closes() == [protocol.FORBIDDEN] and server.texts() == []
 
 
 async def test_a_send_that_fails_drops_that_sockets_frames_and_raises_nothing():
@@ -159,7 +159,7 @@ async def test_a_close_the_server_refuses_is_not_an_error():
             raise RuntimeError("Unexpected ASGI message 'websocket.close', after sending 'websocket.close'")
 
     consumer = socket_with(Gone())
-    await consumer.close(closecodes.SERVER_ERROR)  # logged at debug, not raised
+    await consumer.close(protocol.SERVER_ERROR)  # logged at debug, not raised
 
 
 @pytest.mark.parametrize("stuck", [1, 5])

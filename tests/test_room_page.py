@@ -183,14 +183,14 @@ def test_russian_page_sends_translated_config(client, conference, superuser):
 
 def test_no_protocol_error_text_or_close_code_is_typed_under_static(client, conference, viewer):
     """Every error a page shows comes from the server, translated (conferences/protocol.py); close codes too."""
-    from conferences import closecodes, protocol
+    from conferences import protocol
 
     scripts = "\n".join(path.read_text() for path in (ROOT / "static").rglob("*.js"))
     for error in protocol.ERRORS:
         assert error not in scripts, error
     assert "could not be changed" not in scripts
-    for name in dir(closecodes):
-        code = getattr(closecodes, name)
+    for name in dir(protocol):
+        code = getattr(protocol, name)
         if isinstance(code, int) and 3000 <= code <= 4999:
             assert str(code) not in scripts, name
     client.force_login(viewer)
@@ -200,7 +200,7 @@ def test_no_protocol_error_text_or_close_code_is_typed_under_static(client, conf
         "not_logged_in": 4401,
     }
     listed = re.search(r'data-close-codes="([^"]*)"', client.get("/").content.decode()).group(1)
-    assert json.loads(html.unescape(listed)) == closecodes.page_config()
+    assert json.loads(html.unescape(listed)) == protocol.close_codes_config()
 
 
 def test_every_action_a_script_sends_is_one_the_server_names(client, conference, moderator):

@@ -1,7 +1,7 @@
 // One reconnecting WebSocket for the live pages (the room page and the room list).
 //
 // It reconnects with backoff (spread, so pages dropped together do not come back together),
-// stops on a refusal (the close codes come from the server: conferences/closecodes.py), retries
+// stops on a refusal (the close codes come from the server: conferences/protocol.py), retries
 // a refusal that passes by itself after the delay the server gave, reconnects at once when the
 // network comes back, and closes cleanly when the page is left (and opens again when it comes
 // back from the back/forward cache). The page says when a connection is live (its first frame)

@@ -87,7 +87,7 @@ if (table) {
 
   const socket = new LiveSocket({
     path: "/ws/conferences/",
-    closeCodes: JSON.parse(table.dataset.closeCodes || "{}"), // conferences/closecodes.py
+    closeCodes: JSON.parse(table.dataset.closeCodes || "{}"), // conferences/protocol.py
     onFrame,
     onState: (state) => {
       if (state !== "connecting") table.dataset.live = "false";

@@ -54,7 +54,7 @@ test("interpolate fills placeholders once and leaves hostile values alone", () =
 });
 
 test("refusal codes stop reconnecting, others do not", () => {
-  // As conferences/closecodes.py page_config() sends them (tests/test_room_page.py checks that side).
+  // As conferences/protocol.py close_codes_config() sends them (tests/test_room_page.py checks that side).
   const codes = { refusals: [4401, 4403, 4404, 4429], retry_after_ms: { 4429: 30000 } };
   assert.equal(room.refusalKey(4401, codes), "refused_4401");
   assert.equal(room.refusalKey(4403, codes), "refused_4403");
