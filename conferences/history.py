@@ -384,6 +384,7 @@ def _refusal_reason(reason):
         "full": _("room full"),
         "wrong PIN": _("wrong PIN"),
         "invalid arguments": _("dialled something that is not a room number"),
+        "too many waiting": _("too many callers waiting"),
     }.get(reason, reason)
 
 

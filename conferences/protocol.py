@@ -100,6 +100,7 @@ ERRORS = (
     gettext_noop("no such waiting caller in this room"),
     gettext_noop("this caller waits for the leader: open the room"),
     gettext_noop("the room is full"),
+    gettext_noop("the caller is already on the way in"),
     gettext_noop("participant missing or invalid"),
     gettext_noop("the caller has already left"),
     gettext_noop("you may not moderate this room"),

@@ -22,6 +22,7 @@ with ``conf-invalid``. The admin role comes only from the channel variable
 """
 
 import asyncio
+import dataclasses
 import logging
 import time
 
@@ -30,7 +31,7 @@ from conferences.ari import pin_throttle, rules, store
 from conferences.ari.calls import ON_THE_WAY_IN, Call, Phase, Registry, Room
 from conferences.ari.client import AriError, AriNotFound
 from conferences.ari.effects import TRANSIENT_DB_ERRORS, DatabaseUnavailable, Effects
-from conferences.ari.rules import is_helper_channel, parse_room_args, role_from_channelvars, role_from_value
+from conferences.ari.rules import ADMIN, is_helper_channel, parse_room_args, role_from_channelvars, role_from_value
 from conferences.models import Participant
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,10 @@ PIN_FIRST_TIMEOUT = 12.0  # seconds to start typing after the prompt began
 PIN_DIGIT_TIMEOUT = 6.0  # seconds between digits
 PROMPT_START_FALLBACK = 15.0  # the PIN timer starts anyway this long after the prompt was asked for
 MAX_PIN_DIGITS = 32
+
+
+# A caller who would wait in a room where rules.MAX_WAITING already wait.
+TOO_MANY_WAITING = rules.Admission.refuse(rules.REFUSAL_SOUNDS["too many waiting"], "too many waiting")
 
 
 class Refusal(services.ServiceError):
@@ -136,7 +141,13 @@ class ConferenceApp:
         number, problem = parse_room_args(args)
         known, room, present = await self.effects.db(store.admission_facts, self.server_id, channel_id, number)
         if known:
+            # Its stay is over, but it is still here: denied, ended or kicked, and the prompt before its
+            # hang-up was cut short by a worker restart.
+            logger.info("server %s: channel %s: its stay is over; hanging up", self.server_id, channel_id)
+            await self.effects.hangup(channel_id)
             return
+        if known is not None:
+            return  # in a room already (the resync looks after it)
         call = Call(
             channel_id=channel_id,
             conference_id=room.conference_id if room else None,
@@ -165,6 +176,9 @@ class ConferenceApp:
         waiting_for = ""
         if decision.verdict == rules.Verdict.ENTER:
             waiting_for = self.waits_for(call, room, present)
+            if waiting_for and self.too_many_waiting(room):
+                await self.refuse(call, TOO_MANY_WAITING, answer=channel.get("state") != "Up")
+                return
             if waiting_for:
                 await self.record_waiting(call, waiting_for)
         # Known to the worker from here on: a database hop that fails before this repeats the whole event.
@@ -396,15 +410,35 @@ class ConferenceApp:
 
     # --- the lobby and the leader ------------------------------------------------------
 
+    def leader_in(self, conference_id):
+        """An admin caller of the room is in its bridge or on the way in (the worker's own calls)."""
+        return any(
+            call.role == rules.ADMIN and call.phase in (Phase.PRESENT, Phase.ENTERING)
+            for call in self.state.in_room(conference_id)
+        )
+
     def waits_for(self, call, facts, present, *, from_lobby=False):
-        started = present + self.state.seats_held(facts.conference_id) > 0
+        """Where a caller who may enter goes (rules.waits_for), from the worker's own calls: a row still
+        says "waiting for the leader" while its caller is on the way into the bridge."""
+        conference_id = facts.conference_id
+        leader_in = self.leader_in(conference_id)
+        facts = dataclasses.replace(
+            facts, leader_waiting=0 if leader_in else len(self.state.waiting(conference_id, rules.LEADER))
+        )
+        started = leader_in or present + self.state.seats_held(conference_id) > 0
         return rules.waits_for(room=facts, role=call.role, started=started, from_lobby=from_lobby)
+
+    def too_many_waiting(self, facts):
+        return facts.waiting >= rules.MAX_WAITING
 
     async def let_in(self, call, facts, present):
         """A caller who may enter (its PIN typed): into the lobby, to wait for the leader, or into the room."""
         waiting_for = self.waits_for(call, facts, present)
         if not waiting_for:
             await self.enter_bridge(call, facts)
+            return
+        if self.too_many_waiting(facts):
+            await self.refuse(call, TOO_MANY_WAITING)
             return
         await self.record_waiting(call, waiting_for)  # first: a database outage repeats the event
         await self.start_waiting(call, facts.moh_class)
@@ -425,7 +459,10 @@ class ConferenceApp:
         await self.ari.start_moh(call.channel_id, moh_class or "default")
 
     async def release(self, call, facts, admitted_by=None):
-        """A waiting caller goes into the room: the music stops, the caller enters the bridge."""
+        """A waiting caller goes into the room: the music stops, the caller enters the bridge.
+
+        When Asterisk refuses (not a hang-up), the caller keeps waiting, with its music.
+        """
         call.admitted_by = admitted_by
         try:
             await self.ari.stop_moh(call.channel_id)
@@ -433,7 +470,18 @@ class ConferenceApp:
             raise
         except AriError as exc:
             logger.info("channel %s: music on hold not stopped (%s)", call.channel_id, exc)
-        await self.enter_bridge(call, facts)
+        try:
+            await self.enter_bridge(call, facts)
+        except AriNotFound:
+            raise
+        except AriError:
+            call.phase, call.admitted_by = Phase.WAITING, None
+            self.state.calls[call.channel_id] = call  # enter_bridge forgot it
+            try:
+                await self.ari.start_moh(call.channel_id, facts.moh_class or "default")
+            except AriError as exc:
+                logger.info("channel %s: music on hold not restarted (%s)", call.channel_id, exc)
+            raise
 
     async def _waiting_call(self, conference, command, waiting_for=None):
         """The waiting caller a command names (one this worker holds): ``(participant id, call)``, or a Refusal."""
@@ -443,17 +491,25 @@ class ConferenceApp:
             raise Refusal("no such waiting caller in this room")
         channel_id, waits = found
         call = self.state.call(channel_id)
+        if call is not None and call.phase == Phase.ENTERING:
+            raise Refusal("the caller is already on the way in")
         if call is None or call.phase != Phase.WAITING:
             raise Refusal("the caller has already left")
         if waiting_for is not None and waits != waiting_for:
             raise Refusal("this caller waits for the leader: open the room")
         return participant_id, call
 
-    async def _admit_one(self, conference, facts, present, participant_id, call, actor_id):
+    async def _room_now(self, conference_id):
+        facts, present = await self.effects.db(store.room_now, conference_id)
+        if facts is None:
+            raise Refusal("no such room")
+        return facts, present + self.state.seats_held(conference_id)
+
+    async def _admit_one(self, facts, taken, participant_id, call, actor_id):
         """Let one caller in from the lobby: into the room, or to wait for the leader. False when the room is full."""
-        if rules.entry_refusal(role=call.role, locked=False, max_participants=facts.max_participants, taken=present):
+        if rules.entry_refusal(role=call.role, locked=False, max_participants=facts.max_participants, taken=taken):
             return False
-        if self.waits_for(call, facts, present, from_lobby=True):
+        if self.waits_for(call, facts, taken, from_lobby=True):
             await self.effects.db(store.to_leader_wait, participant_id, actor_id)
             call.waiting_for = rules.LEADER
             return True
@@ -462,10 +518,8 @@ class ConferenceApp:
 
     async def do_admit(self, conference, command, actor_id):
         participant_id, call = await self._waiting_call(conference, command, rules.LOBBY)
-        facts, present = await self.effects.db(store.room_now, conference.pk)
-        if not await self._admit_one(
-            conference, facts, present + self.state.seats_held(conference.pk), participant_id, call, actor_id
-        ):
+        facts, taken = await self._room_now(conference.pk)
+        if not await self._admit_one(facts, taken, participant_id, call, actor_id):
             raise Refusal("the room is full")
 
     async def do_admit_all(self, conference, command, actor_id):
@@ -473,17 +527,19 @@ class ConferenceApp:
 
     async def _admit_all(self, conference, actor_id):
         """Everyone in the lobby, in arrival order, as far as the room has seats."""
-        facts, present = await self.effects.db(store.room_now, conference.pk)
-        taken = present + self.state.seats_held(conference.pk)
+        facts, taken = await self._room_now(conference.pk)
         refused = 0
         for participant_id, channel_id in await self.effects.db(store.waiting_targets, conference.pk, rules.LOBBY):
             call = self.state.call(channel_id)
             if call is None or call.phase != Phase.WAITING:
-                continue  # hung up meanwhile; its leave is on its way
+                continue  # hung up meanwhile (its leave is on its way), or on its way in already
             try:
-                admitted = await self._admit_one(conference, facts, taken, participant_id, call, actor_id)
+                admitted = await self._admit_one(facts, taken, participant_id, call, actor_id)
             except AriNotFound:
                 continue
+            except AriError as exc:
+                logger.info("conference %s: channel %s not admitted: %s", conference.pk, channel_id, exc)
+                admitted = False
             if not admitted:
                 refused += 1
             elif call.phase == Phase.ENTERING:
@@ -511,50 +567,90 @@ class ConferenceApp:
         await self._admit_all(conference, actor_id)
 
     async def do_open_room(self, conference, command, actor_id):
-        await self.open_room(conference.pk, actor_id)
+        not_in = await self.open_room(conference.pk, actor_id)
+        if not_in:
+            raise Refusal(protocol.callers_not_changed(not_in))
 
     async def open_room(self, conference_id, actor_id=None):
-        """Let in the callers waiting for the leader: the leader is in, or a moderator opened the room."""
+        """Let in the callers waiting for the leader, as far as seats go: the leader is in, or a moderator
+        opened the room. Returns how many could not come in (they keep waiting)."""
         waiting = self.state.waiting(conference_id, rules.LEADER)
         if not waiting:
-            return
-        facts, _present = await self.effects.db(store.room_now, conference_id)
+            return 0
+        facts, present = await self.effects.db(store.room_now, conference_id)
         if facts is None:
-            return
-        await self.effects.db(store.room_opened, conference_id, actor_id, len(waiting))
+            return 0
+        taken = present + self.state.seats_held(conference_id)
+        let_in = []
         for call in waiting:
+            if not rules.entry_refusal(
+                role=call.role, locked=False, max_participants=facts.max_participants, taken=taken
+            ):
+                let_in.append(call)
+                taken += 1
+        await self.effects.db(store.room_opened, conference_id, actor_id, len(let_in))
+        failed = 0
+        for call in let_in:
             try:
                 await self.release(call, facts)
             except AriNotFound:
                 continue  # hung up meanwhile
+            except AriError as exc:
+                logger.info("conference %s: channel %s not let in: %s", conference_id, call.channel_id, exc)
+                failed += 1
+        return len(waiting) - len(let_in) + failed
 
     async def leader_left(self, conference_id):
-        """The room's last leader left: the others stay, are hung up (``end``) or wait again (``wait``)."""
+        """The room's last leader left: the others stay, are hung up (``end``) or wait again (``wait``).
+
+        A leader on its way into the bridge counts as one. The database's
+        facts are read first and its writes come last: a failed hop repeats
+        the event, which then finds the same facts.
+        """
         facts = await self.effects.db(store.leader_left_facts, conference_id)
         if facts is None:
             return
-        when, leaders, others = facts
+        when, leaders, others, moh_class = facts
+        leaders += sum(1 for call in self.state.in_room(conference_id, Phase.ENTERING) if call.role == rules.ADMIN)
         outcome = rules.when_leader_left(when=when, leaders_left=leaders, others=others)
         if outcome == rules.STAY:
             return
-        room = self.state.rooms.get(conference_id)
-        bridge_id = room.bridge_id if room else self.bridge_id(conference_id)
-        calls = [self.state.call(channel_id) for _pk, channel_id in others]
+        logger.info("conference %s: the leader left: %s (%s callers)", conference_id, outcome, len(others))
         if outcome == rules.END:
             await self.effects.db(store.end_with_leader, conference_id, [pk for pk, _channel in others])
+            calls = [self.state.call(channel_id) for _pk, channel_id in others]
             for call in calls:
                 if call is not None:
                     call.phase, call.participant_id = Phase.LEAVING, None
-        else:
-            await self.effects.db(store.wait_for_leader, conference_id, [pk for pk, _channel in others])
-            for call in calls:
-                if call is not None:
-                    call.phase, call.waiting_for, call.talking = Phase.WAITING, rules.LEADER, False
-        moh_class = await self.effects.db(store.moh_class, conference_id)
-        logger.info("conference %s: the leader left: %s (%s callers)", conference_id, outcome, len(others))
+            await self._out_of_the_room(conference_id, others, lambda call: self._ended(call))
+            return
+        await self._back_to_waiting(conference_id, others, moh_class)
 
-        async def out_of_the_room(pk_channel):
-            _pk, channel_id = pk_channel
+    async def _ended(self, call):
+        await self.effects.prompt_then_hangup(call, rules.LEADER_LEFT_SOUND)
+
+    async def _back_to_waiting(self, conference_id, targets, moh_class):
+        """Present callers ``[(participant id, channel id)]`` go back to waiting for the leader, with music."""
+        await self.effects.db(store.wait_for_leader, conference_id, [pk for pk, _channel in targets])
+        for _pk, channel_id in targets:
+            call = self.state.call(channel_id)
+            if call is not None:
+                call.phase, call.waiting_for, call.talking = Phase.WAITING, rules.LEADER, False
+
+        async def music(call):
+            try:
+                await self.ari.start_moh(call.channel_id, moh_class or "default")
+            except AriNotFound:
+                pass
+
+        await self._out_of_the_room(conference_id, targets, music)
+
+    async def _out_of_the_room(self, conference_id, targets, then):
+        """Take callers out of the room's bridge (they stay in the application), then ``then(call)`` for each."""
+        room = self.state.rooms.get(conference_id)
+        bridge_id = room.bridge_id if room else self.bridge_id(conference_id)
+
+        async def one(channel_id):
             try:
                 await self.ari.remove_channel(bridge_id, channel_id)
             except AriNotFound:
@@ -562,17 +658,10 @@ class ConferenceApp:
             except AriError as exc:
                 logger.info("channel %s: not removed from %s (%s)", channel_id, bridge_id, exc)
             call = self.state.call(channel_id)
-            if call is None:
-                return
-            if outcome == rules.END:
-                await self.effects.prompt_then_hangup(call, rules.LEADER_LEFT_SOUND)
-            else:
-                try:
-                    await self.ari.start_moh(channel_id, moh_class or "default")
-                except AriNotFound:
-                    pass
+            if call is not None:
+                await then(call)
 
-        await asyncio.gather(*(out_of_the_room(item) for item in others))
+        await asyncio.gather(*(one(channel_id) for _pk, channel_id in targets))
 
     # --- into the bridge -------------------------------------------------------------
 
@@ -643,6 +732,10 @@ class ConferenceApp:
         self.state.calls[channel_id] = call
         if call.role == rules.ADMIN:
             await self.open_room(conference_id)  # the leader is in
+        elif self.state.waiting(conference_id, rules.LEADER) and not self.leader_in(conference_id):
+            # Let in while the leader left meanwhile (when_leader_leaves: wait): it waits with the others.
+            moh_class = await self.effects.db(store.moh_class, conference_id)
+            await self._back_to_waiting(conference_id, [(participant_id, channel_id)], moh_class)
 
     async def _left(self, channel_id, *, from_bridge=False):
         """A caller's stay ended: it left the bridge (``from_bridge``), the application, or the PBX."""
@@ -921,6 +1014,16 @@ class ConferenceApp:
             self.state.rooms.pop(self.conference_id_of_bridge(bridge_id), None)
         for conference_id in list(self.state.rooms):
             await self.apply_moh(conference_id)  # moh None: the rule applied afresh
+
+        # The leader's rules for what happened while the worker was away: a leader found in its room lets
+        # in those waiting for it; a leader gone (lost) is a leader who left.
+        for conference_id in {call.conference_id for call in self.state.calls.values() if call.phase == Phase.WAITING}:
+            if self.leader_in(conference_id):
+                await self.open_room(conference_id)
+        lost = set(plan.lost)
+        left_by_leader = {row.conference_id for row in present if row.participant_id in lost and row.role == ADMIN}
+        for conference_id in left_by_leader:
+            await self.leader_left(conference_id)
 
         readmitted = 0
         for channel, args in plan.readmit:

@@ -125,7 +125,8 @@ class RoomFacts:
     wait_for_leader: bool = False
     when_leader_leaves: str = "stay"
     moh_class: str = "default"
-    leader_waiting: int = 0  # callers waiting for the leader right now
+    waiting: int = 0  # callers waiting in the room (the lobby, or for the leader)
+    leader_waiting: int = 0  # callers waiting for the leader right now (the worker's count)
 
 
 class Verdict(StrEnum):
@@ -151,7 +152,12 @@ ENTER = Admission(Verdict.ENTER)
 ASK_PIN = Admission(Verdict.ASK_PIN)
 
 # The prompt each refusal plays (Asterisk's core sounds).
-REFUSAL_SOUNDS = {"locked": "conf-locked", "full": "conf-locked", "wrong PIN": "conf-invalidpin"}
+REFUSAL_SOUNDS = {
+    "locked": "conf-locked",
+    "full": "conf-locked",
+    "wrong PIN": "conf-invalidpin",
+    "too many waiting": "conf-locked",
+}
 
 
 def admission(*, problem, room, role, taken):
@@ -186,6 +192,7 @@ def after_pin(*, room, role, taken):
 LOBBY = "lobby"  # waits for a moderator to admit it
 LEADER = "leader"  # waits for a leader (an admin caller) or a moderator's open_room
 STAY, END, WAIT = "stay", "end", "wait"  # Conference.when_leader_leaves
+MAX_WAITING = 100  # callers waiting in one room at most: a flood of calls into a lobby is turned away
 DENIED_SOUNDS = ("im-sorry", "goodbye")  # to a caller turned away from the lobby, before the hang-up
 LEADER_LEFT_SOUND = "conf-leaderhasleft"  # to the others when the room ends with its leader
 
@@ -316,6 +323,7 @@ class PresentRow:
     channel_id: str
     conference_id: int
     talking: bool
+    role: str = PARTICIPANT
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,12 @@ costs one hop where it can; writes go through conferences.services, the one
 write path.
 """
 
+from django.db import transaction
 from django.db.models import Q
 
 from conferences import services
 from conferences.ari import rules
-from conferences.models import Conference, ConferenceEvent, Participant
+from conferences.models import Conference, ConferenceEvent, Participant, present_filter
 
 
 def room_directory(server_id):
@@ -20,7 +21,8 @@ def room_directory(server_id):
 
 
 def room_facts(conference):
-    """A room's RoomFacts, with how many wait for its leader right now."""
+    """A room's RoomFacts, with how many wait in it right now (the worker counts those waiting for the
+    leader from its own calls: a row still says waiting while its caller is on the way in)."""
     return rules.RoomFacts(
         conference_id=conference.pk,
         number=conference.number,
@@ -31,15 +33,20 @@ def room_facts(conference):
         wait_for_leader=conference.wait_for_leader,
         when_leader_leaves=conference.when_leader_leaves,
         moh_class=conference.moh_class,
-        leader_waiting=Participant.objects.waiting()
-        .filter(conference_id=conference.pk, waiting_for=Participant.WaitingFor.LEADER)
-        .count(),
+        waiting=Participant.objects.waiting().filter(conference_id=conference.pk).count(),
     )
 
 
 def admission_facts(server_id, channel_id, number):
-    """For a caller entering the application: ``(already a participant, RoomFacts or None, present count)``."""
-    known = Participant.objects.filter(server_id=server_id, channel_id=channel_id).exists()
+    """For a caller entering the application: ``(known, RoomFacts or None, present count)``.
+
+    ``known``: None for a channel the database does not know, else whether its stay is over (a
+    channel denied, ended or kicked whose prompt a worker restart cut short: to be hung up).
+    """
+    left_at = list(
+        Participant.objects.filter(server_id=server_id, channel_id=channel_id).values_list("left_at", flat=True)[:1]
+    )
+    known = left_at[0] is not None if left_at else None
     conference = Conference.objects.filter(server_id=server_id, number=number).first() if number else None
     if conference is None:
         return known, None, 0
@@ -181,15 +188,18 @@ def waiting_targets(conference_id, waiting_for):
 
 def leader_left_facts(conference_id):
     """After a leader left: ``(when_leader_leaves, leaders still present, [(participant id, channel id)] of the
-    other present callers)``; None when the room is gone."""
-    when = Conference.objects.filter(pk=conference_id).values_list("when_leader_leaves", flat=True).first()
-    if when is None:
+    other present callers, music on hold class)``; None when the room is gone. Read before any write: the
+    writes are the last hop (a failed one repeats the whole event, which then reads the same)."""
+    row = Conference.objects.filter(pk=conference_id).values_list("when_leader_leaves", "moh_class").first()
+    if row is None:
         return None
+    when, moh = row
     present = list(
         Participant.objects.present().filter(conference_id=conference_id).values_list("pk", "channel_id", "role")
     )
     leaders = sum(1 for _pk, _channel, role in present if role == Participant.Role.ADMIN)
-    return when, leaders, [(pk, channel_id) for pk, channel_id, role in present if role != Participant.Role.ADMIN]
+    others = [(pk, channel_id) for pk, channel_id, role in present if role != Participant.Role.ADMIN]
+    return when, leaders, others, moh
 
 
 def deny(participant_id, actor_id):
@@ -204,6 +214,13 @@ def to_leader_wait(participant_id, actor_id):
 
 def end_with_leader(conference_id, participant_ids):
     """The room ends with its leader: the others' stays end (``ended``), and one entry for the room."""
+    with transaction.atomic():
+        # Every participant's row before the room's (each leave locks the room): the services' lock order.
+        list(Participant.objects.select_for_update().filter(pk__in=list(participant_ids)).order_by("pk"))
+        _end_each(conference_id, participant_ids)
+
+
+def _end_each(conference_id, participant_ids):
     for participant_id in participant_ids:
         services.participant_leave(participant_id=participant_id, reason=Participant.LeftReason.ENDED)
     services.conference_record(conference_id=conference_id, kind=ConferenceEvent.Kind.ROOM_ENDED)
@@ -241,8 +258,9 @@ def target(conference_id, participant_id):
     """``(channel id, role, left)`` of a participant of the room, or None when it is not one of the room's."""
     if not isinstance(participant_id, int) or isinstance(participant_id, bool):
         return None
-    row = (
-        Participant.objects.filter(pk=participant_id, conference_id=conference_id)
+    row = (  # present only: a caller waiting (in the lobby, or again for the leader) is no target
+        Participant.objects.filter(present_filter() | Q(left_at__isnull=False), pk=participant_id)
+        .filter(conference_id=conference_id)
         .values_list("channel_id", "role", "left_at")
         .first()
     )
@@ -282,10 +300,12 @@ def resync_facts(server_id, channel_ids):
     """What a resync compares with Asterisk: present rows, the server's rooms, channels the database knows,
     waiting rows."""
     present = [
-        rules.PresentRow(participant_id=pk, channel_id=channel_id, conference_id=conference_id, talking=talking)
-        for pk, channel_id, conference_id, talking in Participant.objects.present()
+        rules.PresentRow(
+            participant_id=pk, channel_id=channel_id, conference_id=conference_id, talking=talking, role=role
+        )
+        for pk, channel_id, conference_id, talking, role in Participant.objects.present()
         .filter(server_id=server_id)
-        .values_list("pk", "channel_id", "conference_id", "talking")
+        .values_list("pk", "channel_id", "conference_id", "talking", "role")
     ]
     conference_ids = set(Conference.objects.filter(server_id=server_id).values_list("pk", flat=True))
     known = set(
