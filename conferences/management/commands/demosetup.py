@@ -1,4 +1,5 @@
-"""`make demo`'s data: the sandbox server, two rooms and a demo account (its password printed on every run)."""
+"""`make demo`'s data: the sandbox server, three rooms (one with a lobby) and a demo account (its password
+printed on every run)."""
 
 import secrets
 
@@ -10,13 +11,14 @@ from django.utils.translation import gettext as _
 from conferences.models import AsteriskServer, Conference
 
 ROOMS = (
-    ("100", "daily", "Daily stand-up"),
-    ("200", "support", "Support line"),
+    ("100", "daily", "Daily stand-up", {}),
+    ("200", "support", "Support line", {}),
+    ("300", "board", "Board meeting", {"lobby": True}),  # its callers wait for the demo user to admit them
 )
 
 
 class Command(BaseCommand):
-    help = "Set up the demo: the ARI_URL server, rooms 100 and 200, and a 'demo' superuser with a new password."
+    help = "Set up the demo: the ARI_URL server, rooms 100, 200 and 300 (lobby), and a 'demo' superuser."
 
     def add_arguments(self, parser):
         parser.add_argument("--username", default="demo")
@@ -27,10 +29,10 @@ class Command(BaseCommand):
         server = AsteriskServer.objects.sync_default_from_settings()
         if server is None:
             raise CommandError("ARI_URL is not set: the demo needs the sandbox Asterisk (scripts/demo sets it).")
-        for number, slug, name in ROOMS:
+        for number, slug, name, settings in ROOMS:
             room = Conference.objects.filter(server=server, number=number).first()
             if room is None:
-                Conference.objects.create(server=server, number=number, slug=slug, name=name)
+                Conference.objects.create(server=server, number=number, slug=slug, name=name, **settings)
         User = get_user_model()
         password = secrets.token_urlsafe(9)
         user = User.objects.filter(username=username).first() or User(username=username)
@@ -39,7 +41,8 @@ class Command(BaseCommand):
         user.save()
         lines = [
             "",
-            _("The demo is ready: simulated callers come, go and talk in two rooms."),
+            _("The demo is ready: simulated callers come, go and talk in three rooms."),
+            _("In the Board meeting they wait in its lobby until you admit them."),
             _("Open %(url)s/ and log in:") % {"url": url.rstrip("/")},
             f"    username: {username}",
             f"    password: {password}",
