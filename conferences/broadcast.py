@@ -58,6 +58,7 @@ def participant_state(participant):
         "muted": participant.muted,
         "mute_source": (participant.mute_source or None) if participant.muted else None,
         "talking": participant.talking,
+        "talk_seconds": round(participant.talk_seconds or 0.0, 1),
         "moh": participant.moh,
         "hand_raised": participant.hand_raised,
         "hand_raised_at": _iso(participant.hand_raised_at),

@@ -66,6 +66,7 @@ class Attendee:
     caller_name: str
     caller_number: str
     present: timedelta = timedelta(0)
+    talked: timedelta = timedelta(0)  # talk detection's seconds, summed over the stays
     stays: int = 0
     kicked: bool = False
     lost: bool = False
@@ -74,6 +75,10 @@ class Attendee:
     @property
     def present_display(self):
         return format_duration(self.present)
+
+    @property
+    def talked_display(self):
+        return format_duration(self.talked)
 
 
 @dataclass
@@ -112,9 +117,10 @@ class _Stay:
     left_reason: str
     caller_name: str
     caller_number: str
+    talk_seconds: float = 0.0
 
 
-STAY_FIELDS = ("joined_at", "left_at", "left_reason", "caller_name", "caller_number")
+STAY_FIELDS = ("joined_at", "left_at", "left_reason", "caller_name", "caller_number", "talk_seconds")
 
 
 def _get(row, name):
@@ -133,6 +139,7 @@ def _stay(row, now):
         left_reason=_get(row, "left_reason") or "",
         caller_name=_get(row, "caller_name") or "",
         caller_number=_get(row, "caller_number") or "",
+        talk_seconds=float(_get(row, "talk_seconds") or 0.0),
     )
 
 
@@ -163,6 +170,7 @@ def _attendees(stays):
             person = people[key] = (Attendee(caller_name=stay.caller_name, caller_number=stay.caller_number), [])
         attendee, intervals = person
         attendee.stays += 1
+        attendee.talked += timedelta(seconds=stay.talk_seconds)
         attendee.caller_name = stay.caller_name or attendee.caller_name
         attendee.kicked |= stay.left_reason == LeftReason.KICKED
         attendee.lost |= stay.left_reason == LeftReason.LOST
@@ -495,6 +503,7 @@ ATTENDANCE_CSV_HEADER = [
     "caller_number",
     "role",
     "left_reason",
+    "seconds_talked",  # added last: readers of the earlier columns keep their places
 ]
 FORMULA_START = ("=", "+", "-", "@")
 
@@ -554,6 +563,7 @@ def _attendance_cells(row):
             row["caller_number"],
             row["role"],
             row["left_reason"],
+            f"{row['talk_seconds'] or 0:.1f}",
         )
     ]
 
@@ -640,7 +650,7 @@ def _timeline_csv(request, conference, events):
 
 def _attendance_csv(request, conference, meeting):
     rows = Participant.objects.filter(meeting=meeting).values(
-        "pk", "joined_at", "left_at", "caller_name", "caller_number", "role", "left_reason"
+        "pk", "joined_at", "left_at", "caller_name", "caller_number", "role", "left_reason", "talk_seconds"
     )
     export = _Export(rows, "joined_at", descending=False, header=ATTENDANCE_CSV_HEADER, cells=_attendance_cells)
     return _csv_response(request, export, f"{conference.slug}-meeting-{meeting.pk}-attendance.csv")

@@ -403,6 +403,9 @@ class Participant(models.Model):
         _("muted by"), max_length=16, choices=MuteSource.choices, blank=True, default="", db_default=""
     )
     talking = models.BooleanField(_("talking"), default=False)
+    # Seconds talked in this stay: each talking stretch's length as talk detection measured it, added
+    # when the stretch ends (a stretch still open at the leave is closed then).
+    talk_seconds = models.FloatField(_("seconds talked"), default=0.0, db_default=0.0)
     moh = models.BooleanField(_("music on hold"), default=False)
     hand_raised = models.BooleanField(_("hand raised"), default=False, db_default=False)
     hand_raised_at = models.DateTimeField(_("hand raised at"), null=True, blank=True)

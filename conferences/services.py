@@ -265,7 +265,7 @@ def participants_wait_for_leader(*, conference_id, participant_ids):
 LEAVE_KINDS = {Participant.LeftReason.KICKED: Kind.KICKED, Participant.LeftReason.DENIED: Kind.DENIED}
 
 
-def participant_leave(*, participant_id, reason, actor_id=None):
+def participant_leave(*, participant_id, reason, actor_id=None, talked=0.0):
     """Record that a participant left the room or its lobby (hangup, kicked, lost, denied, ended).
 
     Returns the participant, or ``None`` when it had left already.
@@ -285,7 +285,8 @@ def participant_leave(*, participant_id, reason, actor_id=None):
         participant.left_reason = reason
         participant.talking = False
         participant.moh = False
-        participant.save(update_fields=["left_at", "left_reason", "talking", "moh"])
+        participant.talk_seconds += max(0.0, talked)  # a talking stretch still open at the leave
+        participant.save(update_fields=["left_at", "left_reason", "talking", "moh", "talk_seconds"])
         _record(
             participant.conference_id,
             LEAVE_KINDS.get(reason, Kind.LEFT),
@@ -321,10 +322,11 @@ STATE_FIELDS = (
     *FLAGS,
     "mute_source",
     "hand_raised_at",
+    "talk_seconds",
 )
 
 
-def _quick_update(participant_ids, changes):
+def _quick_update(participant_ids, changes, add=None):
     """Set flags nobody audits (talking, music on hold, mute all's mutes) in one statement.
 
     Returns the new state of each present participant whose flags changed (as
@@ -338,13 +340,17 @@ def _quick_update(participant_ids, changes):
     """
     if not participant_ids:
         return []
+    add = {field: value for field, value in (add or {}).items() if value}
     quote = connection.ops.quote_name
     columns = [Participant._meta.get_field(name).column for name in STATE_FIELDS]
-    sets = ", ".join(f"{quote(field)} = %s" for field in changes)
+    sets = ", ".join(
+        [f"{quote(field)} = %s" for field in changes] + [f"{quote(field)} = {quote(field)} + %s" for field in add]
+    )
     compared = {field: value for field, value in changes.items() if value is not None}
     differs = " OR ".join(
         [f"{quote(field)} <> %s" for field in compared]
         + [f"{quote(field)} IS NOT NULL" for field, value in changes.items() if value is None]
+        + ["1 = 1"] * bool(add)  # an addition always changes the row
     )
     ids = ", ".join(["%s"] * len(participant_ids))
     sql = (
@@ -353,7 +359,7 @@ def _quick_update(participant_ids, changes):
         f"RETURNING {', '.join(map(quote, columns))}"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*changes.values(), *participant_ids, *compared.values()])
+        cursor.execute(sql, [*changes.values(), *add.values(), *participant_ids, *compared.values()])
         rows = cursor.fetchall()
     return sorted((_participant_from_row(row) for row in rows), key=lambda participant: participant.pk)
 
@@ -362,6 +368,7 @@ def _participant_from_row(row):
     fields = dict(zip(STATE_FIELDS, row, strict=True))
     for name in FLAGS:
         fields[name] = bool(fields[name])
+    fields["talk_seconds"] = float(fields["talk_seconds"] or 0)
     for name in ("joined_at", "hand_raised_at"):
         value = fields[name]
         if isinstance(value, str):  # SQLite hands back the stored text
@@ -418,6 +425,18 @@ def participant_update(*, participant_id, actor_id=None, audit=True, by_self=Fal
             _record(current.conference_id, Kind.MUTED, participant=current, actor_id=actor_id)
         _emit_participant(current.conference_id, protocol.PARTICIPANT_UPDATED, current)
     return current
+
+
+def participant_talked(*, participant_id, seconds):
+    """A talking stretch of a present participant ended: it no longer talks, and talked ``seconds`` more.
+
+    The quick path (one statement); returns the new state, or None when it is not present.
+    """
+    with transaction.atomic():
+        for updated in _quick_update([participant_id], {"talking": False}, add={"talk_seconds": max(0.0, seconds)}):
+            _emit_participant(updated.conference_id, protocol.PARTICIPANT_UPDATED, updated)
+            return updated
+    return None
 
 
 def participants_set_muted(*, conference_id, participant_ids, muted, actor_id=None):

@@ -51,6 +51,7 @@ def conference_detail(request, slug):
         "nobody": _("Nobody is in this room."),
         "no_events": _("No events yet."),
         "talking": _("talking"),
+        "talked": _("talked %(duration)s"),
         "muted": _("muted"),
         "muted_self": _("muted (by themself)"),
         "muted_moderator": _("muted by a moderator"),

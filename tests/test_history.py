@@ -800,7 +800,16 @@ def test_a_meeting_with_more_stays_than_shown_says_it_is_cut(logged_in, conferen
     rows = csv_rows(logged_in.get(URL, {"format": "csv", "meeting": cut.pk}))
     assert rows[0] == history.ATTENDANCE_CSV_HEADER
     assert [row[3] for row in rows[1:]] == ["Host"] + [f"Guest {index}" for index in range(5)]
-    assert rows[1] == ["2025-03-01T09:00:00Z", "2025-03-01T15:00:00Z", "21600", "Host", "100", "participant", "lost"]
+    assert rows[1] == [
+        "2025-03-01T09:00:00Z",
+        "2025-03-01T15:00:00Z",
+        "21600",
+        "Host",
+        "100",
+        "participant",
+        "lost",
+        "0.0",
+    ]
     assert rows[2] == [
         "2025-03-01T10:00:00Z",
         "2025-03-01T10:30:00Z",
@@ -809,6 +818,7 @@ def test_a_meeting_with_more_stays_than_shown_says_it_is_cut(logged_in, conferen
         "200",
         "participant",
         "hangup",
+        "0.0",
     ]
 
 
@@ -855,7 +865,7 @@ async def test_meeting_csv_streams_asynchronously_under_asgi(async_client, viewe
     body = b"".join([chunk async for chunk in response.streaming_content]).decode()
     assert body.splitlines() == [
         ",".join(history.ATTENDANCE_CSV_HEADER),
-        "2025-03-01T10:00:00Z,,,Alice,201,participant,",
+        "2025-03-01T10:00:00Z,,,Alice,201,participant,,0.0",
     ]
 
 

@@ -39,6 +39,7 @@ def test_a_talking_update_broadcasts_the_whole_state(conference, make_participan
         "status": "present",
         "waiting_for": None,
         "joined_at": joined.isoformat(),
+        "talk_seconds": 0.0,
         "muted": False,
         "mute_source": None,
         "talking": True,

@@ -59,6 +59,7 @@ class Call:
     participant_id: int | None = None
     moh: bool = False
     talking: bool = False  # as talk detection last said
+    talking_since: float | None = None  # time.monotonic() of the ChannelTalkingStarted of an open stretch
     kicked: bool = False
     kicked_by: int | None = None
     # The keypad during the call: the room's sequences (read at the first key), the keys typed since,

@@ -746,7 +746,10 @@ class ConferenceApp:
         if call is not None and call.kicked:
             reason, actor_id = Participant.LeftReason.KICKED, call.kicked_by
         leader = call is not None and call.phase == Phase.PRESENT and call.role == rules.ADMIN
-        await self.effects.db(store.record_leave, self.server_id, channel_id, reason, actor_id)
+        talked = self.open_stretch(call)
+        await self.effects.db(store.record_leave, self.server_id, channel_id, reason, actor_id, talked)
+        if call is not None:
+            call.talking, call.talking_since = False, None
         if leader:
             await self.leader_left(call.conference_id)  # a failed hop repeats the event: the call is still PRESENT
         if call is not None:
@@ -782,8 +785,20 @@ class ConferenceApp:
         call = self.state.call((event.get("channel") or {}).get("id"))
         if call is None or call.phase != Phase.PRESENT or call.participant_id is None:
             return
-        await self.effects.db(store.update, call.participant_id, talking=talking)
-        call.talking = talking
+        now = time.monotonic()
+        if talking:
+            await self.effects.db(store.update, call.participant_id, talking=True)
+            call.talking, call.talking_since = True, now
+            return
+        seconds = rules.talk_stretch(event.get("duration"), call.talking_since, now)
+        await self.effects.db(store.talked, call.participant_id, seconds)
+        call.talking, call.talking_since = False, None
+
+    def open_stretch(self, call):
+        """The seconds of the call's talking stretch still open (0 when it is not talking)."""
+        if call is None or not call.talking:
+            return 0.0
+        return rules.talk_stretch(None, call.talking_since, time.monotonic())
 
     async def on_BridgeDestroyed(self, event):
         conference_id = self.conference_id_of_bridge((event.get("bridge") or {}).get("id"))
@@ -917,7 +932,9 @@ class ConferenceApp:
         call = self.state.call(channel_id)
         if call is not None and call.talking:
             await self.effects.talk_detect_afresh(channel_id)
-            call.talking = False
+            if call.participant_id is not None:  # the stretch ends here: no ChannelTalkingFinished comes
+                await self.effects.db(store.talked, call.participant_id, self.open_stretch(call))
+            call.talking, call.talking_since = False, None
 
     async def _unmute(self, channel_id):
         await self.ari.unmute(channel_id, "in")

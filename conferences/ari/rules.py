@@ -302,6 +302,21 @@ KEYPAD_SOUNDS = {
 }
 
 
+MAX_TALK_STRETCH = 24 * 3600.0  # seconds: a longer "duration" from Asterisk is no measurement
+
+
+def talk_stretch(duration_ms, since, now):
+    """The seconds a talking stretch lasted: Asterisk's ``duration`` (ms) of ChannelTalkingFinished when it
+    is a plausible number, else the worker's own clock from ChannelTalkingStarted (0 without one)."""
+    if isinstance(duration_ms, int | float) and not isinstance(duration_ms, bool):
+        seconds = duration_ms / 1000.0
+        if 0.0 <= seconds <= MAX_TALK_STRETCH:  # NaN fails both
+            return seconds
+    if since is None:
+        return 0.0
+    return min(max(0.0, now - since), MAX_TALK_STRETCH)
+
+
 def moh_wanted(participants_in_bridge):
     """Music on hold plays to a room's bridge when exactly one participant is in it."""
     return len(participants_in_bridge) == 1

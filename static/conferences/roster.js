@@ -114,7 +114,11 @@ export class Roster {
     parts.number = cell("cell-number", 1);
     parts.time = element("time");
     cell("cell-joined", 2).append(parts.time);
-    parts.duration = cell("cell-duration", 3);
+    const durationCell = cell("cell-duration", 3);
+    parts.duration = element("span");
+    parts.talked = element("small", "talked"); // the stay's talk time (talk_seconds), once there is some
+    parts.talked.dataset.role = "talked";
+    durationCell.append(parts.duration, parts.talked);
     const stateCell = cell("cell-state", 4);
     parts.talking = element("span", "talking-indicator");
     parts.talking.dataset.role = "talking";
@@ -146,6 +150,9 @@ export class Roster {
     setText(parts.number, p.caller_number || "");
     setTime(parts.time, p.joined_at, this.formatTime);
     setText(parts.duration, formatDuration(Date.now() - Date.parse(p.joined_at)));
+    const talked = Number(p.talk_seconds) || 0;
+    parts.talked.hidden = talked < 1;
+    setText(parts.talked, talked < 1 ? "" : t("talked", { duration: formatDuration(talked * 1000) }));
     parts.talking.hidden = !p.talking;
     tr.dataset.handRaised = String(Boolean(p.hand_raised));
     const hand = handPosition(state.participants, p);

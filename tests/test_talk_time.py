@@ -1,0 +1,113 @@
+"""Talk time: each talking stretch's length summed per stay (``talk_seconds``), live and in the history.
+
+The rules and the handlers with a recording fake ARI; tests/test_talk_time_live.py measures a far end
+that talks for a known time on the sandbox.
+"""
+
+import math
+from datetime import timedelta
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.utils import timezone
+
+from conferences import broadcast, history, services
+from conferences.ari import rules
+from conferences.models import Participant
+from tests.test_lobby_handlers import channel, enter, leave, new_app, start
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.mark.parametrize(
+    ("duration", "since", "now", "expected"),
+    [
+        (2500, None, 10.0, 2.5),  # Asterisk's measurement
+        (0, 5.0, 10.0, 0.0),
+        (None, 4.0, 10.0, 6.0),  # no duration: the worker's own clock
+        ("2500", 4.0, 10.0, 6.0),  # not a number
+        (-5, 4.0, 10.0, 6.0),
+        (math.nan, 4.0, 10.0, 6.0),
+        (1e12, 4.0, 10.0, 6.0),  # years: no measurement
+        (True, 4.0, 10.0, 6.0),
+        (None, None, 10.0, 0.0),  # nothing known
+        (None, 20.0, 10.0, 0.0),  # a clock that went back
+    ],
+)
+def test_a_talking_stretch(duration, since, now, expected):
+    assert rules.talk_stretch(duration, since, now) == expected
+
+
+def talking(channel_id, started, duration=None):
+    event = {"type": "ChannelTalkingStarted" if started else "ChannelTalkingFinished", "channel": channel(channel_id)}
+    if duration is not None:
+        event["duration"] = duration
+    return event
+
+
+@sync_to_async
+def seconds(channel_id):
+    return Participant.objects.get(channel_id=channel_id).talk_seconds
+
+
+async def test_stretches_add_up_in_the_stay_and_on_the_pages(server, make_conference, monkeypatch):
+    frames = []
+    monkeypatch.setattr(broadcast, "send_to_room", lambda conference_id, frame: frames.append(frame))
+    app = new_app(server)
+    room = await sync_to_async(make_conference)("320")
+    await app.process_event(start("A", "320"))
+    await enter(app, room, "A", ["A"])
+    await app.process_event(talking("A", True))
+    await app.process_event(talking("A", False, duration=1500))
+    await app.process_event(talking("A", True))
+    await app.process_event(talking("A", False, duration=2250))
+    assert await seconds("A") == pytest.approx(3.75)
+    states = [(f["participant"]["talking"], f["participant"]["talk_seconds"]) for f in frames if "participant" in f]
+    talk = [state for i, state in enumerate(states) if i == 0 or state != states[i - 1]]  # music on hold aside
+    assert talk[talk.index((True, 0.0)) :] == [(True, 0.0), (False, 1.5), (True, 1.5), (False, 3.8)]
+    # A bogus finish (no stretch open, a nonsense duration) adds nothing.
+    await app.process_event(talking("A", False, duration="lots"))
+    assert await seconds("A") == pytest.approx(3.75)
+
+
+async def test_a_stretch_still_open_is_closed_at_the_leave_and_at_a_moderators_mute(server, make_conference):
+    app = new_app(server)
+    room = await sync_to_async(make_conference)("321")
+    for channel_id in ("A", "B"):
+        await app.process_event(start(channel_id, "321"))
+    await enter(app, room, "A", ["A"])
+    await enter(app, room, "B", ["A", "B"])
+    await app.process_event(talking("A", True))
+    app.state.call("A").talking_since -= 4.0  # talking for four seconds now
+    await leave(app, room, "A", ["B"])
+    assert await seconds("A") == pytest.approx(4.0, abs=0.5)
+
+    await app.process_event(talking("B", True))
+    app.state.call("B").talking_since -= 2.0
+    b = await sync_to_async(lambda: Participant.objects.get(channel_id="B").pk)()
+    assert await app.handle_command({"action": "mute", "conference_id": room.pk, "participant_id": b}) == (True, None)
+    assert await seconds("B") == pytest.approx(2.0, abs=0.5)  # no ChannelTalkingFinished comes after a mute
+
+
+def test_the_attendance_and_its_csv_count_the_time_talked(conference, make_participant, admin_client):
+    now = timezone.now()
+    stays = [
+        {"joined_at": now - timedelta(minutes=10), "left_at": now - timedelta(minutes=5), "left_reason": "hangup",
+         "caller_name": "Ann", "caller_number": "201", "talk_seconds": 30.4},
+        {"joined_at": now - timedelta(minutes=5), "left_at": now, "left_reason": "hangup",
+         "caller_name": "Ann", "caller_number": "201", "talk_seconds": 29.6},
+    ]  # fmt: skip
+    [meeting] = history.meetings(stays, now)
+    [ann] = meeting.attendees
+    assert ann.talked == timedelta(seconds=60) and ann.talked_display == "0:01:00"
+    services.participant_join(conference_id=conference.pk, channel_id="c1", caller_name="Bob", caller_number="202")
+    bob = Participant.objects.get(channel_id="c1")
+    services.participant_talked(participant_id=bob.pk, seconds=12.25)
+    services.participant_leave(participant_id=bob.pk, reason="hangup", talked=0.5)
+    assert Participant.objects.get(pk=bob.pk).talk_seconds == pytest.approx(12.75)
+    response = admin_client.get(f"/conferences/{conference.slug}/history/")
+    assert b'data-role="talked">0:00:12<' in response.content
+    meeting_id = bob.meeting_id
+    csv = b"".join(admin_client.get(f"/conferences/{conference.slug}/history/?meeting={meeting_id}&format=csv"))
+    header, row = csv.decode().splitlines()[:2]
+    assert header.split(",")[-1] == "seconds_talked" and row.split(",")[-1] == "12.8"
