@@ -12,6 +12,7 @@ from conferences.models import (
     ConferenceAccess,
     ConferenceEvent,
     Participant,
+    Recording,
     present_filter,
 )
 
@@ -191,6 +192,14 @@ class ParticipantAdmin(ReadOnlyAdmin):
     search_fields = ["caller_name", "caller_number", "channel_id", "conference__name", "conference__number"]
     list_select_related = ["conference"]
     date_hierarchy = "joined_at"
+
+
+@admin.register(Recording)
+class RecordingAdmin(ReadOnlyAdmin):
+    list_display = ["started_at", "conference", "state", "duration", "size", "started_by", "stopped_at"]
+    list_filter = ["state", "conference"]
+    list_select_related = ["conference", "started_by"]
+    date_hierarchy = "started_at"
 
 
 @admin.register(ConferenceEvent)

@@ -107,7 +107,8 @@ def conference_state(conference, participant_count, waiting_count=0):
         "lobby": conference.lobby,
         "wait_for_leader": conference.wait_for_leader,
         "when_leader_leaves": conference.when_leader_leaves,
-        "recording": False,  # recording comes with its own issue (16)
+        "recording": conference.recording,
+        "record_mode": conference.record_mode,
         "participant_count": participant_count,
         "waiting_count": waiting_count,
     }

@@ -3,7 +3,7 @@
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
-from django.core.validators import RegexValidator
+from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
 from django.urls import reverse
@@ -112,6 +112,15 @@ class AsteriskServer(models.Model):
 class Conference(models.Model):
     """A conference room: callers dial ``number`` on ``server``; the page lives at ``slug``."""
 
+    class RecordMode(models.TextChoices):
+        NEVER = "never", _("never")
+        ON_DEMAND = "on_demand", _("when a moderator starts it")
+        ALWAYS = "always", _("always (from the first caller in)")
+
+    class RecordDownload(models.TextChoices):
+        MODERATORS = "moderators", _("moderators")
+        VIEWERS = "viewers", _("viewers and moderators")
+
     class LeaderLeaves(models.TextChoices):
         STAY = "stay", _("the others stay")
         END = "end", _("the room ends: the others are hung up")
@@ -176,6 +185,33 @@ class Conference(models.Model):
         db_default=LeaderLeaves.STAY,
         help_text=_("A leader is an admin caller."),
     )
+    record_mode = models.CharField(
+        _("recording"),
+        max_length=16,
+        choices=RecordMode.choices,
+        default=RecordMode.ON_DEMAND,
+        db_default=RecordMode.ON_DEMAND,
+    )
+    record_announcement = models.CharField(
+        _("recording announcement"),
+        max_length=64,
+        default="conf-now-recording",
+        db_default="conf-now-recording",
+        validators=[RegexValidator(r"^[A-Za-z0-9_/-]+$", _("An Asterisk sound name, e.g. conf-now-recording."))],
+        help_text=_("The sound the room hears when recording starts, and callers who join while it records."),
+    )
+    record_download = models.CharField(
+        _("who may download recordings"),
+        max_length=16,
+        choices=RecordDownload.choices,
+        default=RecordDownload.MODERATORS,
+        db_default=RecordDownload.MODERATORS,
+    )
+    record_retention_days = models.PositiveIntegerField(
+        _("keep recordings for (days)"), default=90, db_default=90, validators=[MinValueValidator(1)]
+    )
+    # Written by the worker: a recording of the room is being written right now.
+    recording = models.BooleanField(_("recording now"), default=False, db_default=False, editable=False)
     seq = models.PositiveBigIntegerField(
         _("event sequence"), default=0, editable=False, help_text=_("Number of the room's last event.")
     )
@@ -510,6 +546,9 @@ class ConferenceEvent(models.Model):
         ROOM_OPENED = "room_opened", _("room opened")
         ROOM_ENDED = "room_ended", _("room ended with its leader")
         ROOM_WAITING = "room_waiting", _("room waits for its leader")
+        RECORDING_STARTED = "recording_started", _("recording started")
+        RECORDING_STOPPED = "recording_stopped", _("recording stopped")
+        RECORDING_FAILED = "recording_failed", _("recording failed")
 
     conference = models.ForeignKey(
         Conference, on_delete=models.CASCADE, related_name="events", verbose_name=_("conference")
@@ -542,3 +581,59 @@ class ConferenceEvent(models.Model):
 
     def __str__(self):
         return f"{self.get_kind_display()} at {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+
+class Recording(models.Model):
+    """One recording of a room: written by Asterisk, fetched by the worker, stored through Django's storage."""
+
+    class State(models.TextChoices):
+        RECORDING = "recording", _("recording")
+        FINISHED = "finished", _("finished, being fetched")
+        STORED = "stored", _("stored")
+        FAILED = "failed", _("failed")
+
+    conference = models.ForeignKey(
+        Conference, on_delete=models.CASCADE, related_name="recordings", verbose_name=_("conference")
+    )
+    meeting = models.ForeignKey(
+        Meeting, on_delete=models.SET_NULL, null=True, blank=True, related_name="recordings", verbose_name=_("meeting")
+    )
+    # The recording's name on Asterisk (unique there: ifExists=fail).
+    name = models.CharField(_("name on Asterisk"), max_length=200, unique=True)
+    format = models.CharField(_("format"), max_length=16, default="wav")
+    state = models.CharField(_("state"), max_length=16, choices=State.choices, default=State.RECORDING)
+    started_at = models.DateTimeField(_("started at"))
+    stopped_at = models.DateTimeField(_("stopped at"), null=True, blank=True)
+    duration = models.FloatField(_("duration (seconds)"), null=True, blank=True)
+    size = models.PositiveBigIntegerField(_("size (bytes)"), null=True, blank=True)
+    started_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("started by"),
+    )
+    stopped_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("stopped by"),
+    )
+    file = models.FileField(_("file"), upload_to="recordings/%Y/%m/", blank=True)
+    error = models.TextField(_("last error"), blank=True)
+
+    class Meta:
+        verbose_name = _("recording")
+        verbose_name_plural = _("recordings")
+        ordering = ["-started_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["conference"], condition=Q(state="recording"), name="recording_one_live_per_conference"
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.conference_id}: {self.name}"

@@ -53,6 +53,8 @@ ACTIONS = (
     "lobby_on",
     "lobby_off",
     "open_room",
+    "record_start",
+    "record_stop",
 )
 # Actions on one caller: a present one, or (WAITING_ACTIONS) one waiting in the lobby or for the leader.
 PARTICIPANT_ACTIONS = ("mute", "unmute", "kick", "lower_hand", "admit", "deny")
@@ -101,6 +103,10 @@ ERRORS = (
     gettext_noop("this caller waits for the leader: open the room"),
     gettext_noop("the room is full"),
     gettext_noop("the caller is already on the way in"),
+    gettext_noop("this room is never recorded"),
+    gettext_noop("the room is being recorded already"),
+    gettext_noop("the room is not being recorded"),
+    gettext_noop("nobody is in the room"),
     gettext_noop("participant missing or invalid"),
     gettext_noop("the caller has already left"),
     gettext_noop("you may not moderate this room"),

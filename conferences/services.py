@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from conferences import broadcast, protocol
-from conferences.models import AsteriskServer, Conference, ConferenceEvent, Meeting, Participant
+from conferences.models import AsteriskServer, Conference, ConferenceEvent, Meeting, Participant, Recording
 
 logger = logging.getLogger(__name__)
 
@@ -508,6 +508,74 @@ def conference_record(*, conference_id, kind, actor_id=None, participant_id=None
         details=details or {},
         created_at=timezone.now(),
     )
+
+
+# --- recordings ------------------------------------------------------------------
+
+
+def recording_started(*, conference_id, name, actor_id=None):
+    """A recording of the room is being written (``name``: Asterisk's). Idempotent; returns the Recording."""
+    with transaction.atomic():
+        conference = _lock_room(conference_id)
+        if conference is None:
+            return None
+        existing = Recording.objects.filter(name=name).first()
+        if existing is not None:
+            return existing
+        now = timezone.now()
+        meeting_id = (
+            Meeting.objects.filter(conference_id=conference_id, ended_at__isnull=True).values_list("pk", flat=True)
+        ).first()
+        recording = Recording.objects.create(
+            conference=conference, meeting_id=meeting_id, name=name, started_at=now, started_by_id=actor_id
+        )
+        conference.recording = True
+        conference.save(update_fields=["recording"])
+        _record(conference.pk, Kind.RECORDING_STARTED, actor_id=actor_id, at=now, details={"recording": recording.pk})
+        _emit_conference(conference)
+    logger.info("conference %s: recording %s started", conference_id, name)
+    return recording
+
+
+def recording_stopping(*, name, actor_id):
+    """A moderator asked to stop the recording: the stop's actor, for its timeline entry."""
+    Recording.objects.filter(name=name, state=Recording.State.RECORDING).update(stopped_by_id=actor_id)
+
+
+def recording_finished(*, name, duration=None, error=""):
+    """Asterisk finished (or, with ``error``, failed) writing a recording. Returns it, or None if unknown."""
+    with transaction.atomic():
+        recording = Recording.objects.select_for_update().filter(name=name).first()
+        if recording is None or recording.state != Recording.State.RECORDING:
+            return recording
+        conference = _lock_room(recording.conference_id)
+        now = timezone.now()
+        recording.state = Recording.State.FAILED if error else Recording.State.FINISHED
+        recording.stopped_at = now
+        recording.duration = duration if duration is not None else (now - recording.started_at).total_seconds()
+        recording.error = error[:1000]
+        recording.save(update_fields=["state", "stopped_at", "duration", "error"])
+        conference.recording = False
+        conference.save(update_fields=["recording"])
+        _record(
+            conference.pk,
+            Kind.RECORDING_FAILED if error else Kind.RECORDING_STOPPED,
+            actor_id=recording.stopped_by_id,
+            at=now,
+            details={"recording": recording.pk, **({"error": error[:200]} if error else {})},
+        )
+        _emit_conference(conference)
+    logger.info("conference %s: recording %s %s", recording.conference_id, name, "failed" if error else "finished")
+    return recording
+
+
+def recording_stored(*, recording_id, file_name, size):
+    """The recording's file is in the site's storage now."""
+    Recording.objects.filter(pk=recording_id).update(state=Recording.State.STORED, file=file_name, size=size, error="")
+
+
+def recording_fetch_failed(*, recording_id, error):
+    Recording.objects.filter(pk=recording_id).update(error=error[:1000])
 
 
 # --- servers ----------------------------------------------------------------------

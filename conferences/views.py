@@ -52,6 +52,8 @@ def conference_detail(request, slug):
         "no_events": _("No events yet."),
         "talking": _("talking"),
         "talked": _("talked %(duration)s"),
+        "record_start": _("Record"),
+        "record_stop": _("Stop recording"),
         "muted": _("muted"),
         "muted_self": _("muted (by themself)"),
         "muted_moderator": _("muted by a moderator"),

@@ -7,7 +7,7 @@ from django.contrib import admin
 from django.urls import reverse
 from django.utils import timezone
 
-from conferences.models import AsteriskServer, Conference, ConferenceEvent, Participant
+from conferences.models import AsteriskServer, Conference, ConferenceEvent, Participant, Recording
 
 pytestmark = pytest.mark.django_db
 
@@ -23,6 +23,7 @@ def populated(conference, make_participant, superuser, group, grant, make_user):
     )
     grant(conference, group=group, role="moderator")
     grant(conference, user=make_user())
+    Recording.objects.create(conference=conference, name="conference-1-x", started_at=timezone.now())
     return conference
 
 
@@ -159,6 +160,10 @@ def test_adding_a_room_with_access_rows_inline(admin_client, server, make_user, 
         "keypad_hand": "*1",
         "keypad_mute": "*6",
         "when_leader_leaves": "stay",
+        "record_mode": "on_demand",
+        "record_announcement": "conf-now-recording",
+        "record_download": "moderators",
+        "record_retention_days": "90",
         "access-TOTAL_FORMS": "2",
         "access-INITIAL_FORMS": "0",
         "access-MIN_NUM_FORMS": "0",
@@ -210,6 +215,10 @@ def _room_form(conference, **overrides):
         "keypad_hand": conference.keypad_hand,
         "keypad_mute": conference.keypad_mute,
         "when_leader_leaves": conference.when_leader_leaves,
+        "record_mode": conference.record_mode,
+        "record_announcement": conference.record_announcement,
+        "record_download": conference.record_download,
+        "record_retention_days": conference.record_retention_days,
         "access-TOTAL_FORMS": "0",
         "access-INITIAL_FORMS": "0",
         "access-MIN_NUM_FORMS": "0",

@@ -76,6 +76,7 @@ async def test_viewer_gets_a_snapshot_without_channel_ids(connect, viewer, room,
         "wait_for_leader": False,
         "when_leader_leaves": "stay",
         "recording": False,
+        "record_mode": "on_demand",
         "participant_count": 1,
         "waiting_count": 0,
     }

@@ -291,3 +291,14 @@ def test_the_keys_kept_are_bounded():
 )
 def test_self_mute(muted, source, expected):
     assert rules.self_mute(muted=muted, mute_source=source) == expected
+
+
+def test_a_bridge_recordings_events_go_to_its_rooms_lane():
+    bridge_id = rules.room_bridge_id("conference", 7)
+    event = {"type": "RecordingFinished", "recording": {"name": "r", "target_uri": f"bridge:{bridge_id}"}}
+    assert rules.lane_of_event(event, app_name="conference", room_of_channel=dict().get, room_of_number=dict().get) == 7
+    other = {"type": "RecordingFinished", "recording": {"name": "r", "target_uri": "channel:x"}}
+    assert (
+        rules.lane_of_event(other, app_name="conference", room_of_channel={"x": 9}.get, room_of_number=dict().get)
+        == rules.SERVER
+    )

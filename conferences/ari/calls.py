@@ -85,6 +85,8 @@ class Room:
     bridge_id: str
     channels: list = field(default_factory=list)  # the bridge's members, helpers included
     moh: bool | None = None  # music on hold playing; None: unknown (after a reconnect)
+    recording: str | None = None  # the name of the recording being written of the bridge
+    announcement: str = ""  # what a caller joining while it records hears
 
 
 class Registry:

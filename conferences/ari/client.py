@@ -225,6 +225,48 @@ class AriClient:
             "POST", f"/bridges/{quote(bridge_id, safe='')}/removeChannel", params={"channel": channel_id}
         )
 
+    async def play_to_bridge(self, bridge_id, media, playback_id=None):
+        params = {"media": media}
+        if playback_id:
+            params["playbackId"] = playback_id
+        return await self.request("POST", f"/bridges/{quote(bridge_id, safe='')}/play", params=params)
+
+    async def record_bridge(self, bridge_id, name, fmt="wav"):
+        """Record the bridge's mix: a quiet room never ends the file (maxSilenceSeconds=0), a name in use fails."""
+        params = {"name": name, "format": fmt, "maxSilenceSeconds": 0, "maxDurationSeconds": 0, "ifExists": "fail"}
+        return await self.request("POST", f"/bridges/{quote(bridge_id, safe='')}/record", params=params)
+
+    async def stop_recording(self, name):
+        """Stop a live recording and keep its file (``DELETE /recordings/live/{name}`` would discard it)."""
+        await self.request("POST", f"/recordings/live/{quote(name, safe='')}/stop")
+
+    async def live_recording(self, name):
+        return await self.request("GET", f"/recordings/live/{quote(name, safe='')}")
+
+    async def stored_recording_file(self, name, destination, *, timeout=300):
+        """Write a stored recording's file to ``destination`` (a binary file), in chunks; returns its size."""
+        if self.guard is not None:
+            self.guard()
+        path = f"/recordings/stored/{quote(name, safe='')}/file"
+        size = 0
+        try:
+            async with self._session_here().get(
+                f"{self.base_url}{path}", timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as response:
+                if response.status >= 400:
+                    _raise_for(response.status, await response.read(), "GET", path)
+                async for chunk in response.content.iter_chunked(64 * 1024):
+                    await asyncio.to_thread(destination.write, chunk)
+                    size += len(chunk)
+        except TimeoutError:
+            raise AriError(f"GET {path}: timed out after {timeout} s") from None
+        except aiohttp.ClientError as exc:
+            raise AriError(f"GET {path}: {exc.__class__.__name__}") from None
+        return size
+
+    async def delete_stored_recording(self, name):
+        await self.request("DELETE", f"/recordings/stored/{quote(name, safe='')}")
+
     async def start_moh(self, channel_id, moh_class):
         """Music on hold to one channel (a caller waiting outside any bridge)."""
         await self.request("POST", f"/channels/{quote(channel_id, safe='')}/moh", params={"mohClass": moh_class})

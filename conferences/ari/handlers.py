@@ -24,7 +24,12 @@ with ``conf-invalid``. The admin role comes only from the channel variable
 import asyncio
 import dataclasses
 import logging
+import secrets
+import tempfile
 import time
+
+from django.core.files import File
+from django.core.files.storage import default_storage
 
 from conferences import protocol, services
 from conferences.ari import pin_throttle, rules, store
@@ -41,6 +46,7 @@ PIN_FIRST_TIMEOUT = 12.0  # seconds to start typing after the prompt began
 PIN_DIGIT_TIMEOUT = 6.0  # seconds between digits
 PROMPT_START_FALLBACK = 15.0  # the PIN timer starts anyway this long after the prompt was asked for
 MAX_PIN_DIGITS = 32
+FETCH_RETRY_DELAYS = (5.0, 30.0, 120.0, 600.0)  # seconds before each further try to fetch a recording
 
 
 # A caller who would wait in a room where rules.MAX_WAITING already wait.
@@ -59,6 +65,7 @@ class ConferenceApp:
         self.app_name = app_name
         self.effects = Effects(ari=ari, app_name=app_name, schedule=schedule, database=database, fence=fence)
         self.state = Registry()
+        self.fetches = {}  # recording name -> the background task fetching its file
         self.pin_first_timeout = PIN_FIRST_TIMEOUT
         self.pin_digit_timeout = PIN_DIGIT_TIMEOUT
 
@@ -730,6 +737,7 @@ class ConferenceApp:
         call.conference_id, call.phase, call.waiting_for = conference_id, Phase.PRESENT, ""
         call.participant_id, call.moh = participant_id, moh
         self.state.calls[channel_id] = call
+        await self.recording_on_join(conference_id, call)
         if call.role == rules.ADMIN:
             await self.open_room(conference_id)  # the leader is in
         elif self.state.waiting(conference_id, rules.LEADER) and not self.leader_in(conference_id):
@@ -955,6 +963,173 @@ class ConferenceApp:
             services.conference_set_locked, conference_id=conference.pk, locked=False, actor_id=actor_id
         )
 
+    # --- recordings -------------------------------------------------------------------
+
+    async def do_record_start(self, conference, command, actor_id):
+        await self.start_recording(conference.pk, actor_id, by_moderator=True)
+
+    async def start_recording(self, conference_id, actor_id=None, *, by_moderator=False):
+        """Announce, then record the room's bridge (a quiet room does not end the file)."""
+        facts = await self.effects.db(store.recording_facts, conference_id)
+        if facts is None:
+            raise Refusal("no such room")
+        mode, announcement, live = facts
+        if mode == "never":
+            raise Refusal("this room is never recorded")
+        if live is not None:
+            raise Refusal("the room is being recorded already")
+        room = self.state.rooms.get(conference_id)
+        if room is None or not self.state.participants_in_bridge(conference_id):
+            raise Refusal("nobody is in the room")
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        name = rules.recording_name(self.app_name, conference_id, stamp, secrets.token_hex(3))
+        if announcement:
+            try:
+                await self.ari.play_to_bridge(room.bridge_id, f"sound:{announcement}")
+            except AriError as exc:
+                logger.warning("conference %s: announcement %s not played: %s", conference_id, announcement, exc)
+        await self.ari.record_bridge(room.bridge_id, name)
+        room.recording, room.announcement = name, announcement
+        await self.effects.db(store.recording_started, conference_id, name, actor_id)
+
+    async def do_record_stop(self, conference, command, actor_id):
+        facts = await self.effects.db(store.recording_facts, conference.pk)
+        live = facts[2] if facts else None
+        if live is None:
+            raise Refusal("the room is not being recorded")
+        await self.effects.db(store.recording_stopping, live, actor_id)
+        try:
+            await self.ari.stop_recording(live)
+        except AriNotFound:
+            # Gone on Asterisk already (it ended with the room): its RecordingFinished tells, or the resync.
+            logger.info("conference %s: recording %s had ended already", conference.pk, live)
+
+    async def on_RecordingStarted(self, event):
+        recording = event.get("recording") or {}
+        conference_id = self._recorded_room(recording)
+        if conference_id is not None:
+            await self.effects.db(store.recording_started, conference_id, recording["name"])
+
+    async def on_RecordingFinished(self, event):
+        await self._recording_ended(event.get("recording") or {}, "")
+
+    async def on_RecordingFailed(self, event):
+        recording = event.get("recording") or {}
+        await self._recording_ended(recording, str(recording.get("cause") or "Asterisk reported a failure"))
+
+    def _recorded_room(self, recording):
+        target = str(recording.get("target_uri") or "")
+        name = recording.get("name")
+        if not target.startswith("bridge:") or not isinstance(name, str) or not name:
+            return None
+        return self.conference_id_of_bridge(target[len("bridge:") :])
+
+    async def _recording_ended(self, recording, error):
+        conference_id = self._recorded_room(recording)
+        if conference_id is None:
+            return
+        duration = recording.get("duration")
+        duration = float(duration) if isinstance(duration, int | float) and not isinstance(duration, bool) else None
+        ended = await self.effects.db(store.recording_finished, recording["name"], duration, error)
+        room = self.state.rooms.get(conference_id)
+        if room is not None and room.recording == recording["name"]:
+            room.recording = None
+        if ended is not None and ended[2] == "finished":
+            self.fetch_later(ended[0], recording["name"])
+
+    def fetch_later(self, recording_id, name):
+        """Fetch a finished recording's file in the background (not in the room's lane: files are large)."""
+        if name in self.fetches:
+            return  # under way already
+        task = asyncio.get_running_loop().create_task(self.fetch_recording(recording_id, name))
+        self.fetches[name] = task
+        task.add_done_callback(lambda _task: self.fetches.pop(name, None))
+
+    async def fetch_recording(self, recording_id, name, delays=FETCH_RETRY_DELAYS):
+        """Copy a stored recording from Asterisk into the site's storage, then delete it on Asterisk.
+
+        Through ARI (``GET /recordings/stored/{name}/file``), so Asterisk may be
+        on another host. A failed fetch is tried again later and never loses
+        the file: Asterisk's copy goes only once the site's is saved.
+        """
+        for attempt, delay in enumerate((0.0, *delays)):
+            if delay:
+                await asyncio.sleep(delay)
+            try:
+                stored = await self._fetch_once(recording_id, name)
+            except AriNotFound:
+                await self.effects.db(store.recording_fetch_failed, recording_id, "not found on Asterisk")
+                logger.warning("recording %s: not found on Asterisk", name)
+                return False
+            except (AriError, OSError) as exc:
+                logger.warning("recording %s: fetch %s failed: %s", name, attempt + 1, exc)
+                try:
+                    await self.effects.db(store.recording_fetch_failed, recording_id, str(exc))
+                except DatabaseUnavailable:
+                    pass
+                continue
+            except DatabaseUnavailable as exc:
+                logger.warning("recording %s: not recorded as stored yet: %s", name, exc)
+                continue
+            if stored:
+                return True
+        return False
+
+    async def _fetch_once(self, recording_id, name):
+        with tempfile.TemporaryFile() as spool:
+            size = await self.ari.stored_recording_file(name, spool)
+            spool.seek(0)
+            file_name = await asyncio.to_thread(
+                default_storage.save, f"recordings/{time.strftime('%Y/%m', time.gmtime())}/{name}.wav", File(spool)
+            )
+        await self.effects.db(store.recording_stored, recording_id, file_name, size)
+        try:
+            await self.ari.delete_stored_recording(name)
+        except AriError as exc:  # the site has its copy: a leftover on Asterisk is only disk space
+            logger.warning("recording %s: stored, but not deleted on Asterisk: %s", name, exc)
+        logger.info("recording %s: stored as %s (%s bytes)", name, file_name, size)
+        return True
+
+    async def resync_recordings(self):
+        """After a (re)connect: recordings still live on Asterisk go on; ones that ended meanwhile are
+        finished (Asterisk kept their files) and fetched, as are ones a previous fetch left behind."""
+        for name, conference_id in await self.effects.db(store.live_recordings, self.server_id):
+            try:
+                await self.ari.live_recording(name)
+            except AriNotFound:
+                ended = await self.effects.db(store.recording_finished, name)
+                if ended is not None and ended[2] == "finished":
+                    self.fetch_later(ended[0], name)
+                continue
+            room = self.state.rooms.get(conference_id)
+            facts = await self.effects.db(store.recording_facts, conference_id)
+            if room is not None and facts is not None:
+                room.recording, room.announcement = name, facts[1]
+        for recording_id, name, _conference_id in await self.effects.db(store.recordings_to_fetch, self.server_id):
+            self.fetch_later(recording_id, name)
+
+    async def recording_on_join(self, conference_id, call):
+        """A caller entering a room: it hears that the room is recorded; the first caller of an ``always``
+        room starts the recording."""
+        room = self.state.rooms.get(conference_id)
+        if room is not None and room.recording and room.announcement:
+            try:
+                await self.effects.play(call.channel_id, room.announcement)
+            except AriError as exc:
+                logger.info("channel %s: recording announcement not played: %s", call.channel_id, exc)
+            return
+        if len(self.state.participants_in_bridge(conference_id)) != 1:
+            return
+        facts = await self.effects.db(store.recording_facts, conference_id)
+        if facts is None or facts[0] != "always" or facts[2] is not None:
+            return
+        try:
+            await self.start_recording(conference_id)
+        except Refusal:
+            pass
+        except AriError as exc:
+            logger.warning("conference %s: recording not started: %s", conference_id, exc)
+
     # --- resync -----------------------------------------------------------------------
 
     async def resync(self):
@@ -1041,6 +1216,8 @@ class ConferenceApp:
         left_by_leader = {row.conference_id for row in present if row.participant_id in lost and row.role == ADMIN}
         for conference_id in left_by_leader:
             await self.leader_left(conference_id)
+
+        await self.resync_recordings()
 
         readmitted = 0
         for channel, args in plan.readmit:

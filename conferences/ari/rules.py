@@ -317,6 +317,11 @@ def talk_stretch(duration_ms, since, now):
     return min(max(0.0, now - since), MAX_TALK_STRETCH)
 
 
+def recording_name(app_name, conference_id, stamp, token):
+    """The name of a room's recording on Asterisk: unique (``ifExists=fail``), safe as a file name."""
+    return f"{app_name}-{conference_id}-{stamp}-{token}"
+
+
 def moh_wanted(participants_in_bridge):
     """Music on hold plays to a room's bridge when exactly one participant is in it."""
     return len(participants_in_bridge) == 1
@@ -459,6 +464,9 @@ def event_channel_id(event):
     channel = event.get("channel")
     if isinstance(channel, dict):
         return channel.get("id")
+    recording = event.get("recording")
+    if isinstance(recording, dict):  # a bridge's recording: its room's lane (rules.lane_of_event)
+        return None
     playback = event.get("playback")
     if isinstance(playback, dict):
         target = str(playback.get("target_uri") or "")
@@ -480,6 +488,13 @@ def lane_of_event(event, *, app_name, room_of_channel, room_of_number):
         conference_id = conference_id_of_bridge(app_name, bridge.get("id"))
         if conference_id is not None:
             return conference_id
+    recording = event.get("recording")
+    if isinstance(recording, dict):
+        target = str(recording.get("target_uri") or "")
+        if target.startswith("bridge:"):
+            conference_id = conference_id_of_bridge(app_name, target[len("bridge:") :])
+            if conference_id is not None:
+                return conference_id
     if event.get("type") == "StasisStart":
         args = event.get("args")
         number, problem = parse_room_args(args if isinstance(args, list) else [args])

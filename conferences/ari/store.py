@@ -12,7 +12,7 @@ from django.db.models import Q
 
 from conferences import services
 from conferences.ari import rules
-from conferences.models import Conference, ConferenceEvent, Participant, present_filter
+from conferences.models import Conference, ConferenceEvent, Participant, Recording, present_filter
 
 
 def room_directory(server_id):
@@ -249,6 +249,62 @@ def set_lobby(conference_id, lobby, actor_id):
     services.conference_set_lobby(conference_id=conference_id, lobby=lobby, actor_id=actor_id)
 
 
+# --- recordings ---------------------------------------------------------------------------------
+
+
+def recording_facts(conference_id):
+    """``(record mode, announcement, name of the live recording or None)``, or None when the room is gone."""
+    row = Conference.objects.filter(pk=conference_id).values_list("record_mode", "record_announcement").first()
+    if row is None:
+        return None
+    live = (
+        Recording.objects.filter(conference_id=conference_id, state=Recording.State.RECORDING)
+        .values_list("name", flat=True)
+        .first()
+    )
+    return row[0], row[1], live
+
+
+def recording_started(conference_id, name, actor_id=None):
+    recording = services.recording_started(conference_id=conference_id, name=name, actor_id=actor_id)
+    return recording.pk if recording else None
+
+
+def recording_stopping(name, actor_id):
+    services.recording_stopping(name=name, actor_id=actor_id)
+
+
+def recording_finished(name, duration=None, error=""):
+    """``(recording id, conference id, state)`` of the finished recording, or None when unknown."""
+    recording = services.recording_finished(name=name, duration=duration, error=error)
+    return None if recording is None else (recording.pk, recording.conference_id, recording.state)
+
+
+def recording_stored(recording_id, file_name, size):
+    services.recording_stored(recording_id=recording_id, file_name=file_name, size=size)
+
+
+def recording_fetch_failed(recording_id, error):
+    services.recording_fetch_failed(recording_id=recording_id, error=error)
+
+
+def recordings_to_fetch(server_id):
+    """``[(recording id, name, conference id)]`` finished on Asterisk, not yet in the site's storage."""
+    return list(
+        Recording.objects.filter(conference__server_id=server_id, state=Recording.State.FINISHED).values_list(
+            "pk", "name", "conference_id"
+        )
+    )
+
+
+def live_recordings(server_id):
+    return list(
+        Recording.objects.filter(conference__server_id=server_id, state=Recording.State.RECORDING).values_list(
+            "name", "conference_id"
+        )
+    )
+
+
 # --- moderation ---------------------------------------------------------------------------------
 
 
@@ -372,5 +428,8 @@ READS = frozenset(
         waiting_targets,
         leader_left_facts,
         waiting_calls,
+        recording_facts,
+        recordings_to_fetch,
+        live_recordings,
     }
 )

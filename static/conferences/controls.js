@@ -79,6 +79,13 @@ export class Controls {
           label: t("open_room"),
           hidden: !someoneWaits(state, "leader"),
         })],
+        ["record", "", (state) => {
+          // Start or stop recording; none for a room that is never recorded.
+          const c = conference(state);
+          const on = Boolean(c.recording);
+          const label = t(on ? "record_stop" : "record_start");
+          return { action: on ? actions.RECORD_STOP : actions.RECORD_START, label, hidden: c.record_mode === "never" };
+        }],
       ],
       present: [
         ["mute", "row-button", (p) => {

@@ -16,6 +16,7 @@ export class Header {
       count: $("count"),
       waiting: $("waiting-count"),
       locked: $("locked"),
+      recording: $("recording"),
       asterisk: $("asterisk-status"),
       asteriskText: $("asterisk-status-text"),
       socket: $("socket-status"),
@@ -36,6 +37,7 @@ export class Header {
       setText(ui.name, c.name);
       setText(ui.number, t("room_number", { number: c.number }));
       ui.locked.hidden = !c.locked;
+      if (ui.recording) ui.recording.hidden = !c.recording;
       if (document.title !== c.name) document.title = c.name;
     }
     setText(ui.count, String(state.participants.size));

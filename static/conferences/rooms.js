@@ -19,6 +19,7 @@ if (table) {
     hand: table.dataset.handText || "hand raised",
     waiting: table.dataset.waitingText || "%(count)s waiting",
     lobby: table.dataset.lobbyText || "lobby",
+    recording: table.dataset.recordingText || "recording",
   };
   const rooms = new Map(); // slug -> {state, participants: Map(id -> participant)}
   const notIn = (p) => Boolean(p && (p.left_at || isWaiting(p))); // gone, or waiting (again)
@@ -47,6 +48,7 @@ if (table) {
     if (state.waiting_count > 0) {
       badges.push(element("span", "badge badge-waiting", interpolate(text.waiting, { count: state.waiting_count })));
     }
+    if (state.recording) badges.push(element("span", "badge badge-recording", text.recording));
     if (state.lobby) badges.push(element("span", "badge badge-lobby", text.lobby));
     if (state.locked) badges.push(element("span", "badge", text.locked));
     if (state.asterisk && !state.asterisk.connected) badges.push(element("span", "badge badge-down", text.linkDown));

@@ -1,0 +1,116 @@
+"""Recording against the sandbox: started and stopped by a moderator, announced, fetched through ARI, stored.
+
+The stored file is read back and measured (duration, and the level of its
+audio: a talker was in the room), and Asterisk's own copy is gone after
+the fetch.
+"""
+
+import array
+import asyncio
+import wave
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.files.storage import default_storage
+
+from conferences.models import Conference, Recording
+from tests.live import EventLog, act, db, events_of, wait_roster
+from tests.sandbox import eventually
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def media(settings, tmp_path):
+    settings.MEDIA_ROOT = str(tmp_path / "media")
+    return tmp_path / "media"
+
+
+@pytest.fixture
+async def moderator(transactional_db):
+    return await db(User.objects.create_user)(username="mod", password="x")
+
+
+def recordings(room):
+    return list(Recording.objects.filter(conference=room).order_by("id"))
+
+
+async def stored(room, count=1, timeout=30):
+    async def check():
+        rows = await db(recordings)(room)
+        return len(rows) == count and all(r.state == Recording.State.STORED for r in rows) and rows
+
+    return await eventually(check, timeout=timeout, message=f"{count} stored recording(s) of room {room.number}")
+
+
+def measure(name):
+    """``(seconds, RMS level 0..32767)`` of a stored 16-bit mono WAV."""
+    with default_storage.open(name) as handle, wave.open(handle) as audio:
+        assert (audio.getsampwidth(), audio.getnchannels()) == (2, 1)
+        frames = audio.readframes(audio.getnframes())
+        samples = array.array("h", frames)
+        rms = (sum(s * s for s in samples) / max(1, len(samples))) ** 0.5
+        return audio.getnframes() / audio.getframerate(), rms
+
+
+async def test_a_moderator_records_a_room_and_the_file_is_stored_with_its_audio(
+    runner, sandbox, make_room, moderator, media
+):
+    room = await make_room(190)
+    log = EventLog()
+    worker = await runner.start(configure=log)
+    talker = await sandbox.caller(190, far="talk", name="Talker", number="601")
+    listener = await sandbox.caller(190, name="Listener", number="602")
+    await wait_roster(sandbox, worker, room, {talker.channel_id, listener.channel_id})
+
+    assert await act(worker, room, "record_start", None, moderator) == (True, None)
+    assert await act(worker, room, "record_start", None, moderator) == (False, "the room is being recorded already")
+    assert (await db(Conference.objects.get)(pk=room.pk)).recording is True
+    late = await sandbox.caller(190, name="Late", number="603")  # joins while it records: hears so
+    await wait_roster(sandbox, worker, room, {talker.channel_id, listener.channel_id, late.channel_id})
+    await eventually(lambda: log.sounds(late.channel_id) == ["sound:conf-now-recording"], message="told it records")
+    await asyncio.sleep(5)
+    assert await act(worker, room, "record_stop", None, moderator) == (True, None)
+    [recording] = await stored(room)
+    seconds, level = await db(measure)(recording.file.name)
+    print(f"recording: {seconds:.1f} s, RMS {level:.0f}, {recording.size} bytes")
+    assert 4.0 <= seconds <= 8.0 and recording.duration == pytest.approx(seconds, abs=1.5)
+    assert level > 100  # the talker, not silence
+    assert recording.size == (media / recording.file.name).stat().st_size and recording.started_by_id == moderator.pk
+    assert (await db(Conference.objects.get)(pk=room.pk)).recording is False
+    # Asterisk's own copy went once the site had its own.
+    await sandbox.call("GET", f"/recordings/stored/{recording.name}", ok=(404,))
+    # The room heard the announcement when it started (a playback to the bridge, not to one caller).
+    bridge_plays = [
+        e["playback"]["media_uri"]
+        for e in log.events
+        if e.get("type") == "PlaybackStarted" and e["playback"]["target_uri"].startswith("bridge:")
+    ]
+    assert bridge_plays == ["sound:conf-now-recording"]
+    kinds = [(e["kind"], e["actor_id"]) for e in await db(events_of)(room) if e["kind"].startswith("recording_")]
+    assert kinds == [("recording_started", moderator.pk), ("recording_stopped", moderator.pk)]
+    assert await act(worker, room, "record_stop", None, moderator) == (False, "the room is not being recorded")
+
+
+async def test_an_always_room_records_each_time_it_fills_and_a_never_room_refuses(
+    runner, sandbox, make_room, moderator, media
+):
+    room = await make_room(191, record_mode="always")
+    never = await make_room(192, record_mode="never")
+    worker = await runner.start()
+    first = await sandbox.caller(191, far="talk", name="First", number="611")
+    await wait_roster(sandbox, worker, room, {first.channel_id})
+    await eventually(lambda: db(lambda: Conference.objects.get(pk=room.pk).recording)(), message="recording")
+    await sandbox.hangup(first)  # the room empties: the Recorder leaves, the file ends
+    await stored(room, 1)
+    again = await sandbox.caller(191, far="talk", name="Again", number="612")
+    await wait_roster(sandbox, worker, room, {again.channel_id})
+    await eventually(lambda: db(lambda: Conference.objects.get(pk=room.pk).recording)(), message="recording again")
+    await sandbox.hangup(again)
+    first_file, second_file = await stored(room, 2)
+    assert first_file.file.name != second_file.file.name and first_file.started_by_id is None
+
+    caller = await sandbox.caller(192, name="Never", number="613")
+    await wait_roster(sandbox, worker, never, {caller.channel_id})
+    assert await act(worker, never, "record_start", None, moderator) == (False, "this room is never recorded")
+    assert await db(recordings)(never) == []
