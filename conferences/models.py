@@ -622,7 +622,7 @@ class Recording(models.Model):
         related_name="+",
         verbose_name=_("stopped by"),
     )
-    file = models.FileField(_("file"), upload_to="recordings/%Y/%m/", blank=True)
+    file = models.FileField(_("file"), upload_to="recordings/%Y/%m/", max_length=255, blank=True)
     error = models.TextField(_("last error"), blank=True)
 
     class Meta:

@@ -522,6 +522,10 @@ def recording_started(*, conference_id, name, actor_id=None):
         existing = Recording.objects.filter(name=name).first()
         if existing is not None:
             return existing
+        live = Recording.objects.filter(conference_id=conference_id, state=Recording.State.RECORDING).first()
+        if live is not None:  # one live recording per room: a second is not recorded as one
+            logger.warning("conference %s: recording %s started while %s is live", conference_id, name, live.name)
+            return live
         now = timezone.now()
         meeting_id = (
             Meeting.objects.filter(conference_id=conference_id, ended_at__isnull=True).values_list("pk", flat=True)

@@ -111,3 +111,36 @@ def test_the_attendance_and_its_csv_count_the_time_talked(conference, make_parti
     csv = b"".join(admin_client.get(f"/conferences/{conference.slug}/history/?meeting={meeting_id}&format=csv"))
     header, row = csv.decode().splitlines()[:2]
     assert header.split(",")[-1] == "seconds_talked" and row.split(",")[-1] == "12.8"
+
+
+async def test_a_mute_closes_the_stretch_once_even_when_its_finish_comes_after_or_the_reset_fails(
+    server, make_conference
+):
+    from conferences.ari.client import AriError
+
+    app = new_app(server)
+    room = await sync_to_async(make_conference)("322")
+    await app.process_event(start("A", "322"))
+    await enter(app, room, "A", ["A"])
+    await app.process_event(talking("A", True))
+    app.state.call("A").talking_since -= 3.0
+    a = await sync_to_async(lambda: Participant.objects.get(channel_id="A").pk)()
+    assert await app.handle_command({"action": "mute", "conference_id": room.pk, "participant_id": a}) == (True, None)
+    await app.process_event(talking("A", False, duration=3500))  # raised just before the mute took effect
+    assert await seconds("A") == pytest.approx(3.0, abs=0.5)  # once, not 6.5
+
+    # The detector's reset fails after the mute: the stretch was taken already; the leave adds nothing.
+    await app.handle_command({"action": "unmute", "conference_id": room.pk, "participant_id": a})
+    await app.process_event(talking("A", True))
+    app.state.call("A").talking_since -= 2.0
+    app.ari.fail["set_variable"] = AriError("HTTP 500", status=500)
+    assert (await app.handle_command({"action": "mute", "conference_id": room.pk, "participant_id": a}))[0] is False
+    assert app.state.call("A").talking is False  # no stretch left open to grow while muted
+    del app.ari.fail["set_variable"]
+    await leave(app, room, "A", [])
+    assert await seconds("A") == pytest.approx(3.0, abs=0.5)  # the 2 s of that stretch are lost, nothing made up
+
+
+def test_a_duration_too_large_for_a_float_is_no_measurement():
+    assert rules.talk_stretch(10**400, 4.0, 10.0) == 6.0
+    assert rules.plausible_seconds(float("inf"), 1.0, 100.0) is None

@@ -60,6 +60,7 @@ class Call:
     moh: bool = False
     talking: bool = False  # as talk detection last said
     talking_since: float | None = None  # time.monotonic() of the ChannelTalkingStarted of an open stretch
+    stretch_closed: bool = False  # a mute closed (and counted) the stretch: its finish adds nothing
     kicked: bool = False
     kicked_by: int | None = None
     # The keypad during the call: the room's sequences (read at the first key), the keys typed since,

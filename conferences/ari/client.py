@@ -243,15 +243,16 @@ class AriClient:
     async def live_recording(self, name):
         return await self.request("GET", f"/recordings/live/{quote(name, safe='')}")
 
-    async def stored_recording_file(self, name, destination, *, timeout=300):
+    async def stored_recording_file(self, name, destination, *, timeout=30):
         """Write a stored recording's file to ``destination`` (a binary file), in chunks; returns its size."""
         if self.guard is not None:
             self.guard()
         path = f"/recordings/stored/{quote(name, safe='')}/file"
         size = 0
         try:
+            # No total limit (a large file on a slow link takes its time), but a stalled one ends.
             async with self._session_here().get(
-                f"{self.base_url}{path}", timeout=aiohttp.ClientTimeout(total=timeout)
+                f"{self.base_url}{path}", timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout)
             ) as response:
                 if response.status >= 400:
                     _raise_for(response.status, await response.read(), "GET", path)

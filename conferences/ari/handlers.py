@@ -47,6 +47,7 @@ PIN_DIGIT_TIMEOUT = 6.0  # seconds between digits
 PROMPT_START_FALLBACK = 15.0  # the PIN timer starts anyway this long after the prompt was asked for
 MAX_PIN_DIGITS = 32
 FETCH_RETRY_DELAYS = (5.0, 30.0, 120.0, 600.0)  # seconds before each further try to fetch a recording
+FETCHES_AT_ONCE = 2  # recording downloads under way at once (the rest of the ARI connections stay free)
 
 
 # A caller who would wait in a room where rules.MAX_WAITING already wait.
@@ -66,6 +67,7 @@ class ConferenceApp:
         self.effects = Effects(ari=ari, app_name=app_name, schedule=schedule, database=database, fence=fence)
         self.state = Registry()
         self.fetches = {}  # recording name -> the background task fetching its file
+        self.fetch_slots = asyncio.Semaphore(FETCHES_AT_ONCE)
         self.pin_first_timeout = PIN_FIRST_TIMEOUT
         self.pin_digit_timeout = PIN_DIGIT_TIMEOUT
 
@@ -796,11 +798,12 @@ class ConferenceApp:
         now = time.monotonic()
         if talking:
             await self.effects.db(store.update, call.participant_id, talking=True)
-            call.talking, call.talking_since = True, now
+            call.talking, call.talking_since, call.stretch_closed = True, now, False
             return
-        seconds = rules.talk_stretch(event.get("duration"), call.talking_since, now)
+        # A finish of a stretch that a mute closed and counted already adds nothing.
+        seconds = 0.0 if call.stretch_closed else rules.talk_stretch(event.get("duration"), call.talking_since, now)
         await self.effects.db(store.talked, call.participant_id, seconds)
-        call.talking, call.talking_since = False, None
+        call.talking, call.talking_since, call.stretch_closed = False, None, False
 
     def open_stretch(self, call):
         """The seconds of the call's talking stretch still open (0 when it is not talking)."""
@@ -939,10 +942,13 @@ class ConferenceApp:
         await self.ari.mute(channel_id, "in")
         call = self.state.call(channel_id)
         if call is not None and call.talking:
+            # The stretch ends here (no ChannelTalkingFinished comes after a mute): its length is taken now,
+            # and a finish already on its way is not counted again (Call.stretch_closed).
+            seconds = self.open_stretch(call)
+            call.talking, call.talking_since, call.stretch_closed = False, None, True
             await self.effects.talk_detect_afresh(channel_id)
-            if call.participant_id is not None:  # the stretch ends here: no ChannelTalkingFinished comes
-                await self.effects.db(store.talked, call.participant_id, self.open_stretch(call))
-            call.talking, call.talking_since = False, None
+            if call.participant_id is not None:
+                await self.effects.db(store.talked, call.participant_id, seconds)
 
     async def _unmute(self, channel_id):
         await self.ari.unmute(channel_id, "in")
@@ -981,15 +987,17 @@ class ConferenceApp:
         room = self.state.rooms.get(conference_id)
         if room is None or not self.state.participants_in_bridge(conference_id):
             raise Refusal("nobody is in the room")
+        if room.recording is not None:  # recording on Asterisk, its row not written (yet)
+            raise Refusal("the room is being recorded already")
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         name = rules.recording_name(self.app_name, conference_id, stamp, secrets.token_hex(3))
-        if announcement:
+        await self.ari.record_bridge(room.bridge_id, name)
+        room.recording, room.announcement = name, announcement
+        if announcement:  # only once it records: a room is never told so when it is not
             try:
                 await self.ari.play_to_bridge(room.bridge_id, f"sound:{announcement}")
             except AriError as exc:
                 logger.warning("conference %s: announcement %s not played: %s", conference_id, announcement, exc)
-        await self.ari.record_bridge(room.bridge_id, name)
-        room.recording, room.announcement = name, announcement
         await self.effects.db(store.recording_started, conference_id, name, actor_id)
 
     async def do_record_stop(self, conference, command, actor_id):
@@ -1001,8 +1009,18 @@ class ConferenceApp:
         try:
             await self.ari.stop_recording(live)
         except AriNotFound:
-            # Gone on Asterisk already (it ended with the room): its RecordingFinished tells, or the resync.
+            # Gone on Asterisk already: it ended and its RecordingFinished was lost (or comes later: then
+            # it finds the row finished). Finished now, and fetched.
             logger.info("conference %s: recording %s had ended already", conference.pk, live)
+            await self._finished_meanwhile(conference.pk, live)
+
+    async def _finished_meanwhile(self, conference_id, name):
+        ended = await self.effects.db(store.recording_finished, name)
+        room = self.state.rooms.get(conference_id)
+        if room is not None and room.recording == name:
+            room.recording = None
+        if ended is not None and ended[2] == "finished":
+            self.fetch_later(ended[0], name)
 
     async def on_RecordingStarted(self, event):
         recording = event.get("recording") or {}
@@ -1018,24 +1036,49 @@ class ConferenceApp:
         await self._recording_ended(recording, str(recording.get("cause") or "Asterisk reported a failure"))
 
     def _recorded_room(self, recording):
+        """The room of one of this worker's recordings; None for anything else (another application's)."""
         target = str(recording.get("target_uri") or "")
-        name = recording.get("name")
-        if not target.startswith("bridge:") or not isinstance(name, str) or not name:
+        if not target.startswith("bridge:"):
             return None
-        return self.conference_id_of_bridge(target[len("bridge:") :])
+        conference_id = self.conference_id_of_bridge(target[len("bridge:") :])
+        if conference_id is None or not rules.is_our_recording(self.app_name, conference_id, recording.get("name")):
+            return None
+        return conference_id
 
     async def _recording_ended(self, recording, error):
         conference_id = self._recorded_room(recording)
         if conference_id is None:
             return
-        duration = recording.get("duration")
-        duration = float(duration) if isinstance(duration, int | float) and not isinstance(duration, bool) else None
+        duration = rules.plausible_seconds(recording.get("duration"), 1.0, rules.MAX_RECORDING_SECONDS)
         ended = await self.effects.db(store.recording_finished, recording["name"], duration, error)
         room = self.state.rooms.get(conference_id)
         if room is not None and room.recording == recording["name"]:
             room.recording = None
         if ended is not None and ended[2] == "finished":
             self.fetch_later(ended[0], recording["name"])
+        await self.keep_recording(conference_id)
+
+    async def keep_recording(self, conference_id):
+        """An ``always`` room with callers in it records: after a file ended (callers came back before its
+        end was handled) or failed, a new one starts."""
+        if not self.state.participants_in_bridge(conference_id):
+            return
+        facts = await self.effects.db(store.recording_facts, conference_id)
+        if facts is None or facts[0] != "always" or facts[2] is not None:
+            return
+        try:
+            await self.start_recording(conference_id)
+        except Refusal:
+            pass
+        except AriError as exc:
+            logger.warning("conference %s: recording not started: %s", conference_id, exc)
+
+    async def stop_fetches(self):
+        """Cancel the downloads under way (the worker stops): the next worker fetches what is left."""
+        tasks = list(self.fetches.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def fetch_later(self, recording_id, name):
         """Fetch a finished recording's file in the background (not in the room's lane: files are large)."""
@@ -1056,7 +1099,8 @@ class ConferenceApp:
             if delay:
                 await asyncio.sleep(delay)
             try:
-                stored = await self._fetch_once(recording_id, name)
+                async with self.fetch_slots:  # a few at a time: downloads hold ARI connections for long
+                    stored = await self._fetch_once(recording_id, name)
             except AriNotFound:
                 await self.effects.db(store.recording_fetch_failed, recording_id, "not found on Asterisk")
                 logger.warning("recording %s: not found on Asterisk", name)
@@ -1071,6 +1115,13 @@ class ConferenceApp:
             except DatabaseUnavailable as exc:
                 logger.warning("recording %s: not recorded as stored yet: %s", name, exc)
                 continue
+            except Exception as exc:  # a storage that refuses the name, a database error: said, tried again
+                logger.exception("recording %s: fetch %s failed", name, attempt + 1)
+                try:
+                    await self.effects.db(store.recording_fetch_failed, recording_id, f"{type(exc).__name__}: {exc}")
+                except Exception:
+                    logger.warning("recording %s: its error could not be recorded either", name)
+                continue
             if stored:
                 return True
         return False
@@ -1082,7 +1133,11 @@ class ConferenceApp:
             file_name = await asyncio.to_thread(
                 default_storage.save, f"recordings/{time.strftime('%Y/%m', time.gmtime())}/{name}.wav", File(spool)
             )
-        await self.effects.db(store.recording_stored, recording_id, file_name, size)
+        try:
+            await self.effects.db(store.recording_stored, recording_id, file_name, size)
+        except BaseException:
+            await asyncio.to_thread(default_storage.delete, file_name)  # no copy the database does not know of
+            raise
         try:
             await self.ari.delete_stored_recording(name)
         except AriError as exc:  # the site has its copy: a leftover on Asterisk is only disk space
@@ -1097,9 +1152,7 @@ class ConferenceApp:
             try:
                 await self.ari.live_recording(name)
             except AriNotFound:
-                ended = await self.effects.db(store.recording_finished, name)
-                if ended is not None and ended[2] == "finished":
-                    self.fetch_later(ended[0], name)
+                await self._finished_meanwhile(conference_id, name)
                 continue
             room = self.state.rooms.get(conference_id)
             facts = await self.effects.db(store.recording_facts, conference_id)
@@ -1118,17 +1171,8 @@ class ConferenceApp:
             except AriError as exc:
                 logger.info("channel %s: recording announcement not played: %s", call.channel_id, exc)
             return
-        if len(self.state.participants_in_bridge(conference_id)) != 1:
-            return
-        facts = await self.effects.db(store.recording_facts, conference_id)
-        if facts is None or facts[0] != "always" or facts[2] is not None:
-            return
-        try:
-            await self.start_recording(conference_id)
-        except Refusal:
-            pass
-        except AriError as exc:
-            logger.warning("conference %s: recording not started: %s", conference_id, exc)
+        if len(self.state.participants_in_bridge(conference_id)) == 1:  # the first caller in
+            await self.keep_recording(conference_id)
 
     # --- resync -----------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ with tables of cases in tests/test_rules.py.
   database's present callers disagree after a reconnect.
 """
 
+import math
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -303,15 +304,27 @@ KEYPAD_SOUNDS = {
 
 
 MAX_TALK_STRETCH = 24 * 3600.0  # seconds: a longer "duration" from Asterisk is no measurement
+MAX_RECORDING_SECONDS = 7 * 24 * 3600.0
+
+
+def plausible_seconds(value, per_second, limit):
+    """``value / per_second`` as seconds when it is a finite number in 0..``limit``, else None (a number
+    from an event: a string, a boolean, NaN, an infinity or one too large for a float are no measurement)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value) / per_second
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) and 0.0 <= seconds <= limit else None
 
 
 def talk_stretch(duration_ms, since, now):
     """The seconds a talking stretch lasted: Asterisk's ``duration`` (ms) of ChannelTalkingFinished when it
     is a plausible number, else the worker's own clock from ChannelTalkingStarted (0 without one)."""
-    if isinstance(duration_ms, int | float) and not isinstance(duration_ms, bool):
-        seconds = duration_ms / 1000.0
-        if 0.0 <= seconds <= MAX_TALK_STRETCH:  # NaN fails both
-            return seconds
+    seconds = plausible_seconds(duration_ms, 1000.0, MAX_TALK_STRETCH)
+    if seconds is not None:
+        return seconds
     if since is None:
         return 0.0
     return min(max(0.0, now - since), MAX_TALK_STRETCH)
@@ -320,6 +333,18 @@ def talk_stretch(duration_ms, since, now):
 def recording_name(app_name, conference_id, stamp, token):
     """The name of a room's recording on Asterisk: unique (``ifExists=fail``), safe as a file name."""
     return f"{app_name}-{conference_id}-{stamp}-{token}"
+
+
+RECORDING_NAME_TAIL = re.compile(r"[0-9]{8}-[0-9]{6}-[0-9a-f]{6}")
+
+
+def is_our_recording(app_name, conference_id, name):
+    """Whether ``name`` is one ``recording_name`` made for the room: another application's recording of
+    the bridge (or a hostile name: slashes, dots) is neither adopted, fetched nor deleted."""
+    prefix = f"{app_name}-{conference_id}-"
+    if not isinstance(name, str) or not name.startswith(prefix):
+        return False
+    return RECORDING_NAME_TAIL.fullmatch(name[len(prefix) :]) is not None
 
 
 def moh_wanted(participants_in_bridge):

@@ -214,6 +214,7 @@ class AriWorker:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self.app.stop_fetches()  # recordings left to fetch are the next worker's (resync)
             if not self.lost_lease:  # the link is the new holder's to report
                 await self._set_link(False, "worker stopped")
             await db(lease.release)(self.server.pk, self.owner)
@@ -381,9 +382,15 @@ class AriWorker:
         item[TALKING_MARK] = self._talking_marks
 
     def superseded(self, event):
-        """Whether a talking event has a later one of the same caller queued behind it."""
+        """Whether a talking event has a later one of the same caller queued behind it.
+
+        Only a start is ever skipped: a finish carries the stretch's length (talk_seconds), which a later
+        event does not repeat.
+        """
         mark = event.get(TALKING_MARK)
-        return mark is not None and self.latest_talking.get(rules.event_channel_id(event), mark) != mark
+        if mark is None or event.get("type") != "ChannelTalkingStarted":
+            return False
+        return self.latest_talking.get(rules.event_channel_id(event), mark) != mark
 
     async def _lane_of(self, kind, item):
         """The lane of an item (see rules.lane_of_event); remembers which room each channel went to."""

@@ -55,7 +55,7 @@ class Migration(migrations.Migration):
                 ('stopped_at', models.DateTimeField(blank=True, null=True, verbose_name='stopped at')),
                 ('duration', models.FloatField(blank=True, null=True, verbose_name='duration (seconds)')),
                 ('size', models.PositiveBigIntegerField(blank=True, null=True, verbose_name='size (bytes)')),
-                ('file', models.FileField(blank=True, upload_to='recordings/%Y/%m/', verbose_name='file')),
+                ('file', models.FileField(blank=True, max_length=255, upload_to='recordings/%Y/%m/', verbose_name='file')),
                 ('error', models.TextField(blank=True, verbose_name='last error')),
                 ('conference', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='recordings', to='conferences.conference', verbose_name='conference')),
                 ('meeting', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='recordings', to='conferences.meeting', verbose_name='meeting')),
