@@ -40,7 +40,7 @@ def session_group(session_key):
     return f"session.{digest}"
 
 
-def _iso(value):
+def iso(value):
     return value.isoformat() if value else None
 
 
@@ -54,17 +54,17 @@ def participant_state(participant):
         # present, or waiting (in the lobby or for the leader: waiting_for says which; joined_at is the arrival)
         "status": str(participant.status),
         "waiting_for": (participant.waiting_for or None) if participant.status == "waiting" else None,
-        "joined_at": _iso(participant.joined_at),
+        "joined_at": iso(participant.joined_at),
         "muted": participant.muted,
         "mute_source": (participant.mute_source or None) if participant.muted else None,
         "talking": participant.talking,
         "talk_seconds": round(participant.talk_seconds or 0.0, 1),
         "moh": participant.moh,
         "hand_raised": participant.hand_raised,
-        "hand_raised_at": _iso(participant.hand_raised_at),
+        "hand_raised_at": iso(participant.hand_raised_at),
     }
     if participant.left_at is not None:
-        state["left_at"] = _iso(participant.left_at)
+        state["left_at"] = iso(participant.left_at)
         state["left_reason"] = participant.left_reason
     return state
 
@@ -237,12 +237,16 @@ def room_message(frame, conference_id=None):
     ``text`` is what goes to browsers as is (no per-socket JSON encoding);
     ``kind`` and ``seq`` are what consumers need to decide without parsing it.
     """
+    # Keys starting with "_" are for the consumers, not the browsers (RoomConsumer.room_event).
+    private = {key[1:]: frame[key] for key in frame if key.startswith("_")}
+    frame = {key: value for key, value in frame.items() if not key.startswith("_")}
     message = {
         "type": ROOM_EVENT,
         "conference": conference_id,
         "kind": frame["type"],
         "seq": frame.get("seq"),
         "text": json.dumps(frame, separators=(",", ":")),
+        **private,
     }
     # The room list's part, also serialised once (conferences/consumers.py, RoomListConsumer).
     if frame["type"] in LIST_PARTICIPANT_KINDS:

@@ -857,7 +857,13 @@ class ConferenceConsumer(GuardedConsumer):
                 return  # already in the snapshot
             self.last_seq = seq
         self.snapshot_text = None  # something happened: a resync reads afresh
-        await self.send(text_data=message["text"])
+        text = message["text"]
+        if message.get("kind") == protocol.RECORDING_FINISHED and message.get("moderators_only"):
+            if self.role != access.MODERATOR:  # a viewer of a room whose recordings moderators download
+                frame = json.loads(text)
+                frame["recording"]["download_url"] = None
+                text = json.dumps(frame, separators=(",", ":"))
+        await self.send(text_data=text)
 
     async def moderation_reply(self, message):
         pending = self.pending.pop(str(message.get("request_id")), None)

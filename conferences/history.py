@@ -24,7 +24,7 @@ import json
 import re
 import unicodedata
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 
 from asgiref.sync import sync_to_async
@@ -95,6 +95,7 @@ class MeetingAttendance:
     attendees: list[Attendee] = field(default_factory=list)
     pk: int | None = None
     cut: bool = False
+    recordings: list = field(default_factory=list)  # [(Recording, download URL or None)]
 
     @property
     def ongoing(self):
@@ -336,6 +337,22 @@ def _meetings_in(conference, start, end, now):
     return query
 
 
+def _recordings_of(meeting_ids, user, conference, role):
+    """``{meeting id: [(recording, download URL or None)]}`` of the stored recordings of these meetings."""
+    from conferences import recordings
+    from conferences.models import Recording
+
+    allowed = recordings.may_download(user, conference, role)
+    found = {}
+    rows = Recording.objects.filter(meeting_id__in=meeting_ids, state=Recording.State.STORED).select_related(
+        "conference"
+    )
+    for recording in rows.order_by("started_at", "id"):
+        url = recordings.download_url(recording) if allowed else None
+        found.setdefault(recording.meeting_id, []).append((recording, url))
+    return found
+
+
 def _recent_stays(meeting_ids):
     """The ``STAYS_SHOWN + 1`` most recent stays of each meeting (the extra one tells that there are more).
 
@@ -457,6 +474,18 @@ def describe(event):
         return _("The room ended with its leader")
     if kind == Kind.ROOM_WAITING:
         return _("The leader left: the others wait for the leader")
+    if kind == Kind.RECORDING_STARTED:
+        if event.actor_id is not None:
+            return _("Recording started by a moderator")
+        return _("Recording started (the room records always)")
+    if kind == Kind.RECORDING_STOPPED:
+        if event.actor_id is not None:
+            return _("Recording stopped by a moderator")
+        return _("Recording ended (the room emptied)")
+    if kind == Kind.RECORDING_FAILED:
+        return _("Recording failed")
+    if kind == Kind.RECORDING_PURGED:
+        return _("A recording was deleted after its retention")
     if kind == Kind.REFUSED:
         if reason:
             return _("Refused a caller: %(reason)s") % {"reason": _refusal_reason(reason)}
@@ -709,7 +738,8 @@ def conference_history(request, slug):
     dates, or with ``meeting=<id>`` every stay of that meeting of this room.
     """
     conference = get_object_or_404(Conference.objects.select_related("server"), slug=slug)
-    if not access.can_view(request.user, conference):
+    role = access.conference_role(request.user, conference)
+    if role is None:
         raise PermissionDenied
     form = HistoryFilterForm(request.GET)
     context = {"conference": conference, "form": form}
@@ -753,6 +783,7 @@ def conference_history(request, slug):
         after=cursors["meetings_after"],
     )
     stays = _recent_stays([meeting.pk for meeting in meeting_page.rows])
+    recorded = _recordings_of([meeting.pk for meeting in meeting_page.rows], request.user, conference, role)
     context.update(
         {
             "filtered": start is not None or end is not None,
@@ -761,7 +792,10 @@ def conference_history(request, slug):
             "newest_event_at": timeline.rows[0].created_at if timeline.rows else None,
             "oldest_event_at": timeline.rows[-1].created_at if timeline.rows else None,
             "meeting_page": meeting_page,
-            "meetings": [_attendance(meeting, stays.get(meeting.pk, []), now) for meeting in meeting_page.rows],
+            "meetings": [
+                replace(_attendance(meeting, stays.get(meeting.pk, []), now), recordings=recorded.get(meeting.pk, []))
+                for meeting in meeting_page.rows
+            ],
             "stays_shown": STAYS_SHOWN,
         }
     )

@@ -549,6 +549,7 @@ class ConferenceEvent(models.Model):
         RECORDING_STARTED = "recording_started", _("recording started")
         RECORDING_STOPPED = "recording_stopped", _("recording stopped")
         RECORDING_FAILED = "recording_failed", _("recording failed")
+        RECORDING_PURGED = "recording_purged", _("recording deleted after its retention")
 
     conference = models.ForeignKey(
         Conference, on_delete=models.CASCADE, related_name="events", verbose_name=_("conference")
@@ -591,6 +592,7 @@ class Recording(models.Model):
         FINISHED = "finished", _("finished, being fetched")
         STORED = "stored", _("stored")
         FAILED = "failed", _("failed")
+        PURGED = "purged", _("deleted after its retention")
 
     conference = models.ForeignKey(
         Conference, on_delete=models.CASCADE, related_name="recordings", verbose_name=_("conference")

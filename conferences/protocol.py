@@ -31,8 +31,18 @@ ASTERISK_STATUS = "asterisk.status"
 REPLY = "reply"
 ERROR = "error"
 ROOMS = "rooms"  # the room list socket's whole list
+RECORDING_FINISHED = "recording.finished"  # a recording is stored: its download_url is null for who may not
 PARTICIPANT_FRAMES = (PARTICIPANT_JOINED, PARTICIPANT_UPDATED, PARTICIPANT_LEFT)
-FRAME_TYPES = (SNAPSHOT, *PARTICIPANT_FRAMES, CONFERENCE_UPDATED, ASTERISK_STATUS, REPLY, ERROR, ROOMS)
+FRAME_TYPES = (
+    SNAPSHOT,
+    *PARTICIPANT_FRAMES,
+    CONFERENCE_UPDATED,
+    RECORDING_FINISHED,
+    ASTERISK_STATUS,
+    REPLY,
+    ERROR,
+    ROOMS,
+)
 
 # --- actions (client to server) -----------------------------------------------------------------
 

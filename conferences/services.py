@@ -8,7 +8,7 @@ worker) and admin actions are thin callers of these functions; a raw
 """
 
 import logging
-from datetime import UTC
+from datetime import UTC, timedelta
 from functools import partial
 
 from django.db import connection, transaction
@@ -574,8 +574,65 @@ def recording_finished(*, name, duration=None, error=""):
 
 
 def recording_stored(*, recording_id, file_name, size):
-    """The recording's file is in the site's storage now."""
-    Recording.objects.filter(pk=recording_id).update(state=Recording.State.STORED, file=file_name, size=size, error="")
+    """The recording's file is in the site's storage now: ``recording.finished`` to the room's pages."""
+    from conferences import recordings
+
+    with transaction.atomic():
+        updated = Recording.objects.filter(pk=recording_id).update(
+            state=Recording.State.STORED, file=file_name, size=size, error=""
+        )
+        recording = Recording.objects.select_related("conference").filter(pk=recording_id).first()
+        if not updated or recording is None:
+            return None
+        conference = recording.conference
+        _emit(
+            conference.pk,
+            protocol.RECORDING_FINISHED,
+            recording={
+                "id": recording.pk,
+                "started_at": broadcast.iso(recording.started_at),
+                "duration": recording.duration,
+                "download_url": recordings.download_url(recording),
+            },
+            _moderators_only=conference.record_download != Conference.RecordDownload.VIEWERS,
+        )
+    return recording
+
+
+def purge_recordings(*, now=None, server_id=None):
+    """Delete the files of stored recordings past their room's retention (``record_retention_days``).
+
+    A recording still being written or fetched is never touched; each one
+    deleted keeps its row (state ``purged``, no file) and gets a timeline
+    entry. Returns how many were deleted.
+    """
+    from django.core.files.storage import default_storage
+
+    now = now or timezone.now()
+    stored = Recording.objects.filter(state=Recording.State.STORED).select_related("conference")
+    if server_id is not None:
+        stored = stored.filter(conference__server_id=server_id)
+    purged = 0
+    for recording in stored.iterator():
+        days = recording.conference.record_retention_days
+        if recording.stopped_at is None or recording.stopped_at > now - timedelta(days=days):
+            continue
+        if recording.file:
+            default_storage.delete(recording.file.name)
+        with transaction.atomic():
+            changed = Recording.objects.filter(pk=recording.pk, state=Recording.State.STORED).update(
+                state=Recording.State.PURGED, file=""
+            )
+            if changed:
+                _record(
+                    recording.conference_id,
+                    Kind.RECORDING_PURGED,
+                    details={"recording": recording.pk, "retention_days": days},
+                )
+                purged += changed
+    if purged:
+        logger.info("recordings: %s deleted after their retention", purged)
+    return purged
 
 
 def recording_fetch_failed(*, recording_id, error):

@@ -677,13 +677,14 @@ def test_query_count_does_not_grow_with_the_history(
         event(Kind.JOINED, at(1, 10, index), guest)
         event(Kind.MUTED, at(1, 10, index, 30), guest, actor=moderators[index % 5])
     group_into_meetings()
-    # Session, user, room, access, event page (participant and actor joined in), meeting page, their stays.
-    with django_assert_max_num_queries(7):
+    # Session, user, room, access, event page (participant and actor joined in), meeting page, their stays,
+    # their recordings.
+    with django_assert_max_num_queries(8):
         response = logged_in.get(URL)
     assert len(response.context["entries"]) == 80
     assert [m.people for m in response.context["meetings"]] == [40]
     # With dates, one more: the last meeting that began before the first day, which may reach into it.
-    with django_assert_max_num_queries(8):
+    with django_assert_max_num_queries(9):
         response = logged_in.get(URL, {"from": "2025-03-01", "to": "2025-03-01"})
     assert len(response.context["entries"]) == 80
     # Session, user, room, access, events (one chunk).

@@ -12,8 +12,9 @@ import wave
 import pytest
 from django.contrib.auth.models import User
 from django.core.files.storage import default_storage
+from django.test import Client
 
-from conferences.models import Conference, Recording
+from conferences.models import Conference, ConferenceAccess, Recording
 from tests.live import EventLog, act, db, events_of, wait_roster
 from tests.sandbox import eventually
 
@@ -90,6 +91,19 @@ async def test_a_moderator_records_a_room_and_the_file_is_stored_with_its_audio(
     kinds = [(e["kind"], e["actor_id"]) for e in await db(events_of)(room) if e["kind"].startswith("recording_")]
     assert kinds == [("recording_started", moderator.pk), ("recording_stopped", moderator.pk)]
     assert await act(worker, room, "record_stop", None, moderator) == (False, "the room is not being recorded")
+    # The moderator plays it from the room's history page.
+    await db(ConferenceAccess.objects.create)(conference=room, user=moderator, role="moderator")
+
+    def download():
+        client = Client()
+        client.force_login(moderator)
+        page = client.get(f"/conferences/{room.slug}/history/").content.decode()
+        link = f"/conferences/{room.slug}/recordings/{recording.pk}/"
+        response = client.get(link, HTTP_RANGE="bytes=0-43")  # the WAV header, as a player asks first
+        return link in page, response.status_code, b"".join(response.streaming_content)
+
+    listed, status, header = await db(download)()
+    assert listed and status == 206 and header[:4] == b"RIFF" and header[8:12] == b"WAVE"
 
 
 async def test_an_always_room_records_each_time_it_fills_and_a_never_room_refuses(

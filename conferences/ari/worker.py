@@ -41,6 +41,7 @@ BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 10.0  # a connection that lasted this long resets the backoff
 HEARTBEAT_EVERY = 5.0
+PURGE_EVERY = 24 * 3600.0  # seconds between the worker's deletions of expired recordings
 PING_INTERVAL = 10.0
 PING_TIMEOUT = 10.0
 DB_RETRY_FIRST = 0.2
@@ -90,6 +91,7 @@ class AriWorker:
         self._talking_marks = 0
         self.coalesced = 0  # talking events skipped for a later one of the same caller
         self.stopping = stopping or asyncio.Event()
+        self.next_purge = time.monotonic() + 60.0  # the first a minute after the start
         self.owner = lease.new_owner()
         self.connected = False
         self.replaced = False
@@ -543,6 +545,9 @@ class AriWorker:
                 if self.connected:
                     await self.app.effects.db(services.server_heartbeat, server_id=self.server.pk)
                 await broadcast.flush_backlog()  # events the channel layer refused earlier
+                if time.monotonic() >= self.next_purge:  # once a day: recordings past their retention
+                    self.next_purge = time.monotonic() + PURGE_EVERY
+                    await self.app.effects.db(services.purge_recordings, server_id=self.server.pk)
             except asyncio.CancelledError:
                 raise
             except lease.LeaseLost:

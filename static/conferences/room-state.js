@@ -88,13 +88,22 @@ export function initialState() {
   };
 }
 
-const ROOM_EVENTS = new Set(["participant.joined", "participant.updated", "participant.left", "conference.updated"]);
+const ROOM_EVENTS = new Set([
+  "participant.joined",
+  "participant.updated",
+  "participant.left",
+  "conference.updated",
+  "recording.finished",
+]);
 
 function conferenceEntries(before, after) {
   const entries = [];
   if (!before || !after) return entries;
   if (before.locked !== after.locked) entries.push({ kind: after.locked ? "locked" : "unlocked" });
   if (Boolean(before.lobby) !== Boolean(after.lobby)) entries.push({ kind: after.lobby ? "lobby-on" : "lobby-off" });
+  if (Boolean(before.recording) !== Boolean(after.recording)) {
+    entries.push({ kind: after.recording ? "recording-on" : "recording-off" });
+  }
   return entries;
 }
 
@@ -150,6 +159,10 @@ export function reduce(state, frame) {
     else lastSeq = frame.seq;
   }
   const next = { ...state, lastSeq };
+  if (frame.type === "recording.finished") {
+    result.entries.push({ kind: "recording-stored", recording: frame.recording || null });
+    return { ...result, state: next };
+  }
   if (frame.type === "conference.updated") {
     const c = frame.conference;
     if (!c) return { ...result, state: next };

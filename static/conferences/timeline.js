@@ -23,6 +23,9 @@ const KEYS = {
   admitted: "event_admitted",
   denied: "event_denied",
   "waiting-left": "event_waiting_left",
+  "recording-on": "event_recording_on",
+  "recording-off": "event_recording_off",
+  "recording-stored": "event_recording_stored",
 };
 
 // Read out as they happen: people coming, going and waiting (the rest is in the timeline only).

@@ -297,3 +297,22 @@ test("conference.updated: the lobby turned on or off is logged, like the lock", 
   const resynced = reduce(state, snapshot(5, [], { conference: room({ lobby: true }) }));
   assert.deepEqual(kinds(resynced).sort(), ["lobby-on", "unlocked"]);
 });
+
+test("recording: the badge's changes and a stored recording are timeline entries, and their seq counts", () => {
+  let state = reduce(initialState(), {
+    type: "snapshot",
+    seq: 5,
+    conference: { slug: "r", recording: false },
+    participants: [],
+    can_moderate: true,
+  }).state;
+  let result = reduce(state, { type: "conference.updated", seq: 6, conference: { slug: "r", recording: true } });
+  assert.deepEqual(result.entries.map((e) => e.kind), ["recording-on"]);
+  state = result.state;
+  result = reduce(state, { type: "recording.finished", seq: 7, recording: { id: 3, download_url: null } });
+  assert.deepEqual(result.entries.map((e) => e.kind), ["recording-stored"]);
+  assert.equal(result.state.lastSeq, 7);
+  assert.equal(result.resync, false);
+  result = reduce(result.state, { type: "participant.joined", seq: 8, participant: { id: 1, joined_at: "x" } });
+  assert.equal(result.resync, false); // no gap after it
+});
