@@ -128,3 +128,32 @@ async def test_an_always_room_records_each_time_it_fills_and_a_never_room_refuse
     await wait_roster(sandbox, worker, never, {caller.channel_id})
     assert await act(worker, never, "record_start", None, moderator) == (False, "this room is never recorded")
     assert await db(recordings)(never) == []
+
+
+async def test_a_recording_goes_on_across_a_worker_restart_and_one_that_ended_meanwhile_is_fetched(
+    runner, sandbox, make_room, moderator, media
+):
+    """The worker restarts while a room records: the new one finds the recording live and stops it when asked;
+    a recording that ended while no worker ran (its RecordingFinished went to nobody) is finished and stored."""
+    room = await make_room(193)
+    worker = await runner.start()
+    talker = await sandbox.caller(193, far="talk", name="Talker", number="621")
+    await wait_roster(sandbox, worker, room, {talker.channel_id})
+    assert await act(worker, room, "record_start", None, moderator) == (True, None)
+    await asyncio.sleep(2)
+    await runner.stop()
+    worker = await runner.start()  # the resync finds the recording still live on Asterisk
+    assert (await db(Conference.objects.get)(pk=room.pk)).recording is True
+    await asyncio.sleep(1)
+    assert await act(worker, room, "record_stop", None, moderator) == (True, None)
+    [first] = await stored(room, 1)
+    assert first.duration >= 2.5
+
+    assert await act(worker, room, "record_start", None, moderator) == (True, None)
+    await runner.stop()
+    await sandbox.hangup(talker)  # the room empties while no worker runs: the file ends unheard
+    await asyncio.sleep(1)
+    worker = await runner.start()
+    recordings_now = await stored(room, 2)
+    assert (await db(Conference.objects.get)(pk=room.pk)).recording is False
+    assert recordings_now[1].size > 0
