@@ -72,6 +72,16 @@ async def logged_in_page(browser, base, username, password="pw-Tr0ub4dor"):
     return page
 
 
+def moderator_and_viewer(room):
+    """Users "mod" (moderator) and "view" (viewer) of ``room``, password pw-Tr0ub4dor."""
+    # The web process knows the production hashers only (tests use MD5 for speed).
+    password = PBKDF2PasswordHasher().encode("pw-Tr0ub4dor", "e2e-salt-123456", iterations=100_000)
+    moderator = User.objects.create(username="mod", password=password)
+    viewer = User.objects.create(username="view", password=password)
+    ConferenceAccess.objects.create(conference=room, user=moderator, role="moderator")
+    ConferenceAccess.objects.create(conference=room, user=viewer, role="viewer")
+
+
 def row(page, participant_id):
     return page.locator(f"[data-participant-id='{participant_id}']")
 
@@ -91,15 +101,7 @@ async def live(page):
 async def test_moderator_and_viewer_watch_a_real_room(stack, browser, pbx, sandbox, stack_ears):
     room = await db(Conference.objects.create)(server=pbx, number="150", slug="daily", name="Daily stand-up")
 
-    def users():
-        # The web process knows the production hashers only (tests use MD5 for speed).
-        password = PBKDF2PasswordHasher().encode("pw-Tr0ub4dor", "e2e-salt-123456", iterations=100_000)
-        moderator = User.objects.create(username="mod", password=password)
-        viewer = User.objects.create(username="view", password=password)
-        ConferenceAccess.objects.create(conference=room, user=moderator, role="moderator")
-        ConferenceAccess.objects.create(conference=room, user=viewer, role="viewer")
-
-    await db(users)()
+    await db(moderator_and_viewer)(room)
     base = f"http://127.0.0.1:{stack.port}"
     moderator = await logged_in_page(browser, base, "mod")
     viewer = await logged_in_page(browser, base, "view")
@@ -213,14 +215,7 @@ async def test_a_moderator_runs_the_lobby_while_a_viewer_watches(stack, browser,
     them; the moderator admits one (it moves to the roster on both pages) and turns another away."""
     room = await db(Conference.objects.create)(server=pbx, number="160", slug="lobby", name="With a lobby", lobby=True)
 
-    def users():
-        password = PBKDF2PasswordHasher().encode("pw-Tr0ub4dor", "e2e-salt-123456", iterations=100_000)
-        moderator = User.objects.create(username="mod", password=password)
-        viewer = User.objects.create(username="view", password=password)
-        ConferenceAccess.objects.create(conference=room, user=moderator, role="moderator")
-        ConferenceAccess.objects.create(conference=room, user=viewer, role="viewer")
-
-    await db(users)()
+    await db(moderator_and_viewer)(room)
     base = f"http://127.0.0.1:{stack.port}"
     moderator = await logged_in_page(browser, base, "mod")
     viewer = await logged_in_page(browser, base, "view")

@@ -23,6 +23,12 @@ def media(settings, tmp_path):
     return tmp_path
 
 
+async def four_bytes(name, destination):
+    """A fake ``AriClient.stored_recording_file``: Asterisk's file is four bytes."""
+    destination.write(b"data")
+    return 4
+
+
 async def finished_recording(conference):
     return await sync_to_async(Recording.objects.create)(
         conference=conference, name="conference-1-rec", started_at=timezone.now(), state=Recording.State.FINISHED
@@ -56,11 +62,7 @@ async def test_a_file_the_site_could_not_keep_stays_on_asterisk(server, make_con
     recording = await finished_recording(conference)
     app = new_app(server)
 
-    async def stored_recording_file(name, destination):
-        destination.write(b"data")
-        return 4
-
-    app.ari.stored_recording_file = stored_recording_file
+    app.ari.stored_recording_file = four_bytes
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -123,11 +125,7 @@ async def test_a_stop_that_finds_the_recording_gone_finishes_and_fetches_it(serv
     assert await app.handle_command(command) == (True, None)
     app.ari.fail["stop_recording"] = AriNotFound("gone", status=404)  # its RecordingFinished was lost
 
-    async def stored_recording_file(name, destination):
-        destination.write(b"data")
-        return 4
-
-    app.ari.stored_recording_file = stored_recording_file
+    app.ari.stored_recording_file = four_bytes
     stop = {"action": "record_stop", "conference_id": room.pk, "participant_id": None}
     assert await app.handle_command(stop) == (True, None)
     await asyncio.gather(*app.fetches.values())
@@ -143,11 +141,7 @@ async def test_a_stored_file_the_database_does_not_take_is_removed_again(server,
     recording = await finished_recording(conference)
     app = new_app(server)
 
-    async def stored_recording_file(name, destination):
-        destination.write(b"data")
-        return 4
-
-    app.ari.stored_recording_file = stored_recording_file
+    app.ari.stored_recording_file = four_bytes
 
     def refuse(*args, **kwargs):
         raise ValueError("value too long for type character varying(100)")
