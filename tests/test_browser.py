@@ -232,7 +232,10 @@ async def test_a_moderator_runs_the_lobby_while_a_viewer_watches(stack, browser,
     def waiting_ids():
         from conferences.models import Participant
 
-        return list(Participant.objects.waiting().filter(conference=room).order_by("id").values_list("pk", flat=True))
+        # By number, not id: the two callers enter the application at the same time, in either order.
+        return list(
+            Participant.objects.waiting().filter(conference=room).order_by("caller_number").values_list("pk", flat=True)
+        )
 
     guest_id, other_id = await eventually(lambda: db(lambda: len(waiting_ids()) == 2 and waiting_ids())(), timeout=15)
     in_lobby = "[data-role=lobby] [data-participant-id='{}']"
