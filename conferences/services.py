@@ -573,14 +573,21 @@ def recording_finished(*, name, duration=None, error=""):
     return recording
 
 
-def recording_stored(*, recording_id, file_name, size):
-    """The recording's file is in the site's storage now: ``recording.finished`` to the room's pages."""
+def recording_stored(*, recording_id, file_name, size, seconds=None):
+    """The recording's file is in the site's storage now: ``recording.finished`` to the room's pages.
+
+    ``seconds``: the audio the file holds, when it could be read; it becomes
+    the duration (``recording_finished`` could only estimate one for a
+    recording that ended while no worker listened, or whose Asterisk died).
+    """
     from conferences import recordings
 
     with transaction.atomic():
         updated = Recording.objects.filter(pk=recording_id).update(
             state=Recording.State.STORED, file=file_name, size=size, error=""
         )
+        if seconds is not None:
+            Recording.objects.filter(pk=recording_id).update(duration=round(seconds, 3))
         recording = Recording.objects.select_related("conference").filter(pk=recording_id).first()
         if not updated or recording is None:
             return None

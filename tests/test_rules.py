@@ -302,3 +302,43 @@ def test_a_bridge_recordings_events_go_to_its_rooms_lane():
         rules.lane_of_event(other, app_name="conference", room_of_channel={"x": 9}.get, room_of_number=dict().get)
         == rules.SERVER
     )
+
+
+def _wav(data_size, riff_size=None, data=b"", extra=b""):
+    """A 44-byte PCM WAV header (8 kHz, 16-bit mono, as Asterisk's ``wav`` format) with the sizes given."""
+    fmt = (16).to_bytes(4, "little") + bytes.fromhex("0100 0100 401f0000 803e0000 0200 1000")
+    riff = 36 + data_size if riff_size is None else riff_size
+    return (
+        b"RIFF"
+        + riff.to_bytes(4, "little")
+        + b"WAVE"
+        + b"fmt "
+        + fmt
+        + b"data"
+        + data_size.to_bytes(4, "little")
+        + data
+        + extra
+    )
+
+
+@pytest.mark.parametrize(
+    "head,file_size,expected",
+    [
+        (_wav(16000), 44 + 16000, ([], 1.0)),  # closed properly: nothing to change
+        (_wav(0, 0), 44 + 32768, ([(40, 32768), (4, 36 + 32768)], 2.048)),  # never closed (Asterisk was killed)
+        (_wav(0, 0), 44 + 32769, ([(40, 32768), (4, 36 + 32768)], 2.048)),  # a torn last sample is left out
+        (_wav(0, 36), 44 + 160, ([(40, 160), (4, 196)], 0.01)),
+        (_wav(99999), 44 + 1000, ([(40, 1000), (4, 1036)], 0.0625)),  # says more than the file holds
+        (_wav(1000), 44 + 1000 + 26, ([], 0.0625)),  # chunks after the data (LIST…) are left alone
+        (_wav(0, 0), 44, ([(4, 36)], 0.0)),  # nothing was written: an empty recording
+        (_wav(0), 44, ([], 0.0)),
+        (b"RIFF\0\0\0\0WAVEdata\0\0\0\0", 100, None),  # data before fmt: not ours to guess
+        (b"OggS" + bytes(40), 1000, None),
+        (b"RIFF", 4, None),
+        (b"", 0, None),
+        (_wav(0, 0)[:30], 30, None),  # the header cut short
+        (b"RIFF\0\0\0\0WAVEfmt " + (2**32 - 1).to_bytes(4, "little"), 10**6, None),  # a hostile chunk size
+    ],
+)
+def test_wav_repair(head, file_size, expected):
+    assert rules.wav_repair(head[: rules.WAV_HEAD], file_size) == expected

@@ -1129,12 +1129,13 @@ class ConferenceApp:
     async def _fetch_once(self, recording_id, name):
         with tempfile.TemporaryFile() as spool:
             size = await self.ari.stored_recording_file(name, spool)
+            seconds = await asyncio.to_thread(_repair_wav, spool, size)
             spool.seek(0)
             file_name = await asyncio.to_thread(
                 default_storage.save, f"recordings/{time.strftime('%Y/%m', time.gmtime())}/{name}.wav", File(spool)
             )
         try:
-            await self.effects.db(store.recording_stored, recording_id, file_name, size)
+            await self.effects.db(store.recording_stored, recording_id, file_name, size, seconds)
         except BaseException:
             await asyncio.to_thread(default_storage.delete, file_name)  # no copy the database does not know of
             raise
@@ -1280,3 +1281,19 @@ class ConferenceApp:
             added,
             readmitted,
         )
+
+
+def _repair_wav(handle, size):
+    """Fill in the sizes of a WAV file Asterisk never closed (rules.wav_repair); the seconds it holds, or
+    None when it is no WAV of the kind Asterisk writes (then it is stored as it came)."""
+    handle.seek(0)
+    repair = rules.wav_repair(handle.read(rules.WAV_HEAD), size)
+    if repair is None:
+        return None
+    fixes, seconds = repair
+    for offset, value in fixes:
+        handle.seek(offset)
+        handle.write(value.to_bytes(4, "little"))
+    if fixes:
+        logger.warning("a recording's WAV header said %s; its sizes were filled in (%.1f s)", "0 bytes", seconds)
+    return seconds

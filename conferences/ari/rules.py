@@ -338,6 +338,43 @@ def recording_name(app_name, conference_id, stamp, token):
 RECORDING_NAME_TAIL = re.compile(r"[0-9]{8}-[0-9]{6}-[0-9a-f]{6}")
 
 
+WAV_HEAD = 512  # bytes read to find a WAV file's "fmt " and "data" chunks (Asterisk writes 44)
+
+
+def wav_repair(head, file_size):
+    """What to rewrite in a WAV file that was never closed, and the seconds of audio it holds.
+
+    Asterisk writes a WAV header with zero sizes when a recording starts and
+    fills them in when it closes the file; one that died mid-recording
+    (SIGKILL, a power cut) leaves them zero, and players take the file for
+    empty. ``head``: the first bytes of the file (``WAV_HEAD``); returns
+    ``(fixes, seconds)`` with ``fixes`` a list of ``(offset, value)`` of
+    little-endian 32-bit sizes to write (empty when the header is right), or
+    None for anything that is not a PCM WAV with its data chunk last.
+    """
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    block = rate = None
+    at = 12
+    while at + 8 <= len(head):
+        chunk, size = head[at : at + 4], int.from_bytes(head[at + 4 : at + 8], "little")
+        if chunk == b"fmt " and at + 8 + 16 <= len(head):
+            rate = int.from_bytes(head[at + 12 : at + 16], "little")
+            block = int.from_bytes(head[at + 20 : at + 22], "little")
+        elif chunk == b"data":
+            if not rate or not block:
+                return None
+            start = at + 8
+            if 0 < size <= file_size - start:  # closed properly (what follows, if anything, is other chunks)
+                return [], size / (rate * block)
+            held = max(0, file_size - start) // block * block
+            fixes = [(at + 4, held), (4, start - 8 + held)]
+            fixes = [(at_, value) for at_, value in fixes if int.from_bytes(head[at_ : at_ + 4], "little") != value]
+            return fixes, held / (rate * block)
+        at += 8 + size + (size & 1)
+    return None
+
+
 def is_our_recording(app_name, conference_id, name):
     """Whether ``name`` is one ``recording_name`` made for the room: another application's recording of
     the bridge (or a hostile name: slashes, dots) is neither adopted, fetched nor deleted."""

@@ -280,8 +280,8 @@ def recording_finished(name, duration=None, error=""):
     return None if recording is None else (recording.pk, recording.conference_id, recording.state)
 
 
-def recording_stored(recording_id, file_name, size):
-    services.recording_stored(recording_id=recording_id, file_name=file_name, size=size)
+def recording_stored(recording_id, file_name, size, seconds=None):
+    services.recording_stored(recording_id=recording_id, file_name=file_name, size=size, seconds=seconds)
 
 
 def recording_fetch_failed(recording_id, error):
