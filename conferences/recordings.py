@@ -7,6 +7,9 @@ browser's audio player can seek.
 """
 
 import asyncio
+import functools
+import io
+import logging
 import re
 
 from django.core.exceptions import PermissionDenied
@@ -15,9 +18,12 @@ from django.core.handlers.asgi import ASGIRequest
 from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
+from django.utils.translation import gettext as _
 
 from conferences import access
 from conferences.models import Conference, Recording
+
+logger = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
 RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")
@@ -59,21 +65,44 @@ def byte_range(header, size):
     return start, end
 
 
-def _chunks(handle, start, length):
+def open_range(storage, name, start, length):
+    """A file-like object (``read``, ``close``) over ``length`` bytes of a stored file from ``start``.
+
+    An S3-compatible store (django-storages' S3Storage) is asked for just
+    those bytes (one GET with a ``Range`` header, read as it arrives): its
+    own ``open`` would download the whole file first, for every seek of a
+    player. Any other storage: ``open`` and ``seek``.
+    """
+    if length <= 0:
+        return io.BytesIO()
+    bucket = getattr(storage, "bucket", None)
+    if bucket is not None and hasattr(storage, "_normalize_name"):  # S3Storage (tests/test_recording_s3.py)
+        from storages.utils import clean_name
+
+        key = storage._normalize_name(clean_name(name))
+        return bucket.Object(key).get(Range=f"bytes={start}-{start + length - 1}")["Body"]
+    handle = storage.open(name, "rb")
     handle.seek(start)
-    left = length
-    while left > 0:
-        data = handle.read(min(CHUNK, left))
-        if not data:
-            break
-        left -= len(data)
-        yield data
-    handle.close()
+    return handle
 
 
-async def _achunks(handle, start, length):
+def _chunks(opener, length):
+    handle = opener()
     try:
-        await asyncio.to_thread(handle.seek, start)
+        left = length
+        while left > 0:
+            data = handle.read(min(CHUNK, left))
+            if not data:
+                break
+            left -= len(data)
+            yield data
+    finally:
+        handle.close()
+
+
+async def _achunks(opener, length):
+    handle = await asyncio.to_thread(opener)
+    try:
         left = length
         while left > 0:
             data = await asyncio.to_thread(handle.read, min(CHUNK, left))
@@ -97,12 +126,13 @@ def recording_download(request, slug, pk):
         raise Http404
     try:
         size = default_storage.size(recording.file.name)
-        handle = default_storage.open(recording.file.name, "rb")
-    except OSError:
+    except FileNotFoundError:
         raise Http404 from None
+    except Exception:  # the store is down or refuses us (S3: a network error, a revoked key)
+        logger.exception("recording %s: its storage did not answer", recording.pk)
+        return HttpResponse(_("The recordings' storage did not answer; try again later."), status=503)
     wanted = byte_range(request.headers.get("Range"), size)
     if wanted == "unsatisfiable":
-        handle.close()
         response = HttpResponse(status=416)
         response["Content-Range"] = f"bytes */{size}"
         return response
@@ -110,7 +140,8 @@ def recording_download(request, slug, pk):
     length = max(0, end - start + 1)
     chunks = _achunks if isinstance(request, ASGIRequest) else _chunks
     status = 206 if wanted else 200
-    response = StreamingHttpResponse(chunks(handle, start, length), content_type="audio/wav", status=status)
+    opener = functools.partial(open_range, default_storage, recording.file.name, start, length)
+    response = StreamingHttpResponse(chunks(opener, length), content_type="audio/wav", status=status)
     response["Content-Length"] = str(length)
     response["Accept-Ranges"] = "bytes"
     if wanted:

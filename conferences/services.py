@@ -625,7 +625,11 @@ def purge_recordings(*, now=None, server_id=None):
         if recording.stopped_at is None or recording.stopped_at > now - timedelta(days=days):
             continue
         if recording.file:
-            default_storage.delete(recording.file.name)
+            try:
+                default_storage.delete(recording.file.name)
+            except Exception:  # the store is down (S3): kept stored, tried again at the next purge
+                logger.exception("recording %s: its file could not be deleted", recording.pk)
+                continue
         with transaction.atomic():
             changed = Recording.objects.filter(pk=recording.pk, state=Recording.State.STORED).update(
                 state=Recording.State.PURGED, file=""

@@ -6,6 +6,7 @@ typo in a deployment stops start-up with a message instead of a surprise.
 
 import ipaddress
 import os
+import re
 import secrets
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -336,3 +337,63 @@ def dev_secret_key(path):
     with os.fdopen(fd, "w") as fh:
         fh.write(key + "\n")
     return key
+
+
+S3_VARIABLES = (
+    "S3_BUCKET",
+    "S3_ENDPOINT_URL",
+    "S3_REGION",
+    "S3_ACCESS_KEY_ID",
+    "S3_SECRET_ACCESS_KEY",
+    "S3_PREFIX",
+    "S3_ADDRESSING_STYLE",
+)
+S3_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def storages_for(environ=None):
+    """Django's ``STORAGES``: the site's files (recordings) under ``MEDIA_ROOT``, or, with ``S3_BUCKET``, in an
+    S3-compatible store through django-storages (AWS S3, MinIO, Ceph, Wasabi…; docs/operations.md)."""
+    static = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}
+    bucket = env_str("S3_BUCKET", environ=environ)
+    if bucket is None:
+        others = [name for name in S3_VARIABLES if env_str(name, environ=environ) is not None]
+        if others:
+            raise ImproperlyConfigured(f"{others[0]} is set but S3_BUCKET is not: set S3_BUCKET or unset the S3_*.")
+        # (no location: FileSystemStorage follows MEDIA_ROOT, also where a test changes it)
+        return {"default": {"BACKEND": "django.core.files.storage.FileSystemStorage"}, "staticfiles": static}
+    if not S3_BUCKET_NAME.match(bucket):
+        raise ImproperlyConfigured(f"S3_BUCKET must be an S3 bucket name (3-63 of a-z 0-9 . -), got {bucket!r}.")
+    try:
+        import storages.backends.s3  # noqa: F401
+    except ImportError:
+        raise ImproperlyConfigured(
+            "S3_BUCKET is set but django-storages is not installed: pip install -r requirements-s3.txt"
+        ) from None
+    key, secret = env_str("S3_ACCESS_KEY_ID", environ=environ), env_str("S3_SECRET_ACCESS_KEY", environ=environ)
+    if (key is None) != (secret is None):
+        raise ImproperlyConfigured("S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY go together: set both or neither.")
+    options = {
+        "bucket_name": bucket,
+        "file_overwrite": False,  # a name taken gets another: no recording ever replaces another
+        "default_acl": None,  # the bucket's own policy (keep it private: the site streams every download)
+        "querystring_auth": True,
+        "addressing_style": env_choice("S3_ADDRESSING_STYLE", "auto", ("auto", "path", "virtual"), environ),
+    }
+    endpoint = env_str("S3_ENDPOINT_URL", environ=environ)
+    if endpoint is not None:
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ImproperlyConfigured(f"S3_ENDPOINT_URL must be an http:// or https:// URL, got {endpoint!r}.")
+        options["endpoint_url"] = endpoint.rstrip("/")
+    if key is not None:  # else boto3's own chain: AWS_* variables, ~/.aws, an instance role
+        options["access_key"], options["secret_key"] = key, secret
+    region = env_str("S3_REGION", environ=environ)
+    if region is not None:
+        options["region_name"] = region
+    prefix = env_str("S3_PREFIX", environ=environ)
+    if prefix is not None:
+        if ".." in prefix.split("/") or not prefix.strip("/"):
+            raise ImproperlyConfigured(f"S3_PREFIX must be a key prefix like site/media, got {prefix!r}.")
+        options["location"] = prefix.strip("/")
+    return {"default": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": options}, "staticfiles": static}

@@ -137,6 +137,8 @@ STATIC_ROOT = VAR_DIR / "static"
 # Recordings (and any other file the site keeps) go through Django's default storage: files under
 # var/media by default; never served as static files (downloads check access on every request).
 MEDIA_ROOT = Path(env.env_str("MEDIA_ROOT", str(VAR_DIR / "media")))
+# ... or, with S3_BUCKET, in an S3-compatible store through django-storages (docs/operations.md).
+STORAGES = env.storages_for()
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

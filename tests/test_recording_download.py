@@ -179,3 +179,35 @@ def test_retention_deletes_exactly_the_expired_files_and_says_so(room, media):
     [entry] = ConferenceEvent.objects.filter(kind="recording_purged")
     assert entry.details == {"recording": old.pk, "retention_days": 30}
     assert services.purge_recordings() == 0  # nothing twice
+
+
+def test_a_file_the_store_cannot_delete_stays_stored_and_the_others_are_purged(room, media, monkeypatch):
+    from datetime import timedelta
+
+    stopped = timezone.now() - timedelta(days=room.record_retention_days + 1)
+    rows = [
+        Recording.objects.create(
+            conference=room,
+            name=f"conference-{room.pk}-{name}",
+            started_at=stopped - timedelta(minutes=5),
+            stopped_at=stopped,
+            state=Recording.State.STORED,
+            file=default_storage.save(f"recordings/{name}.wav", ContentFile(b"x")),
+        )
+        for name in ("first", "stuck", "last")
+    ]
+    from django.core.files.storage import storages
+
+    storage = storages["default"]  # the object behind default_storage (a lazy proxy)
+    delete = storage.delete
+
+    def flaky(name):
+        if "stuck" in name:
+            raise ConnectionError("the store did not answer")
+        delete(name)
+
+    monkeypatch.setattr(storage, "delete", flaky)
+    assert services.purge_recordings() == 2
+    assert [Recording.objects.get(pk=r.pk).state for r in rows] == ["purged", "stored", "purged"]
+    monkeypatch.setattr(storage, "delete", delete)
+    assert services.purge_recordings() == 1  # the next purge gets it

@@ -229,6 +229,7 @@ def test_dev_secret_key_is_created_once_and_private(tmp_path):
         ("REDIS_URL", "localhost:6379"),
         ("ARI_URL", "pbx:8088"),
         ("LOG_FORMAT", "xml"),
+        ("S3_BUCKET", "Recordings_2026"),
     ],
 )
 def test_malformed_variable_stops_start_up_with_its_name(variable, value):
@@ -328,3 +329,56 @@ def test_the_sqlite_database_is_created_readable_by_its_owner_only(tmp_path):
     database.chmod(0o640)
     assert run_manage("check", DATABASE_URL=f"sqlite:///{database}").returncode == 0
     assert database.stat().st_mode & 0o777 == 0o640
+
+
+def test_storage_is_the_media_folder_unless_a_bucket_is_named():
+    assert env.storages_for({})["default"] == {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+    s3 = env.storages_for(
+        {
+            "S3_BUCKET": "pbx-recordings",
+            "S3_ENDPOINT_URL": "https://minio.example.com:9000/",
+            "S3_ACCESS_KEY_ID": "k",
+            "S3_SECRET_ACCESS_KEY": "s",
+            "S3_PREFIX": "/conference/",
+        }
+    )["default"]
+    assert s3["BACKEND"] == "storages.backends.s3.S3Storage"
+    assert s3["OPTIONS"] == {
+        "bucket_name": "pbx-recordings",
+        "file_overwrite": False,
+        "default_acl": None,
+        "querystring_auth": True,
+        "addressing_style": "auto",
+        "endpoint_url": "https://minio.example.com:9000",
+        "access_key": "k",
+        "secret_key": "s",
+        "location": "conference",
+    }
+    # No keys: boto3 finds its own (AWS_* variables, ~/.aws, an instance role).
+    assert "access_key" not in env.storages_for({"S3_BUCKET": "pbx-recordings"})["default"]["OPTIONS"]
+
+
+@pytest.mark.parametrize(
+    "environ,message",
+    [
+        ({"S3_ENDPOINT_URL": "http://minio:9000"}, "S3_ENDPOINT_URL is set but S3_BUCKET is not"),
+        ({"S3_BUCKET": "Not_A_Bucket"}, "S3_BUCKET must be an S3 bucket name"),
+        ({"S3_BUCKET": "ab"}, "S3_BUCKET must be"),
+        ({"S3_BUCKET": "b" * 64}, "S3_BUCKET must be"),
+        ({"S3_BUCKET": "rec", "S3_ENDPOINT_URL": "minio:9000"}, "S3_ENDPOINT_URL must be an http"),
+        ({"S3_BUCKET": "rec", "S3_ENDPOINT_URL": "ftp://minio"}, "S3_ENDPOINT_URL must be an http"),
+        ({"S3_BUCKET": "rec", "S3_ACCESS_KEY_ID": "k"}, "S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY go together"),
+        ({"S3_BUCKET": "rec", "S3_SECRET_ACCESS_KEY": "s"}, "go together"),
+        ({"S3_BUCKET": "rec", "S3_PREFIX": "a/../b"}, "S3_PREFIX must be a key prefix"),
+        ({"S3_BUCKET": "rec", "S3_ADDRESSING_STYLE": "sideways"}, "S3_ADDRESSING_STYLE must be one of"),
+    ],
+)
+def test_bad_storage_settings_are_refused_by_name(environ, message):
+    with pytest.raises(ImproperlyConfigured, match=message):
+        env.storages_for(environ)
+
+
+def test_a_bucket_without_django_storages_installed_names_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "storages.backends.s3", None)  # as if not installed
+    with pytest.raises(ImproperlyConfigured, match="pip install -r requirements-s3.txt"):
+        env.storages_for({"S3_BUCKET": "rec"})
