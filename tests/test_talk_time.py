@@ -144,3 +144,23 @@ async def test_a_mute_closes_the_stretch_once_even_when_its_finish_comes_after_o
 def test_a_duration_too_large_for_a_float_is_no_measurement():
     assert rules.talk_stretch(10**400, 4.0, 10.0) == 6.0
     assert rules.plausible_seconds(float("inf"), 1.0, 100.0) is None
+
+
+async def test_without_asterisks_duration_a_stretch_is_timed_by_when_its_events_arrived(server, make_conference):
+    """A finish that waited in its room's lane (other rooms' work, a slow database) is not counted longer:
+    the worker's own clock reads the times the two events were read off ARI's socket."""
+    import time
+
+    from conferences.ari.lanes import RECEIVED_AT
+
+    app = new_app(server)
+    room = await sync_to_async(make_conference)("324")
+    await app.process_event(start("A", "324"))
+    await enter(app, room, "A", ["A"])
+    read = time.monotonic() - 10.0
+    await app.process_event({**talking("A", True), RECEIVED_AT: read})
+    await app.process_event({**talking("A", False), RECEIVED_AT: read + 3.0})  # handled 7 s after it came
+    assert await seconds("A") == pytest.approx(3.0)
+    await app.process_event({**talking("A", True), RECEIVED_AT: read + 5.0})
+    await leave(app, room, "A", [])  # the leave, read now: the open stretch ran 5 s
+    assert await seconds("A") == pytest.approx(8.0, abs=0.5)

@@ -22,6 +22,7 @@ with ``conf-invalid``. The admin role comes only from the channel variable
 """
 
 import asyncio
+import contextvars
 import dataclasses
 import logging
 import secrets
@@ -36,10 +37,22 @@ from conferences.ari import pin_throttle, rules, store
 from conferences.ari.calls import ON_THE_WAY_IN, Call, Phase, Registry, Room
 from conferences.ari.client import AriError, AriNotFound
 from conferences.ari.effects import TRANSIENT_DB_ERRORS, DatabaseUnavailable, Effects
+from conferences.ari.lanes import RECEIVED_AT
 from conferences.ari.rules import ADMIN, is_helper_channel, parse_room_args, role_from_channelvars, role_from_value
 from conferences.models import Participant
 
 logger = logging.getLogger(__name__)
+
+# The time the event being handled was read off ARI's socket (each lane's task has its own).
+_received_at = contextvars.ContextVar("received_at", default=None)
+
+
+def event_clock():
+    """``time.monotonic()`` of the moment the event being handled arrived; now, outside an event (commands,
+    timers) or for one without the mark (replayed in tests)."""
+    received = _received_at.get()
+    return received if received is not None else time.monotonic()
+
 
 PIN_TRIES = 3  # per call; across calls, see pin_throttle
 PIN_FIRST_TIMEOUT = 12.0  # seconds to start typing after the prompt began
@@ -113,6 +126,8 @@ class ConferenceApp:
         handler = getattr(self, "on_" + kind, None)
         if handler is None:
             return
+        received = event.get(RECEIVED_AT)
+        token = _received_at.set(received if isinstance(received, float) else None)
         try:
             await handler(event)
         except DatabaseUnavailable:
@@ -125,6 +140,8 @@ class ConferenceApp:
             logger.warning("server %s: %s: ARI error: %s", self.server_id, kind, exc)
         except Exception:
             logger.exception("server %s: %s: handler failed; event skipped", self.server_id, kind)
+        finally:
+            _received_at.reset(token)
 
     # --- admission --------------------------------------------------------------
 
@@ -795,7 +812,7 @@ class ConferenceApp:
         call = self.state.call((event.get("channel") or {}).get("id"))
         if call is None or call.phase != Phase.PRESENT or call.participant_id is None:
             return
-        now = time.monotonic()
+        now = event_clock()  # when it was read, not when its lane came to it (rooms share the loop)
         if talking:
             await self.effects.db(store.update, call.participant_id, talking=True)
             call.talking, call.talking_since, call.stretch_closed = True, now, False
@@ -809,7 +826,7 @@ class ConferenceApp:
         """The seconds of the call's talking stretch still open (0 when it is not talking)."""
         if call is None or not call.talking:
             return 0.0
-        return rules.talk_stretch(None, call.talking_since, time.monotonic())
+        return rules.talk_stretch(None, call.talking_since, event_clock())
 
     async def on_BridgeDestroyed(self, event):
         conference_id = self.conference_id_of_bridge((event.get("bridge") or {}).get("id"))

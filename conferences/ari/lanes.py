@@ -19,6 +19,8 @@ import logging
 
 from conferencesite import logformat
 
+RECEIVED_AT = "_conference_received_at"  # put into every ARI event when read: monotonic seconds
+
 logger = logging.getLogger(__name__)
 
 

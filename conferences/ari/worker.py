@@ -29,7 +29,7 @@ from conferences.ari import lease, rules, store
 from conferences.ari.client import AriClient, AriError
 from conferences.ari.effects import DatabaseUnavailable
 from conferences.ari.handlers import ConferenceApp
-from conferences.ari.lanes import Lanes
+from conferences.ari.lanes import RECEIVED_AT, Lanes
 from conferences.dbthreads import TRANSIENT_DB_ERRORS, DatabaseThreads
 from conferencesite import logformat
 
@@ -51,7 +51,6 @@ STOP_TIMEOUT = 10.0  # seconds the lanes have to finish the item in hand at shut
 STANDBY_POLL = 1.0  # how often a standby worker tries to take the lease
 TALKING_EVENTS = frozenset({"ChannelTalkingStarted", "ChannelTalkingFinished"})
 TALKING_MARK = "_conference_talking_mark"  # put into a talking event by the dispatcher (see _mark_talking)
-RECEIVED_AT = "_conference_received_at"  # put into every event when read: its wait in the lanes (metrics)
 
 
 class WorkerConflict(Exception):
