@@ -513,8 +513,11 @@ def conference_record(*, conference_id, kind, actor_id=None, participant_id=None
 # --- recordings ------------------------------------------------------------------
 
 
-def recording_started(*, conference_id, name, actor_id=None):
-    """A recording of the room is being written (``name``: Asterisk's). Idempotent; returns the Recording."""
+def recording_started(*, conference_id, name, actor_id=None, started_at=None):
+    """A recording of the room is being written (``name``: Asterisk's). Idempotent; returns the Recording.
+
+    ``started_at``: when it began, for one found after the fact (else now).
+    """
     with transaction.atomic():
         conference = _lock_room(conference_id)
         if conference is None:
@@ -531,11 +534,21 @@ def recording_started(*, conference_id, name, actor_id=None):
             Meeting.objects.filter(conference_id=conference_id, ended_at__isnull=True).values_list("pk", flat=True)
         ).first()
         recording = Recording.objects.create(
-            conference=conference, meeting_id=meeting_id, name=name, started_at=now, started_by_id=actor_id
+            conference=conference,
+            meeting_id=meeting_id,
+            name=name,
+            started_at=started_at or now,
+            started_by_id=actor_id,
         )
         conference.recording = True
         conference.save(update_fields=["recording"])
-        _record(conference.pk, Kind.RECORDING_STARTED, actor_id=actor_id, at=now, details={"recording": recording.pk})
+        _record(
+            conference.pk,
+            Kind.RECORDING_STARTED,
+            actor_id=actor_id,
+            at=started_at or now,
+            details={"recording": recording.pk},
+        )
         _emit_conference(conference)
     logger.info("conference %s: recording %s started", conference_id, name)
     return recording

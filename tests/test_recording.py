@@ -195,3 +195,40 @@ async def test_an_asterisk_restart_mid_recording_ends_it_truthfully_and_keeps_th
         await asyncio.sleep(1)
         assert await act(worker, room, "record_stop", None, moderator) == (True, None)
         await stored(room, 2)
+
+
+async def test_a_recording_the_site_has_no_row_of_is_adopted_when_it_ends(runner, sandbox, make_room, moderator, media):
+    """As if the worker had died between Asterisk's record call and the row's write (and missed the
+    RecordingStarted): a recording that ends while a worker runs is adopted at its RecordingFinished; one
+    that ended while none ran is found among Asterisk's stored recordings at the reconnect. Both are
+    fetched and stored; neither is left on Asterisk."""
+    room = await make_room(197)
+    worker = await runner.start()
+    talker = await sandbox.caller(197, far="talk", name="Talker", number="651")
+    await wait_roster(sandbox, worker, room, {talker.channel_id})
+
+    async def record_then_forget():
+        assert await act(worker, room, "record_start", None, moderator) == (True, None)
+        await asyncio.sleep(2)
+        await runner.stop()
+        [live] = await db(lambda: list(Recording.objects.filter(conference=room, state="recording")))()
+        await db(Recording.objects.filter(pk=live.pk).delete)()
+        await db(Conference.objects.filter(pk=room.pk).update)(recording=False)
+        return live.name
+
+    lost = await record_then_forget()
+    worker = await runner.start()
+    await sandbox.hangup(talker)  # the Recorder leaves: RecordingFinished of a recording the site never knew
+    [adopted] = await stored(room, 1)
+    assert adopted.name == lost and adopted.started_by_id is None and adopted.duration >= 1.5
+
+    talker = await sandbox.caller(197, far="talk", name="Talker", number="652")
+    await wait_roster(sandbox, worker, room, {talker.channel_id})
+    lost = await record_then_forget()
+    await sandbox.hangup(talker)  # ends while no worker runs
+    await asyncio.sleep(1)
+    await runner.start()
+    first, second = await stored(room, 2)
+    assert second.name == lost and second.size > 0
+    for name in (first.name, second.name):
+        await sandbox.call("GET", f"/recordings/stored/{name}", ok=(404,))

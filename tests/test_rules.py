@@ -342,3 +342,22 @@ def _wav(data_size, riff_size=None, data=b"", extra=b""):
 )
 def test_wav_repair(head, file_size, expected):
     assert rules.wav_repair(head[: rules.WAV_HEAD], file_size) == expected
+
+
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("conference-12-20261202-031500-a1b2c3", (12, "20261202-031500")),
+        ("conference-12-20261202-031500-a1b2c", None),
+        ("conference-x-20261202-031500-a1b2c3", None),
+        ("conference--20261202-031500-a1b2c3", None),
+        ("conference-١٢-20261202-031500-a1b2c3", None),  # digits, but not ASCII ones
+        ("conference-12-20261202-031500-a1b2c3/../x", None),
+        ("other-12-20261202-031500-a1b2c3", None),  # another application's
+        ("conference-1" + "0" * 30 + "-20261202-031500-a1b2c3", None),
+        (None, None),
+        (12, None),
+    ],
+)
+def test_the_room_of_a_recording_name(name, expected):
+    assert rules.recording_room("conference", name) == expected

@@ -240,6 +240,10 @@ class AriClient:
         """Stop a live recording and keep its file (``DELETE /recordings/live/{name}`` would discard it)."""
         await self.request("POST", f"/recordings/live/{quote(name, safe='')}/stop")
 
+    async def stored_recordings(self):
+        """``GET /recordings/stored``: every recording Asterisk holds a file of (``name``, ``format``)."""
+        return await self.request("GET", "/recordings/stored")
+
     async def live_recording(self, name):
         return await self.request("GET", f"/recordings/live/{quote(name, safe='')}")
 

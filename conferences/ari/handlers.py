@@ -22,8 +22,10 @@ with ``conf-invalid``. The admin role comes only from the channel variable
 """
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
+import datetime
 import logging
 import secrets
 import tempfile
@@ -1068,6 +1070,9 @@ class ConferenceApp:
             return
         duration = rules.plausible_seconds(recording.get("duration"), 1.0, rules.MAX_RECORDING_SECONDS)
         ended = await self.effects.db(store.recording_finished, recording["name"], duration, error)
+        if ended is None:  # no row: the worker that started it died before writing one (and missed its start)
+            await self._adopt(conference_id, recording["name"])
+            ended = await self.effects.db(store.recording_finished, recording["name"], duration, error)
         room = self.state.rooms.get(conference_id)
         if room is not None and room.recording == recording["name"]:
             room.recording = None
@@ -1163,6 +1168,35 @@ class ConferenceApp:
         logger.info("recording %s: stored as %s (%s bytes)", name, file_name, size)
         return True
 
+    async def _adopt(self, conference_id, name):
+        stamp = rules.recording_room(self.app_name, name)
+        started_at = None
+        if stamp is not None:
+            with contextlib.suppress(ValueError):
+                started_at = datetime.datetime.strptime(stamp[1], "%Y%m%d-%H%M%S").replace(tzinfo=datetime.UTC)
+        logger.warning("conference %s: recording %s was not known to the site: adopted", conference_id, name)
+        await self.effects.db(store.recording_adopted, conference_id, name, started_at)
+
+    async def adopt_stored_recordings(self):
+        """Files Asterisk holds of recordings this application made that the site has no row of (the worker
+        that started them died before writing one, and they ended while none ran): adopted and fetched."""
+        try:
+            listed = await self.ari.stored_recordings()
+        except AriError as exc:
+            logger.warning("server %s: stored recordings not listed: %s", self.server_id, exc)
+            return
+        rooms = {}
+        for item in listed if isinstance(listed, list) else ():
+            name = item.get("name") if isinstance(item, dict) else None
+            found = rules.recording_room(self.app_name, name)
+            if found is not None and item.get("format") == "wav":
+                rooms[name] = found[0]
+        if not rooms:
+            return
+        for name, conference_id in (await self.effects.db(store.unknown_recordings, self.server_id, rooms)).items():
+            await self._adopt(conference_id, name)
+            await self._finished_meanwhile(conference_id, name)
+
     async def resync_recordings(self):
         """After a (re)connect: recordings still live on Asterisk go on; ones that ended meanwhile are
         finished (Asterisk kept their files) and fetched, as are ones a previous fetch left behind."""
@@ -1176,6 +1210,7 @@ class ConferenceApp:
             facts = await self.effects.db(store.recording_facts, conference_id)
             if room is not None and facts is not None:
                 room.recording, room.announcement = name, facts[1]
+        await self.adopt_stored_recordings()
         for recording_id, name, _conference_id in await self.effects.db(store.recordings_to_fetch, self.server_id):
             self.fetch_later(recording_id, name)
 

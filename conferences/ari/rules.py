@@ -384,6 +384,18 @@ def is_our_recording(app_name, conference_id, name):
     return RECORDING_NAME_TAIL.fullmatch(name[len(prefix) :]) is not None
 
 
+def recording_room(app_name, name):
+    """``(conference id, started at as a UTC "YYYYmmdd-HHMMSS" stamp)`` of a name ``recording_name`` made, or
+    None: how a recording Asterisk holds is traced to its room when the site has no row of it."""
+    prefix = f"{app_name}-"
+    if not isinstance(name, str) or not name.startswith(prefix):
+        return None
+    number, _, tail = name[len(prefix) :].partition("-")
+    if not number.isascii() or not number.isdigit() or len(number) > 18 or not RECORDING_NAME_TAIL.fullmatch(tail):
+        return None
+    return int(number), tail[:15]
+
+
 def moh_wanted(participants_in_bridge):
     """Music on hold plays to a room's bridge when exactly one participant is in it."""
     return len(participants_in_bridge) == 1

@@ -270,6 +270,20 @@ def recording_started(conference_id, name, actor_id=None):
     return recording.pk if recording else None
 
 
+def unknown_recordings(server_id, rooms):
+    """Of ``rooms`` (``{name: conference id}``, from names this application made), the names the site has no
+    row of whose room is one of this server's: what a worker that died before writing them left."""
+    known = set(Recording.objects.filter(name__in=list(rooms)).values_list("name", flat=True))
+    ours = set(Conference.objects.filter(server_id=server_id, pk__in=set(rooms.values())).values_list("pk", flat=True))
+    return {name: room for name, room in rooms.items() if name not in known and room in ours}
+
+
+def recording_adopted(conference_id, name, started_at):
+    """A row for a recording of the room the site did not know of (its start was never written)."""
+    recording = services.recording_started(conference_id=conference_id, name=name, started_at=started_at)
+    return recording.pk if recording else None
+
+
 def recording_stopping(name, actor_id):
     services.recording_stopping(name=name, actor_id=actor_id)
 
