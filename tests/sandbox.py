@@ -18,6 +18,7 @@ import inspect
 import json
 import uuid
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import requests
 import websockets
@@ -143,7 +144,9 @@ class Sandbox:
         return set()
 
     async def cleanup(self):
-        """Hang up every channel and destroy every bridge: each test starts from an empty PBX."""
+        """Hang up every channel, destroy every bridge and delete every stored recording: each test starts
+        from an empty PBX (a recording a test left would be adopted by the next test's worker: its room ids
+        start again from 1)."""
         for channel in await self.call("GET", "/channels"):
             await self.call("DELETE", f"/channels/{channel['id']}", ok=(200, 204, 404))
         for bridge in await self.bridges():
@@ -153,6 +156,8 @@ class Sandbox:
             return not await self.call("GET", "/channels")
 
         await eventually(no_channels, message="sandbox channels hung up")
+        for recording in await self.call("GET", "/recordings/stored"):
+            await self.call("DELETE", f"/recordings/stored/{quote(recording['name'], safe='')}", ok=(200, 204, 404))
 
 
 class Typist:
