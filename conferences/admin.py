@@ -11,6 +11,7 @@ from conferences.models import (
     Conference,
     ConferenceAccess,
     ConferenceEvent,
+    Invite,
     Participant,
     Recording,
     present_filter,
@@ -71,7 +72,7 @@ class AsteriskServerForm(forms.ModelForm):
 
     class Meta:
         model = AsteriskServer
-        fields = ["name", "ari_url", "username", "password", "app_name", "enabled"]
+        fields = ["name", "ari_url", "username", "password", "app_name", "enabled", "dial_template", "invite_pattern"]
 
     def clean_password(self):
         password = self.cleaned_data.get("password")
@@ -91,6 +92,7 @@ class AsteriskServerAdmin(admin.ModelAdmin):
     readonly_fields = ["connected", "status_since", "last_seen_at", "last_error"]
     fieldsets = [
         (None, {"fields": ["name", "ari_url", "username", "password", "app_name", "enabled"]}),
+        (_("Invites by number"), {"fields": ["dial_template", "invite_pattern"]}),
         (_("Link status"), {"fields": ["connected", "status_since", "last_seen_at", "last_error"]}),
     ]
 
@@ -200,6 +202,15 @@ class RecordingAdmin(ReadOnlyAdmin):
     list_filter = ["state", "conference"]
     list_select_related = ["conference", "started_by"]
     date_hierarchy = "started_at"
+
+
+@admin.register(Invite)
+class InviteAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "conference", "number", "status", "actor", "cause", "ended_at"]
+    list_filter = ["status", "conference"]
+    search_fields = ["number", "conference__name", "actor__username"]
+    list_select_related = ["conference", "actor"]
+    date_hierarchy = "created_at"
 
 
 @admin.register(ConferenceEvent)

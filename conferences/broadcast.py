@@ -114,6 +114,17 @@ def conference_state(conference, participant_count, waiting_count=0):
     }
 
 
+def invite_state(invite):
+    """An invitation as browsers see it (``invite.updated``, the snapshot's ``invites``)."""
+    return {
+        "id": invite.pk,
+        "number": invite.number,
+        "status": invite.status,
+        "participant": invite.participant_id,
+        "created_at": iso(invite.created_at),
+    }
+
+
 _outbox = threading.local()
 
 

@@ -50,7 +50,7 @@ from conferences import (
     protocol,
     socketcap,
 )
-from conferences.models import Conference, Participant
+from conferences.models import Conference, Invite, Participant
 from conferences.ratelimit import TokenBucket
 from conferences.sessions import session_user
 
@@ -126,6 +126,16 @@ def _conference(slug):
     return room
 
 
+def request_arguments(request):
+    """What the request's action carries besides a caller (moderation.ARGUMENTS), type-checked only: the
+    worker judges the values (an invite's number against the server's pattern, the invite's room)."""
+    if request.action == "invite":
+        return {"number": frames.clean_text(request.fields.get("number"), 64)}
+    if request.action == "cancel_invite":
+        return {"invite": frames.database_id(request.fields.get("invite"))}
+    return {}
+
+
 def _snapshot(conference_id):
     """The room's present state and the seq it corresponds to, read consistently.
 
@@ -137,12 +147,14 @@ def _snapshot(conference_id):
         # room's next seq on the same row: seq and roster belong together.
         conference = Conference.objects.select_for_update().select_related("server").get(pk=conference_id)
         participants = list(Participant.objects.in_room().filter(conference=conference))
+        invites = list(Invite.objects.filter(conference=conference, status__in=Invite.OPEN).order_by("id"))
     waiting = sum(1 for participant in participants if participant.waiting)
     return {
         "type": protocol.SNAPSHOT,
         "seq": conference.seq,
         "conference": broadcast.conference_state(conference, len(participants) - waiting, waiting),
         "participants": [broadcast.participant_state(p) for p in participants],
+        "invites": [broadcast.invite_state(invite) for invite in invites],
         "asterisk": {"connected": conference.server.connected},
     }
 
@@ -803,9 +815,9 @@ class ConferenceConsumer(GuardedConsumer):
         if request.action not in moderation.ACTIONS:
             await self.reply(request.request_id, False, "unknown action")
             return
-        await self.moderate(request.action, request.request_id, request.participant)
+        await self.moderate(request.action, request.request_id, request.participant, request_arguments(request))
 
-    async def moderate(self, action, request_id, participant_id):
+    async def moderate(self, action, request_id, participant_id, arguments=None):
         key = str(request_id)
         if key in self.pending:
             await self.reply(request_id, False, "request_id already in use")
@@ -830,6 +842,7 @@ class ConferenceConsumer(GuardedConsumer):
             actor_id=self.user_id,
             request_id=key,
             reply_channel=self.channel_name,
+            **(arguments or {}),
         )
 
     async def _expire(self, key, request_id):

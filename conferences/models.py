@@ -1,9 +1,11 @@
 """Data model: Asterisk servers, rooms, who may see them, who is in them, what happened."""
 
+import re
+
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator, RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
 from django.urls import reverse
@@ -37,6 +39,35 @@ def validate_ari_url(value):
     problem = address.http_url_problem(value)
     if problem is not None:
         raise ValidationError(f"{_('ARI URL')} {problem}", code="invalid")
+
+
+DEFAULT_INVITE_PATTERN = "[0-9]{2,6}"
+DIAL_TEMPLATE = re.compile(r"^[A-Za-z0-9_-]{1,32}/[^\s{}]*\{number\}[^\s{}]*$")
+# A quantified group holding a quantifier ("(\d+)+"): such a pattern can take exponential time on a
+# 32-key number, in the worker's event loop.
+NESTED_QUANTIFIER = re.compile(r"\([^()]*(?:[+*?}])[^()]*\)\s*[+*{]")
+
+
+def validate_dial_template(value):
+    """``Tech/…{number}…``: one ``{number}``, no spaces, no other braces."""
+    if value and (not DIAL_TEMPLATE.match(value) or value.count("{number}") != 1):
+        raise ValidationError(
+            _("A dial string with {number} once, e.g. PJSIP/{number}@trunk or Local/{number}@from-internal."),
+            code="invalid",
+        )
+
+
+def validate_invite_pattern(value):
+    """A regular expression Python compiles, without nested quantifiers (they can take exponential time)."""
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValidationError(_("Not a regular expression: %(error)s"), code="invalid", params={"error": exc}) from None
+    if NESTED_QUANTIFIER.search(value):
+        raise ValidationError(
+            _("No repeated group that holds a repetition, like (\\d+)+: it can take forever to match."),
+            code="invalid",
+        )
 
 
 class AsteriskServerQuerySet(models.QuerySet):
@@ -78,6 +109,30 @@ class AsteriskServer(models.Model):
         validators=[RegexValidator(r"^[A-Za-z0-9_.-]+$", _("Letters, digits, dot, dash, underscore."))],
     )
     enabled = models.BooleanField(_("enabled"), default=True)
+    # Invites by number (conferences/ari/invites.py): how the worker dials, and what it may dial.
+    dial_template = models.CharField(
+        _("dial template"),
+        max_length=200,
+        blank=True,
+        default="",
+        db_default="",
+        validators=[validate_dial_template],
+        help_text=_(
+            "How invites are dialled, with {number} for the number: PJSIP/{number}@trunk or "
+            "Local/{number}@from-internal. Empty: no invites from this server."
+        ),
+    )
+    invite_pattern = models.CharField(
+        _("numbers that may be invited"),
+        max_length=200,
+        default=DEFAULT_INVITE_PATTERN,
+        db_default=DEFAULT_INVITE_PATTERN,
+        validators=[validate_invite_pattern],
+        help_text=_(
+            "A regular expression the whole number must match; the default allows internal extensions "
+            "(2 to 6 digits) only. Numbers hold only 0-9 * # + in any case."
+        ),
+    )
 
     # Link status, written by the worker only.
     connected = models.BooleanField(_("connected"), default=False, editable=False)
@@ -206,6 +261,26 @@ class Conference(models.Model):
         choices=RecordDownload.choices,
         default=RecordDownload.MODERATORS,
         db_default=RecordDownload.MODERATORS,
+    )
+    invite_caller_id = models.CharField(
+        _("caller ID of invites"),
+        max_length=80,
+        blank=True,
+        default="",
+        db_default="",
+        help_text=_("What an invited phone shows, with {name} and {number} for the room's. Empty: {name} <{number}>."),
+    )
+    invite_ring_seconds = models.PositiveSmallIntegerField(
+        _("ring invites for (seconds)"),
+        default=30,
+        db_default=30,
+        validators=[MinValueValidator(5), MaxValueValidator(120)],
+    )
+    max_open_invites = models.PositiveSmallIntegerField(
+        _("invites ringing at once"),
+        default=5,
+        db_default=5,
+        validators=[MinValueValidator(1), MaxValueValidator(50)],
     )
     record_retention_days = models.PositiveIntegerField(
         _("keep recordings for (days)"), default=90, db_default=90, validators=[MinValueValidator(1)]
@@ -550,6 +625,8 @@ class ConferenceEvent(models.Model):
         RECORDING_STOPPED = "recording_stopped", _("recording stopped")
         RECORDING_FAILED = "recording_failed", _("recording failed")
         RECORDING_PURGED = "recording_purged", _("recording deleted after its retention")
+        INVITED = "invited", _("invited by number")
+        INVITE_ENDED = "invite_ended", _("invitation ended")
 
     conference = models.ForeignKey(
         Conference, on_delete=models.CASCADE, related_name="events", verbose_name=_("conference")
@@ -639,3 +716,54 @@ class Recording(models.Model):
 
     def __str__(self):
         return f"{self.conference_id}: {self.name}"
+
+
+class Invite(models.Model):
+    """A call the worker placed to bring a number into a room (a moderator's ``invite``)."""
+
+    class Status(models.TextChoices):
+        DIALING = "dialing", _("dialing")
+        RINGING = "ringing", _("ringing")
+        ANSWERED = "answered", _("answered")
+        BUSY = "busy", _("busy")
+        NO_ANSWER = "no_answer", _("no answer")
+        FAILED = "failed", _("failed")
+        CANCELLED = "cancelled", _("cancelled")
+
+    OPEN = (Status.DIALING, Status.RINGING)
+
+    conference = models.ForeignKey(
+        Conference, on_delete=models.CASCADE, related_name="invites", verbose_name=_("conference")
+    )
+    number = models.CharField(_("number"), max_length=32)
+    status = models.CharField(_("status"), max_length=16, choices=Status.choices, default=Status.DIALING)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("invited by"),
+    )
+    participant = models.ForeignKey(
+        Participant,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("participant"),
+    )
+    # The channel the worker created (its id is the worker's choice: how its events are told apart).
+    channel_id = models.CharField(_("channel"), max_length=64, unique=True)
+    cause = models.SmallIntegerField(_("hangup cause"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created"), db_index=True)
+    ended_at = models.DateTimeField(_("ended"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("invite")
+        verbose_name_plural = _("invites")
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["conference", "status"]), models.Index(fields=["actor", "created_at"])]
+
+    def __str__(self):
+        return f"{self.number} ({self.status})"

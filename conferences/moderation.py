@@ -30,10 +30,21 @@ def worker_channel(server_id):
     return f"ari-worker.{server_id}"
 
 
-def build_request(*, conference_id, action, participant_id=None, actor_id=None, request_id="", reply_channel=""):
+# What some actions carry besides the room and the caller (``invite``: the number; ``cancel_invite``: the
+# invite's id), passed to the worker as they came, after the socket's type check; the worker judges them.
+ARGUMENTS = ("number", "invite")
+
+
+def build_request(
+    *, conference_id, action, participant_id=None, actor_id=None, request_id="", reply_channel="", **arguments
+):
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action!r}")
+    unknown = set(arguments) - set(ARGUMENTS)
+    if unknown:
+        raise ValueError(f"unknown arguments {sorted(unknown)}")
     return {
+        **arguments,
         "type": REQUEST_TYPE,
         "action": action,
         "conference_id": conference_id,
@@ -50,7 +61,9 @@ async def send_request(*, server_id, **fields):
     await get_channel_layer().send(worker_channel(server_id), build_request(**fields))
 
 
-async def request(*, server_id, conference_id, action, participant_id=None, actor_id=None, timeout=REQUEST_TTL):
+async def request(
+    *, server_id, conference_id, action, participant_id=None, actor_id=None, timeout=REQUEST_TTL, **arguments
+):
     """Send a request and wait for the worker's reply: ``(ok, error)``."""
     layer = get_channel_layer()
     reply_channel = await layer.new_channel("moderation-reply")
@@ -64,6 +77,7 @@ async def request(*, server_id, conference_id, action, participant_id=None, acto
             actor_id=actor_id,
             request_id=request_id,
             reply_channel=reply_channel,
+            **arguments,
         ),
     )
     try:

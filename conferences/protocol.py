@@ -32,12 +32,14 @@ REPLY = "reply"
 ERROR = "error"
 ROOMS = "rooms"  # the room list socket's whole list
 RECORDING_FINISHED = "recording.finished"  # a recording is stored: its download_url is null for who may not
+INVITE_UPDATED = "invite.updated"  # an invitation by number: dialing, ringing, then how it ended
 PARTICIPANT_FRAMES = (PARTICIPANT_JOINED, PARTICIPANT_UPDATED, PARTICIPANT_LEFT)
 FRAME_TYPES = (
     SNAPSHOT,
     *PARTICIPANT_FRAMES,
     CONFERENCE_UPDATED,
     RECORDING_FINISHED,
+    INVITE_UPDATED,
     ASTERISK_STATUS,
     REPLY,
     ERROR,
@@ -65,6 +67,8 @@ ACTIONS = (
     "open_room",
     "record_start",
     "record_stop",
+    "invite",  # with "number"
+    "cancel_invite",  # with "invite": an open invite's id
 )
 # Actions on one caller: a present one, or (WAITING_ACTIONS) one waiting in the lobby or for the leader.
 PARTICIPANT_ACTIONS = ("mute", "unmute", "kick", "lower_hand", "admit", "deny")
@@ -117,6 +121,12 @@ ERRORS = (
     gettext_noop("the room is being recorded already"),
     gettext_noop("the room is not being recorded"),
     gettext_noop("nobody is in the room"),
+    gettext_noop("invites are not set up for this room's server"),
+    gettext_noop("a number holds only 0-9 * # + (at most 32)"),
+    gettext_noop("this number may not be invited"),
+    gettext_noop("too many invites are ringing in this room"),
+    gettext_noop("too many invites lately; try again in a few minutes"),
+    gettext_noop("no such invite ringing in this room"),
     gettext_noop("participant missing or invalid"),
     gettext_noop("the caller has already left"),
     gettext_noop("you may not moderate this room"),

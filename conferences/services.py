@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from conferences import broadcast, protocol
-from conferences.models import AsteriskServer, Conference, ConferenceEvent, Meeting, Participant, Recording
+from conferences.models import AsteriskServer, Conference, ConferenceEvent, Invite, Meeting, Participant, Recording
 
 logger = logging.getLogger(__name__)
 
@@ -661,6 +661,66 @@ def purge_recordings(*, now=None, server_id=None):
 
 def recording_fetch_failed(*, recording_id, error):
     Recording.objects.filter(pk=recording_id).update(error=error[:1000])
+
+
+# --- invites ----------------------------------------------------------------------
+
+
+def invite_counts(*, conference_id, actor_id, window):
+    """``(open invites of the room, invites by the moderator, invites into the room)``, the last two in the
+    ``window`` seconds up to now: what the invite limits are judged on (they hold across worker restarts)."""
+    since = timezone.now() - timedelta(seconds=window)
+    open_count = Invite.objects.filter(conference_id=conference_id, status__in=Invite.OPEN).count()
+    by_actor = Invite.objects.filter(actor_id=actor_id, created_at__gte=since).count() if actor_id else 0
+    by_room = Invite.objects.filter(conference_id=conference_id, created_at__gte=since).count()
+    return open_count, by_actor, by_room
+
+
+def invite_created(*, conference_id, number, actor_id, channel_id):
+    """A moderator invited ``number``: stored (with a timeline entry) and on the room's pages, before the
+    worker dials it."""
+    with transaction.atomic():
+        conference = _lock_room(conference_id)
+        if conference is None:
+            return None
+        now = timezone.now()
+        invite = Invite.objects.create(
+            conference=conference, number=number, actor_id=actor_id, channel_id=channel_id, created_at=now
+        )
+        _record(conference.pk, Kind.INVITED, actor_id=actor_id, at=now, details={"invite": invite.pk, "number": number})
+        _emit(conference.pk, protocol.INVITE_UPDATED, invite=broadcast.invite_state(invite))
+    logger.info("conference %s: invite %s: dialing %s", conference_id, invite.pk, number)
+    return invite
+
+
+def invite_updated(*, invite_id, status, cause=None, participant_id=None):
+    """An invite's call moved on. Only forward: an open invite may ring or end; an ended one stays as it
+    ended (a late event changes nothing). Returns the invite, or None when it did not change."""
+    with transaction.atomic():
+        invite = Invite.objects.select_for_update().filter(pk=invite_id).first()
+        if invite is None or invite.status not in Invite.OPEN or invite.status == status:
+            return None
+        if status == Invite.Status.DIALING:
+            return None
+        conference = _lock_room(invite.conference_id)
+        now = timezone.now()
+        invite.status = status
+        fields = ["status"]
+        if status != Invite.Status.RINGING:
+            invite.ended_at, invite.cause = now, cause
+            fields += ["ended_at", "cause"]
+        if participant_id is not None:
+            invite.participant_id = participant_id
+            fields.append("participant")
+        invite.save(update_fields=fields)
+        if status != Invite.Status.RINGING:
+            details = {"invite": invite.pk, "number": invite.number, "status": status}
+            if cause is not None:
+                details["cause"] = cause
+            _record(conference.pk, Kind.INVITE_ENDED, actor_id=invite.actor_id, at=now, details=details)
+        _emit(conference.pk, protocol.INVITE_UPDATED, invite=broadcast.invite_state(invite))
+    logger.info("conference %s: invite %s: %s", invite.conference_id, invite.pk, status)
+    return invite
 
 
 # --- servers ----------------------------------------------------------------------

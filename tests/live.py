@@ -237,7 +237,7 @@ def redis_cache(settings, redis_url):
     return prefix
 
 
-async def act(worker, conference, action, participant_id=None, actor=None):
+async def act(worker, conference, action, participant_id=None, actor=None, **arguments):
     """A moderation request to the running ``worker``, as a page sends it: ``(ok, error)``."""
     return await moderation.request(
         server_id=worker.server.pk,
@@ -245,4 +245,5 @@ async def act(worker, conference, action, participant_id=None, actor=None):
         action=action,
         participant_id=participant_id,
         actor_id=actor.pk if actor else None,
+        **arguments,
     )

@@ -7,7 +7,7 @@ from django.contrib import admin
 from django.urls import reverse
 from django.utils import timezone
 
-from conferences.models import AsteriskServer, Conference, ConferenceEvent, Participant, Recording
+from conferences.models import AsteriskServer, Conference, ConferenceEvent, Invite, Participant, Recording
 
 pytestmark = pytest.mark.django_db
 
@@ -24,6 +24,9 @@ def populated(conference, make_participant, superuser, group, grant, make_user):
     grant(conference, group=group, role="moderator")
     grant(conference, user=make_user())
     Recording.objects.create(conference=conference, name="conference-1-x", started_at=timezone.now())
+    Invite.objects.create(
+        conference=conference, number="7001", actor=superuser, channel_id="invite-1-x", created_at=timezone.now()
+    )
     return conference
 
 
@@ -109,6 +112,8 @@ def server_form(**overrides):
         "password": "",
         "app_name": "conference",
         "enabled": "on",
+        "dial_template": "",
+        "invite_pattern": "[0-9]{2,6}",
     }
     data.update(overrides)
     return data
@@ -121,6 +126,19 @@ def test_blank_password_on_change_keeps_the_stored_one(admin_client, server):
     server.refresh_from_db()
     assert server.username == "asterisk"
     assert server.password == PASSWORD
+
+
+def test_staff_set_how_invites_are_dialled_and_what_may_be_dialled(admin_client, server):
+    url = reverse("admin:conferences_asteriskserver_change", args=[server.pk])
+    for field, value in [("dial_template", "PJSIP/trunk"), ("invite_pattern", r"(\d+)+"), ("invite_pattern", "(")]:
+        response = admin_client.post(url, server_form(**{field: value}))
+        assert response.status_code == 200 and field in response.context["adminform"].form.errors, (field, value)
+    response = admin_client.post(
+        url, server_form(dial_template="PJSIP/{number}@trunk", invite_pattern=r"[0-9]{3,4}|\+49[0-9]{6,12}")
+    )
+    assert response.status_code == 302
+    server.refresh_from_db()
+    assert (server.dial_template, server.invite_pattern) == ("PJSIP/{number}@trunk", r"[0-9]{3,4}|\+49[0-9]{6,12}")
 
 
 def test_new_password_replaces_the_stored_one_and_is_not_echoed(admin_client, server):
@@ -164,6 +182,9 @@ def test_adding_a_room_with_access_rows_inline(admin_client, server, make_user, 
         "record_announcement": "conf-now-recording",
         "record_download": "moderators",
         "record_retention_days": "90",
+        "invite_caller_id": "",
+        "invite_ring_seconds": "30",
+        "max_open_invites": "5",
         "access-TOTAL_FORMS": "2",
         "access-INITIAL_FORMS": "0",
         "access-MIN_NUM_FORMS": "0",
@@ -219,6 +240,9 @@ def _room_form(conference, **overrides):
         "record_announcement": conference.record_announcement,
         "record_download": conference.record_download,
         "record_retention_days": conference.record_retention_days,
+        "invite_caller_id": conference.invite_caller_id,
+        "invite_ring_seconds": conference.invite_ring_seconds,
+        "max_open_invites": conference.max_open_invites,
         "access-TOTAL_FORMS": "0",
         "access-INITIAL_FORMS": "0",
         "access-MIN_NUM_FORMS": "0",
@@ -295,7 +319,14 @@ def test_keypad_keys_that_could_not_work_are_refused(admin_client, conference, h
     ["http://conference:secret@127.0.0.1:8088/ari", "http://admin@pbx/ari", "https://:pw@pbx.example/ari"],
 )
 def test_an_ari_url_with_credentials_in_it_is_refused(admin_client, url):
-    data = {"name": "pbx2", "ari_url": url, "username": "u", "password": "p", "app_name": "conference"}
+    data = {
+        "name": "pbx2",
+        "ari_url": url,
+        "username": "u",
+        "password": "p",
+        "app_name": "conference",
+        "invite_pattern": "[0-9]{2,6}",
+    }
     response = admin_client.post(reverse("admin:conferences_asteriskserver_add"), data)
     assert response.status_code == 200
     [error] = response.context["adminform"].form.errors["ari_url"]

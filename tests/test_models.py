@@ -193,3 +193,52 @@ def test_the_migrations_backfill_writes_meetings_this_database_accepts(conferenc
     assert [m.stays.count() for m in Meeting.objects.filter(conference=conference).order_by("started_at")] == [3, 2, 1]
     assert Meeting.objects.get(conference=other).ongoing
     assert not Participant.objects.filter(meeting__isnull=True).exists()
+
+
+@pytest.mark.parametrize(
+    "value,ok",
+    [
+        ("", True),  # no invites
+        ("PJSIP/{number}@trunk", True),
+        ("Local/{number}@from-internal", True),
+        ("SIP/{number}", True),
+        ("PJSIP/trunk", False),  # no {number}
+        ("PJSIP/{number}@{number}", False),
+        ("PJSIP/{number}@trunk {x}", False),
+        ("{number}", False),  # no technology
+        ("PJSIP/{num}@trunk", False),
+    ],
+)
+def test_dial_templates(value, ok):
+    from django.core.exceptions import ValidationError
+
+    from conferences.models import validate_dial_template
+
+    if ok:
+        validate_dial_template(value)
+    else:
+        with pytest.raises(ValidationError):
+            validate_dial_template(value)
+
+
+@pytest.mark.parametrize(
+    "value,ok",
+    [
+        ("[0-9]{2,6}", True),
+        (r"\+49[0-9]{6,12}|[0-9]{3,4}", True),
+        ("(unclosed", False),
+        (r"(\d+)+", False),  # nested quantifiers: exponential on a 32-key number
+        (r"([0-9]*)*", False),
+        (r"(7|8){3}", True),
+    ],
+)
+def test_invite_patterns(value, ok):
+    from django.core.exceptions import ValidationError
+
+    from conferences.models import validate_invite_pattern
+
+    if ok:
+        validate_invite_pattern(value)
+    else:
+        with pytest.raises(ValidationError):
+            validate_invite_pattern(value)

@@ -361,3 +361,102 @@ def test_wav_repair(head, file_size, expected):
 )
 def test_the_room_of_a_recording_name(name, expected):
     assert rules.recording_room("conference", name) == expected
+
+
+# --- invites ------------------------------------------------------------------------------------
+
+INVITE_OK = {"pattern": "7[0-9]{3}", "template": "Local/{number}@test", "open_invites": 0, "max_open": 2}
+
+
+@pytest.mark.parametrize(
+    "number,changes,expected",
+    [
+        ("7001", {}, None),
+        ("7001", {"template": ""}, "invites are not set up for this room's server"),
+        ("", {}, "a number holds only 0-9 * # + (at most 32)"),
+        ("7001,admin", {}, "a number holds only 0-9 * # + (at most 32)"),  # Stasis/Dial arguments
+        ("7001&foo", {}, "a number holds only 0-9 * # + (at most 32)"),
+        ("7001@evil", {}, "a number holds only 0-9 * # + (at most 32)"),  # another context or host
+        ("70/01", {}, "a number holds only 0-9 * # + (at most 32)"),  # another technology
+        ("7001 ", {}, "a number holds only 0-9 * # + (at most 32)"),
+        ("٧٠٠١", {}, "a number holds only 0-9 * # + (at most 32)"),  # digits, not ASCII ones
+        ("7" * 33, {}, "a number holds only 0-9 * # + (at most 32)"),
+        (7001, {}, "a number holds only 0-9 * # + (at most 32)"),
+        (None, {}, "a number holds only 0-9 * # + (at most 32)"),
+        ("+4930123456", {}, "this number may not be invited"),  # outside the allowed pattern
+        ("70011", {}, "this number may not be invited"),  # the whole number must match
+        ("17001", {}, "this number may not be invited"),
+        ("7001", {"pattern": "(unclosed"}, "this number may not be invited"),
+        ("+4930123456", {"pattern": r"\+49[0-9]+"}, None),
+        ("*97", {"pattern": r"\*9[0-9]"}, None),
+        ("7001", {"open_invites": 2}, "too many invites are ringing in this room"),
+        ("7001", {"by_moderator": 10}, "too many invites lately; try again in a few minutes"),
+        ("7001", {"by_moderator": 9, "by_room": 20}, "too many invites lately; try again in a few minutes"),
+        ("7001", {"by_moderator": 9, "by_room": 19}, None),
+    ],
+)
+def test_invite_refusal(number, changes, expected):
+    facts = {**INVITE_OK, "by_moderator": 0, "by_room": 0, **changes}
+    assert rules.invite_refusal(number=number, **facts) == expected
+
+
+@pytest.mark.parametrize(
+    "cause,dial_status,cancelled,timed_out,expected",
+    [
+        (17, None, False, False, "busy"),
+        (21, None, False, False, "busy"),  # declined
+        (19, None, False, False, "no_answer"),
+        (18, None, False, False, "no_answer"),
+        (0, None, False, True, "no_answer"),  # Asterisk before 22.4: cause 0 on a dial timeout
+        (16, None, False, True, "no_answer"),
+        (16, None, False, False, "failed"),  # hung up before the ring time: not a no-answer
+        (0, None, False, False, "failed"),
+        (34, None, False, False, "failed"),  # congestion
+        (1, None, False, False, "failed"),  # unallocated number
+        (16, "BUSY", False, False, "busy"),  # the Dial status knows better than a normal clearing
+        (16, "NOANSWER", False, False, "no_answer"),
+        (16, "CONGESTION", False, False, "failed"),
+        (16, "CHANUNAVAIL", False, False, "failed"),
+        (16, "CANCEL", False, True, "no_answer"),  # the worker's ring timer hung it up
+        (17, "BUSY", True, False, "cancelled"),  # the moderator cancelled first
+        (None, None, False, False, "failed"),
+        ("17", None, False, False, "failed"),
+        (True, None, False, False, "failed"),
+    ],
+)
+def test_invite_outcome(cause, dial_status, cancelled, timed_out, expected):
+    assert (
+        rules.invite_outcome(cause=cause, dial_status=dial_status, cancelled=cancelled, timed_out=timed_out) == expected
+    )
+
+
+@pytest.mark.parametrize(
+    "template,name,number,expected",
+    [
+        ("", "Daily stand-up", "100", '"Daily stand-up" <100>'),
+        ("", 'Evil" <666>\r\nX-Header: 1', "100", '"Evil 666X-Header: 1" <100>'),
+        ("", "", "100", "<100>"),
+        ("Conference {name}", "Board", "300", '"Conference Board" <300>'),
+        ("{name} ({number})", "Sales", "200", '"Sales (200)" <200>'),
+    ],
+)
+def test_invite_caller_id(template, name, number, expected):
+    assert rules.invite_caller_id(template, name, number) == expected
+
+
+def test_an_invite_channel_names_its_room_and_its_events_go_to_the_rooms_lane():
+    channel_id = rules.invite_channel_id(42, "0123456789abcdef")
+    assert rules.room_of_invite_channel(channel_id) == 42
+    for other in ("invite-42-xyz", "invite--0123456789abcdef", "1733112345.42", None, 42):
+        assert rules.room_of_invite_channel(other) is None
+    for event in (
+        {"type": "ChannelStateChange", "channel": {"id": channel_id}},
+        {"type": "Dial", "peer": {"id": channel_id}, "dialstatus": "RINGING"},
+        {"type": "StasisStart", "channel": {"id": channel_id}, "args": ["invite"]},
+        {"type": "ChannelDestroyed", "channel": {"id": channel_id}, "cause": 17},
+        {"type": "_InviteTimeout", "channel_id": channel_id},
+    ):
+        lane = rules.lane_of_event(event, app_name="conference", room_of_channel={}.get, room_of_number={}.get)
+        assert lane == 42, event
+    assert rules.dial_endpoint("PJSIP/{number}@trunk", "7001") == "PJSIP/7001@trunk"
+    assert rules.dial_endpoint("Local/{number}@ctx", "{number}") == "Local/{number}@ctx"  # never re-expanded

@@ -7,12 +7,14 @@ A call's life is one explicit phase instead of entries in several dicts:
         │            │                    │      └────────────┼───┘ (the leader left: wait again)
         └────────────┴──────▶ LEAVING ◀───┴───────────────────┘   (refused, denied, kicked, ended:
                                                                      a prompt, then hang up)
+    DIALING ──(answered)──▶ ENTERING                                 (an invite: no PIN, no lobby)
 
 ``WAITING`` is a participant outside any bridge, hearing music on hold: in
 the lobby until a moderator admits it, or until the room's leader is in.
 ``ENTERING`` is admitted and on its way into the bridge (it holds a seat);
-``PRESENT`` is a participant in the room's bridge. Later phases (an invite
-being dialled) fit in the same shape. The registry is plain data: the
+``PRESENT`` is a participant in the room's bridge. ``DIALING`` is an
+invite's call being placed: answered, it goes straight to ``ENTERING`` (no
+PIN, no lobby). The registry is plain data: the
 handlers change it, one room's calls from one room's events.
 """
 
@@ -31,6 +33,7 @@ class Phase(StrEnum):
     ENTERING = "entering"
     PRESENT = "present"
     LEAVING = "leaving"
+    DIALING = "dialing"  # an invite's call the worker placed, not answered yet (conferences/ari/invites.py)
 
 
 # Calls the worker is still letting in (not yet in the bridge, not refused).
@@ -69,6 +72,15 @@ class Call:
     typed: str = ""
     typed_at: float = 0.0
     keypad_bucket: TokenBucket = field(default_factory=lambda: TokenBucket(rules.KEYPAD_RATE, rules.KEYPAD_BURST))
+    # An invite's call: its Invite row, when it was placed, how long it may ring, what Asterisk's Dial
+    # said last, and whether a moderator cancelled it or the worker's ring timer hung it up.
+    invite_id: int | None = None
+    dialed_at: float = 0.0
+    ring_seconds: float = 0.0
+    dial_status: str = ""
+    shown_as: str = ""  # the caller ID the invited phone was shown (the room's)
+    cancelled: bool = False
+    timed_out: bool = False
     # Leaving: hang up when one of these playbacks finishes.
     hangup_after: set = field(default_factory=set)
 

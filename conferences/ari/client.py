@@ -145,6 +145,19 @@ class AriClient:
     async def channels(self):
         return await self.request("GET", "/channels")
 
+    async def originate(self, *, endpoint, app, app_args, channel_id, caller_id, timeout):
+        """``POST /channels``: dial ``endpoint`` into ``app`` (``StasisStart`` when it answers), with the
+        caller's chosen channel id; Asterisk gives up after ``timeout`` seconds of ringing."""
+        params = {
+            "endpoint": endpoint,
+            "app": app,
+            "appArgs": app_args,
+            "channelId": channel_id,
+            "callerId": caller_id,
+            "timeout": int(timeout),
+        }
+        return await self.request("POST", "/channels", params=params)
+
     async def hangup(self, channel_id, reason="normal"):
         await self.request("DELETE", f"/channels/{quote(channel_id, safe='')}", params={"reason": reason})
 

@@ -39,6 +39,7 @@ from conferences.ari import pin_throttle, rules, store
 from conferences.ari.calls import ON_THE_WAY_IN, Call, Phase, Registry, Room
 from conferences.ari.client import AriError, AriNotFound
 from conferences.ari.effects import TRANSIENT_DB_ERRORS, DatabaseUnavailable, Effects
+from conferences.ari.invites import InviteHandlers
 from conferences.ari.lanes import RECEIVED_AT
 from conferences.ari.rules import ADMIN, is_helper_channel, parse_room_args, role_from_channelvars, role_from_value
 from conferences.models import Participant
@@ -73,8 +74,8 @@ class Refusal(services.ServiceError):
     """A moderation request that cannot be done; the message goes back to the requester."""
 
 
-class ConferenceApp:
-    """The conference logic of one Asterisk server's Stasis application."""
+class ConferenceApp(InviteHandlers):
+    """The conference logic of one Asterisk server's Stasis application (invites: conferences/ari/invites.py)."""
 
     def __init__(self, *, server_id, app_name, ari, schedule, database=None, fence=None):
         self.server_id = server_id
@@ -162,7 +163,10 @@ class ConferenceApp:
         checked now and again once a PIN is right.
         """
         channel_id = channel["id"]
-        if self.state.call(channel_id) is not None:
+        known_call = self.state.call(channel_id)
+        if known_call is not None:
+            if known_call.phase == Phase.DIALING and channel.get("state") == "Up":
+                await self.invite_answered(known_call, channel)  # an invite's call, answered
             return
         caller = channel.get("caller") or {}
         args = [arg if isinstance(arg, str) else repr(arg) for arg in args]
@@ -748,6 +752,8 @@ class ConferenceApp:
             call = Call(
                 channel_id, conference_id, caller_name=caller.get("name", ""), caller_number=caller.get("number", "")
             )
+        if call.invite_id is not None:  # its caller ID is the room's own (what the invitee saw): say who it is
+            channel = {**channel, "caller": {"name": call.caller_name, "number": call.caller_number}}
         joined = await self.effects.db(
             store.record_join, conference_id, channel, call.role, admitted_by=call.admitted_by
         )
@@ -758,6 +764,8 @@ class ConferenceApp:
         call.conference_id, call.phase, call.waiting_for = conference_id, Phase.PRESENT, ""
         call.participant_id, call.moh = participant_id, moh
         self.state.calls[channel_id] = call
+        await self.invite_joined(call)
+        call.invite_id = None  # answered: from here on an ordinary participant
         await self.recording_on_join(conference_id, call)
         if call.role == rules.ADMIN:
             await self.open_room(conference_id)  # the leader is in
@@ -800,6 +808,8 @@ class ConferenceApp:
     async def on_ChannelDestroyed(self, event):
         channel_id = (event.get("channel") or {}).get("id")
         call = self.state.call(channel_id)
+        if call is not None and call.invite_id is not None and call.participant_id is None:
+            await self.invite_ended(call, event)  # never answered, or gone on its way into the room
         if call is not None and call.phase in (Phase.PRESENT, Phase.WAITING):
             await self._left(channel_id)  # gone without leaving its bridge or the application first
         self.state.forget(channel_id)
@@ -1315,6 +1325,7 @@ class ConferenceApp:
             await self.leader_left(conference_id)
 
         await self.resync_recordings()
+        await self.resync_invites(channels)
 
         readmitted = 0
         for channel, args in plan.readmit:

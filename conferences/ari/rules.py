@@ -396,6 +396,96 @@ def recording_room(app_name, name):
     return int(number), tail[:15]
 
 
+# --- invites ----------------------------------------------------------------------------------
+
+INVITE_NUMBER = re.compile(r"^[0-9*#+]{1,32}$")
+INVITE_CHANNEL_PREFIX = "invite-"
+INVITES_BY_MODERATOR = (10, 300)  # at most 10 invites by one moderator in 5 minutes, all rooms together
+INVITES_BY_ROOM = (20, 300)  # at most 20 invites into one room in 5 minutes, all moderators together
+INVITE_TIMER_SLACK = 10.0  # seconds after the ring time before the worker hangs up a call Asterisk did not
+OPEN_INVITE = ("dialing", "ringing")
+# Hangup causes (Q.850, as Asterisk's AST_CAUSE_*) of a call that was never answered, as an outcome.
+BUSY_CAUSES = frozenset({17, 21})  # user busy; call rejected (the phone's "decline")
+NO_ANSWER_CAUSES = frozenset({18, 19})  # no user responding; no answer
+# 16 (normal clearing) and 0 (unknown: Asterisk before 22.4 on a dial timeout) before an answer: the
+# ring time ran out when it ran out; anything else is a failure (unallocated number, congestion...).
+DIAL_STATUSES = {"BUSY": "busy", "NOANSWER": "no_answer", "CONGESTION": "failed", "CHANUNAVAIL": "failed"}
+
+
+INVITE_CHANNEL = re.compile(r"^invite-([0-9]{1,18})-[0-9a-f]{16}$")
+
+
+def invite_channel_id(conference_id, token):
+    """The id of an invite's channel (``POST /channels?channelId=``): it names the room, so every event of
+    the call goes to the room's lane before the worker has seen the channel."""
+    return f"{INVITE_CHANNEL_PREFIX}{conference_id}-{token}"
+
+
+def room_of_invite_channel(channel_id):
+    """The room an invite channel id names, or None for any other channel."""
+    match = INVITE_CHANNEL.match(channel_id) if isinstance(channel_id, str) else None
+    return int(match.group(1)) if match else None
+
+
+def invite_refusal(*, number, pattern, template, open_invites, max_open, by_moderator, by_room):
+    """Why an invite of ``number`` is refused (a protocol error text), or None; the number is checked
+    before it goes anywhere near the dial template."""
+    if not template:
+        return "invites are not set up for this room's server"
+    if not isinstance(number, str) or not INVITE_NUMBER.match(number):
+        return "a number holds only 0-9 * # + (at most 32)"
+    try:
+        allowed = re.fullmatch(pattern, number) is not None
+    except re.error:
+        allowed = False
+    if not allowed:
+        return "this number may not be invited"
+    if open_invites >= max_open:
+        return "too many invites are ringing in this room"
+    if by_moderator >= INVITES_BY_MODERATOR[0] or by_room >= INVITES_BY_ROOM[0]:
+        return "too many invites lately; try again in a few minutes"
+    return None
+
+
+def dial_endpoint(template, number):
+    """The ARI ``endpoint`` of an invite: the template with its one ``{number}`` replaced (never
+    ``str.format``: a template is not a format string)."""
+    return template.replace("{number}", number, 1)
+
+
+CALLER_ID_UNSAFE = re.compile(r'["<>\\\x00-\x1f\x7f]')
+
+
+def invite_caller_id(template, name, number):
+    """The caller ID an invited phone shows: ``"Name" <number>`` by default, quotes and angle brackets
+    taken out of the room's name (it is staff's text, but it goes into a SIP header)."""
+    clean = CALLER_ID_UNSAFE.sub("", str(name or "")).strip()[:40]
+    if template:
+        text = template.replace("{name}", clean).replace("{number}", str(number))
+        text = CALLER_ID_UNSAFE.sub("", text).strip()[:80]
+        return f'"{text}" <{number}>'
+    return f'"{clean}" <{number}>' if clean else f"<{number}>"
+
+
+def invite_outcome(*, cause, dial_status=None, cancelled=False, timed_out=False):
+    """The final status of an invite whose channel ended before it was answered."""
+    if cancelled:
+        return "cancelled"
+    mapped = DIAL_STATUSES.get(str(dial_status or "").upper())
+    if mapped is not None:
+        return mapped
+    if dial_status and str(dial_status).upper() == "CANCEL" and timed_out:
+        return "no_answer"
+    if isinstance(cause, int) and not isinstance(cause, bool):
+        if cause in BUSY_CAUSES:
+            return "busy"
+        if cause in NO_ANSWER_CAUSES:
+            return "no_answer"
+        if cause in (0, 16):
+            return "no_answer" if timed_out else "failed"
+    return "no_answer" if timed_out else "failed"
+
+
 def moh_wanted(participants_in_bridge):
     """Music on hold plays to a room's bridge when exactly one participant is in it."""
     return len(participants_in_bridge) == 1
@@ -521,7 +611,7 @@ def resync_plan(*, app_name, channels, bridges, present, conference_ids, known_c
 # --- which room an item concerns (the worker's lanes) ---------------------------------------------
 
 SERVER = "server"  # the lane of what concerns no room (refused numbers, other applications' leftovers)
-CHANNEL_TIMERS = {"_PinTimeout", "_PinPauseOver", "_HangupTimeout"}
+CHANNEL_TIMERS = {"_PinTimeout", "_PinPauseOver", "_HangupTimeout", "_InviteTimeout"}
 
 
 @dataclass(frozen=True)
@@ -538,6 +628,9 @@ def event_channel_id(event):
     channel = event.get("channel")
     if isinstance(channel, dict):
         return channel.get("id")
+    peer = event.get("peer")
+    if event.get("type") == "Dial" and isinstance(peer, dict):  # the dialled channel (an invite's)
+        return peer.get("id")
     recording = event.get("recording")
     if isinstance(recording, dict):  # a bridge's recording: its room's lane (rules.lane_of_event)
         return None
@@ -569,6 +662,9 @@ def lane_of_event(event, *, app_name, room_of_channel, room_of_number):
             conference_id = conference_id_of_bridge(app_name, target[len("bridge:") :])
             if conference_id is not None:
                 return conference_id
+    invited = room_of_invite_channel(event_channel_id(event))
+    if invited is not None:  # an invite's call, from its first event (the handlers check it is one)
+        return invited
     if event.get("type") == "StasisStart":
         args = event.get("args")
         number, problem = parse_room_args(args if isinstance(args, list) else [args])

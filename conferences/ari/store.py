@@ -7,12 +7,14 @@ costs one hop where it can; writes go through conferences.services, the one
 write path.
 """
 
+from dataclasses import dataclass
+
 from django.db import transaction
 from django.db.models import Q
 
 from conferences import services
 from conferences.ari import rules
-from conferences.models import Conference, ConferenceEvent, Participant, Recording, present_filter
+from conferences.models import Conference, ConferenceEvent, Invite, Participant, Recording, present_filter
 
 
 def room_directory(server_id):
@@ -447,3 +449,72 @@ READS = frozenset(
         live_recordings,
     }
 )
+
+
+# --- invites --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InviteFacts:
+    template: str
+    pattern: str
+    caller_id: str
+    room_name: str
+    room_number: str
+    ring_seconds: int
+    max_open: int
+    open_invites: int
+    by_moderator: int
+    by_room: int
+
+
+def invite_facts(conference_id, actor_id):
+    """What an invite into the room is judged on (rules.invite_refusal) and dialled with."""
+    conference = Conference.objects.select_related("server").get(pk=conference_id)
+    window = max(rules.INVITES_BY_MODERATOR[1], rules.INVITES_BY_ROOM[1])
+    open_count, by_actor, by_room = services.invite_counts(
+        conference_id=conference_id, actor_id=actor_id, window=window
+    )
+    return InviteFacts(
+        template=conference.server.dial_template,
+        pattern=conference.server.invite_pattern,
+        caller_id=conference.invite_caller_id,
+        room_name=conference.name,
+        room_number=conference.number,
+        ring_seconds=conference.invite_ring_seconds,
+        max_open=conference.max_open_invites,
+        open_invites=open_count,
+        by_moderator=by_actor,
+        by_room=by_room,
+    )
+
+
+def invite_created(conference_id, number, actor_id, channel_id):
+    invite = services.invite_created(
+        conference_id=conference_id, number=number, actor_id=actor_id, channel_id=channel_id
+    )
+    return invite.pk if invite else None
+
+
+def invite_updated(invite_id, status, cause=None, participant_id=None):
+    services.invite_updated(invite_id=invite_id, status=status, cause=cause, participant_id=participant_id)
+
+
+def open_invite(conference_id, invite_id):
+    """``(invite id, channel id)`` of an open invite of the room, or None."""
+    if not isinstance(invite_id, int) or isinstance(invite_id, bool):
+        return None
+    return (
+        Invite.objects.filter(pk=invite_id, conference_id=conference_id, status__in=Invite.OPEN)
+        .values_list("pk", "channel_id")
+        .first()
+    )
+
+
+def open_invites(server_id):
+    """``[(invite id, conference id, channel id, ring seconds)]`` of the server's open invites."""
+    return list(
+        Invite.objects.filter(conference__server_id=server_id, status__in=Invite.OPEN).values_list(
+            "pk", "conference_id", "channel_id", "conference__invite_ring_seconds"
+        )
+    )
