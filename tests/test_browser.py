@@ -290,3 +290,61 @@ async def test_a_moderator_runs_the_lobby_while_a_viewer_watches(stack, browser,
     await eventually(lambda: db(lambda: late.channel_id in present_channels(room))(), timeout=15)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     await moderator.screenshot(path=str(SCREENSHOTS / "room-lobby-moderator.png"), full_page=True)
+
+
+async def test_a_moderator_invites_numbers_and_watches_them_ring_while_a_viewer_sees_the_outcome(
+    stack, browser, pbx, sandbox
+):
+    """From the page: a number that rings is cancelled, a busy one says so, one that answers joins the
+    room; a number with letters is refused on the page, one outside the server's pattern by the server."""
+    await db(AsteriskServer.objects.filter(pk=pbx.pk).update)(
+        dial_template="Local/{number}@test-invitees", invite_pattern="7[0-9]{3}"
+    )
+    room = await db(Conference.objects.create)(server=pbx, number="165", slug="invites", name="Invites")
+    await db(moderator_and_viewer)(room)
+    base = f"http://127.0.0.1:{stack.port}"
+    moderator = await logged_in_page(browser, base, "mod")
+    viewer = await logged_in_page(browser, base, "view")
+    for page in (moderator, viewer):
+        await page.goto(f"{base}/conferences/invites/")
+        await live(page)
+    assert (
+        await viewer.locator("[data-role=invite-form]").count() == 0
+        or not await viewer.locator("[data-role=invite-form]").is_visible()
+    )
+    number, call, error = (moderator.locator(f"[data-role=invite-{name}]") for name in ("number", "call", "error"))
+
+    async def invite(text):
+        await number.fill(text)
+        await call.click()
+
+    await invite("7004 (desk)")  # letters: refused on the page, nothing sent
+    await error.wait_for(timeout=5000)
+    assert "digits" in await error.inner_text()
+    await invite("9001")  # outside the server's pattern: the server's answer
+    await moderator.wait_for_function(
+        "() => document.querySelector('[data-role=invite-error]').textContent.includes('may not be invited')",
+        timeout=10000,
+    )
+
+    await invite("7004")  # rings and never answers: cancelled from its row
+    ringing = moderator.locator("[data-role=invites-list] li[data-status=ringing]")
+    await ringing.wait_for(timeout=15000)
+    assert "7004" in await ringing.inner_text()
+    await ringing.locator("[data-role=invite-cancel]").click()
+    await ringing.wait_for(state="detached", timeout=15000)
+
+    await invite("7002")  # busy
+    await invite("7001")  # answers: into the room
+    await eventually(
+        lambda: db(lambda: room.participants.present().filter(caller_number="7001").exists())(), timeout=20
+    )
+    for page in (moderator, viewer):
+        await page.locator("[data-role=roster-body] [data-participant-id]", has_text="7001").wait_for(timeout=10000)
+        await page.wait_for_function(
+            "() => ['7004 cancelled', '7002: busy', '7001 answered'].every("
+            "t => document.querySelector('[data-role=timeline]').textContent.includes(t))",
+            timeout=15000,
+        )
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await moderator.screenshot(path=str(SCREENSHOTS / "room-invites-moderator.png"), full_page=True)

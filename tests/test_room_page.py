@@ -226,3 +226,14 @@ def test_room_js_node_tests():
         assert check.returncode == 0, (script.name, check.stderr.decode())
     result = subprocess.run([node, "--test", *files], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_page_script_hands_every_room_frame_type_to_its_state():
+    """A room frame the page's switch leaves out is dropped, and the next one looks like a gap (a resync
+    for nothing): recording.finished was, until this test."""
+    from conferences import protocol
+
+    script = (Path(__file__).resolve().parent.parent / "static" / "conferences" / "room.js").read_text()
+    cases = set(re.findall(r'case "([a-z.]+)":', script))
+    room_frames = set(protocol.FRAME_TYPES) - {protocol.ROOMS}  # the room list socket's, not a room's
+    assert room_frames <= cases, room_frames - cases

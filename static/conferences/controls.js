@@ -6,7 +6,7 @@
 //   for a present caller; admit and deny for a waiting one. Kick and deny ask first.
 // - The requests: one at a time per control (its button says so until the reply), a timeout when
 //   no reply comes, the error the server sent (translated) when it refuses; and the resync the
-//   page asks for on a seq gap.
+//   page asks for on a seq gap. invites.js sends its requests through here too (request()).
 //
 // Every action name is the server's (config.actions, from conferences.moderation.ACTIONS): none
 // is typed here, and the server checks every action anyway. Viewers get no buttons at all.
@@ -248,29 +248,41 @@ export class Controls {
   // --- requests ---
 
   sendAction(action, key, participantId) {
-    if (this.isPending(key)) return;
+    this.request(action, key, participantId !== undefined ? { participant: participantId } : {});
+  }
+
+  /**
+   * Send ``action`` with ``fields`` as the control ``key`` (one request at a time per key).
+   * ``onError(text)``: where its errors go (the message line when absent); ``onOk()``: after a
+   * successful reply (not after a timeout or a lost connection). Returns whether it was sent.
+   */
+  request(action, key, fields = {}, { onOk, onError } = {}) {
+    if (this.isPending(key)) return false;
+    const showError = onError || ((text) => this.messages.showMessage(text, "error"));
     if (!this.socket.isLive()) {
-      this.messages.showMessage(this.t("not_connected"), "error");
-      return;
+      showError(this.t("not_connected"));
+      return false;
     }
     this.messages.clearError();
     const requestId = newRequestId();
-    const frame = { action, request_id: requestId };
-    if (participantId !== undefined) frame.participant = participantId;
+    const frame = { ...fields, action, request_id: requestId };
     const timer = setTimeout(() => this.finish(requestId, this.t("no_answer")), REQUEST_TIMEOUT_MS);
-    this.pending.set(requestId, { key, timer });
+    this.pending.set(requestId, { key, timer, onOk, showError });
     this.pendingKeys.set(key, requestId);
     this.socket.send(frame);
     this.onChange();
+    return true;
   }
 
-  finish(requestId, errorText) {
+  /** A request is over: ``ok`` (the server did it), or ``errorText`` to show (none when the socket closed). */
+  finish(requestId, errorText, ok = false) {
     const entry = this.pending.get(requestId);
     if (!entry) return;
     this.pending.delete(requestId);
     clearTimeout(entry.timer);
     if (this.pendingKeys.get(entry.key) === requestId) this.pendingKeys.delete(entry.key);
-    if (errorText) this.messages.showMessage(errorText, "error");
+    if (ok && entry.onOk) entry.onOk();
+    if (errorText) entry.showError(errorText);
     this.onChange();
   }
 
@@ -303,7 +315,7 @@ export class Controls {
         this.resyncTimer = setTimeout(() => this.needResync && this.requestResync(), RESYNC_RETRY_MS);
       }
     } else if (this.pending.has(frame.request_id)) {
-      this.finish(frame.request_id, frame.ok ? null : errorText(frame));
+      this.finish(frame.request_id, frame.ok ? null : errorText(frame), Boolean(frame.ok));
     }
   }
 

@@ -7,6 +7,10 @@
 // A participant is present (in the room's bridge) or waiting (in the lobby, or for the leader):
 // the state keeps the two apart, ``participants`` and ``waiting``, so nothing that means "present"
 // (the roster, the count, hands, mute and kick targets) counts a caller who is not in yet.
+//
+// Invitations by number: ``invites`` holds the open ones (dialing or ringing) by id, from the
+// snapshot and invite.updated; one that ends (answered, busy, no answer, failed, cancelled) leaves
+// it and is remembered in ``endedInvites``, so a repeated or late frame about it changes nothing.
 
 /** What to do with a room event given the last applied seq: "stale", "next" or "gap". */
 export function classifySeq(lastSeq, seq) {
@@ -77,10 +81,30 @@ export function diffRoster(previous, participants, previousWaiting = new Map()) 
   return { joined, left, muted, unmuted, hands, waiting, admitted, gone };
 }
 
+/** An invitation's final statuses: it leaves the list, the timeline says how (dialing, ringing: open). */
+export const INVITE_FINAL = Object.freeze(["answered", "busy", "no_answer", "failed", "cancelled"]);
+
+/** An invitation that is over; any status the page does not know counts as open (not over yet). */
+export function isFinalInvite(invite) {
+  return INVITE_FINAL.includes(invite.status);
+}
+
+/** The invitations' order: by when they were made, then id. */
+export function compareInvites(a, b) {
+  const ta = Date.parse(a.created_at) || 0;
+  const tb = Date.parse(b.created_at) || 0;
+  return ta - tb || a.id - b.id;
+}
+
+// Ended invitations remembered (so a late frame about one changes nothing): the most recent ones.
+const ENDED_INVITES_KEPT = 200;
+
 export function initialState() {
   return {
     participants: new Map(), // id -> participant, present ones only
     waiting: new Map(), // id -> participant, waiting ones (in the lobby or for the leader)
+    invites: new Map(), // id -> invitation, open ones only (dialing, ringing)
+    endedInvites: new Map(), // id -> final status, of the invitations that ended while this page watched
     conference: null,
     canModerate: false,
     lastSeq: null, // null until the first snapshot
@@ -94,6 +118,7 @@ const ROOM_EVENTS = new Set([
   "participant.left",
   "conference.updated",
   "recording.finished",
+  "invite.updated",
 ]);
 
 function conferenceEntries(before, after) {
@@ -105,6 +130,37 @@ function conferenceEntries(before, after) {
     entries.push({ kind: after.recording ? "recording-on" : "recording-off" });
   }
   return entries;
+}
+
+/** A timeline entry about an invitation: ``reason`` "started", a final status, or null (gone, how unknown). */
+function inviteEntry(invite, reason, when) {
+  return { kind: "invite", invite, reason, when };
+}
+
+/** The state after one invitation's frame (whole state: the same frame twice changes nothing more). */
+function reduceInvite(state, next, invite, result) {
+  if (state.endedInvites.has(invite.id)) return; // over already: a late or repeated frame
+  next.invites = new Map(state.invites);
+  next.invites.delete(invite.id);
+  if (isFinalInvite(invite)) {
+    next.endedInvites = rememberEnded(state.endedInvites, invite);
+    result.entries.push(inviteEntry(invite, invite.status));
+    return;
+  }
+  if (!state.invites.has(invite.id)) result.entries.push(inviteEntry(invite, "started", invite.created_at));
+  next.invites.set(invite.id, invite);
+}
+
+function rememberEnded(ended, invite) {
+  const next = new Map(ended);
+  next.delete(invite.id);
+  next.set(invite.id, invite.status);
+  while (next.size > ENDED_INVITES_KEPT) next.delete(next.keys().next().value);
+  return next;
+}
+
+function validInvite(invite) {
+  return Boolean(invite) && typeof invite === "object" && invite.id !== undefined && invite.id !== null;
 }
 
 function waitingEntry(p, when) {
@@ -130,10 +186,12 @@ function participantEntries(before, p) {
 /**
  * The next state after ``frame``, with what the page should do about it:
  *
- * - ``entries``: timeline entries, oldest first: {kind, participant?, reason?, when?};
+ * - ``entries``: timeline entries, oldest first: {kind, participant?, invite?, reason?, when?};
  *   kinds joined, left (reason: hangup, kicked, lost, ended, null), muted, unmuted, hand,
  *   hand-lowered, locked, unlocked, lobby-on, lobby-off, waiting (reason: lobby or leader),
- *   admitted, denied, waiting-left (a waiting caller gone by itself; reason hangup, lost, null);
+ *   admitted, denied, waiting-left (a waiting caller gone by itself; reason hangup, lost, null),
+ *   invite (with ``invite``; reason started, answered, busy, no_answer, failed, cancelled, or null:
+ *   gone from a later snapshot, how it ended unknown);
  * - ``resync``: a seq gap: ask for a snapshot (the event is applied anyway: events are whole state);
  * - ``resynced``: a snapshot came (any resync asked for is answered);
  * - ``rebuild``: the roster must be drawn afresh (the first snapshot, a role change);
@@ -159,6 +217,10 @@ export function reduce(state, frame) {
     else lastSeq = frame.seq;
   }
   const next = { ...state, lastSeq };
+  if (frame.type === "invite.updated") {
+    if (validInvite(frame.invite)) reduceInvite(state, next, frame.invite, result);
+    return { ...result, state: next };
+  }
   if (frame.type === "recording.finished") {
     result.entries.push({ kind: "recording-stored", recording: frame.recording || null });
     return { ...result, state: next };
@@ -214,11 +276,16 @@ function reduceSnapshot(state, frame, result) {
     diff.hands.forEach((p) => entry(p.hand_raised ? "hand" : "hand-lowered", p));
     result.entries.push(...conferenceEntries(state.conference, frame.conference));
   }
+  const invites = snapshotInvites(frame);
+  if (!first) result.entries.push(...diffInvites(state, invites));
+  const endedInvites = new Map([...state.endedInvites].filter(([id]) => !invites.has(id))); // the snapshot is the truth
   const canModerate = Boolean(frame.can_moderate);
   result.state = {
     ...state,
     participants: new Map(list.filter((p) => !isWaiting(p)).map((p) => [p.id, p])),
     waiting: new Map(list.filter(isWaiting).map((p) => [p.id, p])),
+    invites,
+    endedInvites,
     conference: frame.conference || state.conference,
     lastSeq: typeof frame.seq === "number" ? frame.seq : state.lastSeq,
     canModerate,
@@ -228,6 +295,22 @@ function reduceSnapshot(state, frame, result) {
   result.rebuild = first || canModerate !== state.canModerate;
   if (frame.asterisk) result.asterisk = { connected: Boolean(frame.asterisk.connected), log: !first };
   return result;
+}
+
+/** A snapshot's open invitations by id (it lists only open ones; anything else is left out). */
+function snapshotInvites(frame) {
+  const list = Array.isArray(frame.invites) ? frame.invites : [];
+  return new Map(list.filter((invite) => validInvite(invite) && !isFinalInvite(invite)).map((i) => [i.id, i]));
+}
+
+/** Invitations made and ended while the page was not listening (a gap, a reconnect). */
+function diffInvites(state, invites) {
+  const entries = [];
+  for (const [id, invite] of state.invites) if (!invites.has(id)) entries.push(inviteEntry(invite, null));
+  for (const [id, invite] of invites) {
+    if (!state.invites.has(id)) entries.push(inviteEntry(invite, "started", invite.created_at));
+  }
+  return entries;
 }
 
 function known(state, p) {

@@ -6,6 +6,7 @@
 // - header.js: the header, the status bar, the message line;
 // - roster.js: the participants table and the lobby list;
 // - controls.js: the moderator's buttons and the requests they send;
+// - invites.js: the moderator's invitations by number (the form, the open calls);
 // - timeline.js: the timeline and the screen-reader announcer.
 //
 // Caller names and numbers come from the phone network and are hostile: they only ever reach
@@ -15,6 +16,7 @@
 import { Controls, errorText } from "./controls.js";
 import { timeFormatter } from "./dom.js";
 import { Header } from "./header.js";
+import { Invites } from "./invites.js";
 import { LiveSocket, refusalKey } from "./live-socket.js";
 import { initialState, interpolate, reduce } from "./room-state.js";
 import { Roster } from "./roster.js";
@@ -55,9 +57,11 @@ function start() {
     onChange: () => render(false),
   });
   const roster = new Roster({ root, t, strings, nameOf, formatTime, controls });
+  const invites = new Invites({ root, enabled: config.can_invite, actions: config.actions, t, strings, controls });
 
   function render(rebuild) {
     controls.renderRoom(state);
+    invites.render(state);
     if (state.snapshots === 0) return; // the server-rendered lists stay until then
     header.render(state);
     roster.render(state, rebuild);
@@ -104,6 +108,8 @@ function start() {
       case "participant.left":
       case "conference.updated":
       case "asterisk.status":
+      case "invite.updated":
+      case "recording.finished":
         apply(frame);
         break;
       case "reply":

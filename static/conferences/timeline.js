@@ -1,7 +1,7 @@
 // The room's timeline (newest first) and its screen-reader announcer: what happened, in words.
 //
-// The words come from the server (the page's strings, translated); a caller's name goes in as
-// text only.
+// The words come from the server (the page's strings, translated); a caller's name and an
+// invited number go in as text only.
 import { element } from "./dom.js";
 
 const ANNOUNCEMENTS_KEPT = 3;
@@ -26,10 +26,13 @@ const KEYS = {
   "recording-on": "event_recording_on",
   "recording-off": "event_recording_off",
   "recording-stored": "event_recording_stored",
+  invite: "event_invite", // reason: started, or how the call ended ("event_invite_busy")
 };
 
-// Read out as they happen: people coming, going and waiting (the rest is in the timeline only).
+// Read out as they happen: people coming, going and waiting, and how each call ended (the rest is
+// in the timeline only).
 const ANNOUNCED = new Set(["joined", "left", "waiting", "admitted", "denied", "waiting-left"]);
+const announced = (entry) => ANNOUNCED.has(entry.kind) || (entry.kind === "invite" && entry.reason !== "started");
 
 export class Timeline {
   /** ``t(key, values)``: a translated string; ``strings``: the page's (to tell which keys exist). */
@@ -69,8 +72,11 @@ export class Timeline {
     if (!base) return;
     const withReason = entry.reason ? `${base}_${entry.reason}` : null;
     const key = withReason && withReason in this.strings ? withReason : base;
-    const text = this.t(key, entry.participant ? { name: this.nameOf(entry.participant) } : {});
+    const values = {};
+    if (entry.participant) values.name = this.nameOf(entry.participant);
+    if (entry.invite) values.number = entry.invite.number || this.t("invite_number_hidden");
+    const text = this.t(key, values);
     this.add(entry.reason ? `${entry.kind}-${entry.reason}` : entry.kind, text, entry.when);
-    if (ANNOUNCED.has(entry.kind)) this.announce(text);
+    if (announced(entry)) this.announce(text);
   }
 }
