@@ -14,6 +14,7 @@ from conferences.models import (
     Invite,
     Participant,
     Recording,
+    Sound,
     present_filter,
 )
 
@@ -83,9 +84,17 @@ class AsteriskServerForm(forms.ModelForm):
         raise forms.ValidationError(_("Enter the ARI password."))
 
 
+class SoundInline(admin.TabularInline):
+    model = Sound
+    extra = 1
+    fields = ["label", "name", "sound"]
+    prepopulated_fields = {"name": ["label"]}
+
+
 @admin.register(AsteriskServer)
 class AsteriskServerAdmin(admin.ModelAdmin):
     form = AsteriskServerForm
+    inlines = [SoundInline]
     list_display = ["name", "ari_url", "username", "app_name", "enabled", "connected", "status_since"]
     list_filter = ["enabled", "connected"]
     search_fields = ["name", "ari_url", "username", "app_name"]

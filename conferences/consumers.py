@@ -133,6 +133,8 @@ def request_arguments(request):
         return {"number": frames.clean_text(request.fields.get("number"), 64)}
     if request.action == "cancel_invite":
         return {"invite": frames.database_id(request.fields.get("invite"))}
+    if request.action == "play":
+        return {"sound": frames.clean_text(request.fields.get("sound"), 64)}
     return {}
 
 

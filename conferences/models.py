@@ -627,6 +627,7 @@ class ConferenceEvent(models.Model):
         RECORDING_PURGED = "recording_purged", _("recording deleted after its retention")
         INVITED = "invited", _("invited by number")
         INVITE_ENDED = "invite_ended", _("invitation ended")
+        PLAYED = "played", _("played a sound")
 
     conference = models.ForeignKey(
         Conference, on_delete=models.CASCADE, related_name="events", verbose_name=_("conference")
@@ -716,6 +717,34 @@ class Recording(models.Model):
 
     def __str__(self):
         return f"{self.conference_id}: {self.name}"
+
+
+SOUND_NAME = RegexValidator(r"^[A-Za-z0-9_/-]+$", _("An Asterisk sound name, e.g. conf-now-recording."))
+
+
+class Sound(models.Model):
+    """A sound moderators may play to a room of the server (``play``): one already on the PBX."""
+
+    server = models.ForeignKey(
+        AsteriskServer, on_delete=models.CASCADE, related_name="sounds", verbose_name=_("server")
+    )
+    name = models.SlugField(_("name"), max_length=64, help_text=_("What the page sends; letters, digits, - and _."))
+    label = models.CharField(_("label"), max_length=80, help_text=_("What moderators see in the list."))
+    sound = models.CharField(
+        _("Asterisk sound"),
+        max_length=128,
+        validators=[SOUND_NAME],
+        help_text=_("A sound on the PBX, as Playback() names it: conf-now-recording, custom/welcome."),
+    )
+
+    class Meta:
+        verbose_name = _("sound")
+        verbose_name_plural = _("sounds")
+        ordering = ["server", "label"]
+        constraints = [models.UniqueConstraint(fields=["server", "name"], name="sound_name_unique_per_server")]
+
+    def __str__(self):
+        return self.label
 
 
 class Invite(models.Model):

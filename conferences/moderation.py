@@ -31,8 +31,9 @@ def worker_channel(server_id):
 
 
 # What some actions carry besides the room and the caller (``invite``: the number; ``cancel_invite``: the
-# invite's id), passed to the worker as they came, after the socket's type check; the worker judges them.
-ARGUMENTS = ("number", "invite")
+# invite's id; ``play``: the sound's name), passed to the worker as they came, after the socket's type
+# check; the worker judges them.
+ARGUMENTS = ("number", "invite", "sound")
 
 
 def build_request(

@@ -69,6 +69,7 @@ ACTIONS = (
     "record_stop",
     "invite",  # with "number"
     "cancel_invite",  # with "invite": an open invite's id
+    "play",  # with "sound": a name from the server's list (Sound)
 )
 # Actions on one caller: a present one, or (WAITING_ACTIONS) one waiting in the lobby or for the leader.
 PARTICIPANT_ACTIONS = ("mute", "unmute", "kick", "lower_hand", "admit", "deny")
@@ -127,6 +128,7 @@ ERRORS = (
     gettext_noop("too many invites are ringing in this room"),
     gettext_noop("too many invites lately; try again in a few minutes"),
     gettext_noop("no such invite ringing in this room"),
+    gettext_noop("no such sound on this room's server"),
     gettext_noop("participant missing or invalid"),
     gettext_noop("the caller has already left"),
     gettext_noop("you may not moderate this room"),

@@ -723,6 +723,11 @@ def invite_updated(*, invite_id, status, cause=None, participant_id=None):
     return invite
 
 
+def sound_played(*, conference_id, name, actor_id):
+    """A moderator played a sound to the room: a timeline entry with its actor."""
+    _record(conference_id, Kind.PLAYED, actor_id=actor_id, details={"sound": name})
+
+
 # --- servers ----------------------------------------------------------------------
 
 

@@ -130,6 +130,10 @@ def conference_detail(request, slug):
         "event_waiting_left": _("%(name)s is no longer waiting"),
         "event_lobby_on": _("The lobby was turned on"),
         "event_lobby_off": _("The lobby was turned off"),
+        # A moderator's sounds.
+        "announce_heading": _("Play to the room"),
+        "announce_sound_label": _("Sound"),
+        "announce_play": _("Play"),
         # Invitations by number: the moderator's form and list, and the timeline's words for everyone.
         "invites_heading": _("Invite by number"),
         "invite_number_label": _("Phone number"),
@@ -154,7 +158,11 @@ def conference_detail(request, slug):
         "slug": conference.slug,
         "can_moderate": can_moderate,
         # Invites by number: a moderator, on a server with a way to dial (the server checks both again).
-        "can_invite": can_moderate and bool(getattr(conference.server, "dial_template", "")),
+        "can_invite": can_moderate and bool(conference.server.dial_template),
+        # The sounds a moderator may play to the room (the server's list; the worker checks the name again).
+        "sounds": (
+            [{"name": s.name, "label": s.label} for s in conference.server.sounds.all()] if can_moderate else []
+        ),
         "login_url": f"{reverse('login')}?{urlencode({'next': request.get_full_path()})}",
         "timeline_limit": 100,
         "strings": strings,

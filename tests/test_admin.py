@@ -104,6 +104,15 @@ def test_ari_password_never_shown(admin_client, server, caplog):
     assert PASSWORD not in caplog.text
 
 
+# The server's sound list (an inline), left empty.
+SOUNDS_NONE = {
+    "sounds-TOTAL_FORMS": "0",
+    "sounds-INITIAL_FORMS": "0",
+    "sounds-MIN_NUM_FORMS": "0",
+    "sounds-MAX_NUM_FORMS": "1000",
+}
+
+
 def server_form(**overrides):
     data = {
         "name": "pbx",
@@ -114,6 +123,7 @@ def server_form(**overrides):
         "enabled": "on",
         "dial_template": "",
         "invite_pattern": "[0-9]{2,6}",
+        **SOUNDS_NONE,
     }
     data.update(overrides)
     return data
@@ -326,6 +336,7 @@ def test_an_ari_url_with_credentials_in_it_is_refused(admin_client, url):
         "password": "p",
         "app_name": "conference",
         "invite_pattern": "[0-9]{2,6}",
+        **SOUNDS_NONE,
     }
     response = admin_client.post(reverse("admin:conferences_asteriskserver_add"), data)
     assert response.status_code == 200

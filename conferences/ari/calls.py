@@ -100,6 +100,7 @@ class Room:
     moh: bool | None = None  # music on hold playing; None: unknown (after a reconnect)
     recording: str | None = None  # the name of the recording being written of the bridge
     announcement: str = ""  # what a caller joining while it records hears
+    announcing: set = field(default_factory=set)  # playbacks of a moderator's sound to the room (music paused)
 
 
 class Registry:

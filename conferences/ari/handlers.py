@@ -36,6 +36,7 @@ from django.core.files.storage import default_storage
 
 from conferences import protocol, services
 from conferences.ari import pin_throttle, rules, store
+from conferences.ari.announcements import AnnouncementHandlers
 from conferences.ari.calls import ON_THE_WAY_IN, Call, Phase, Registry, Room
 from conferences.ari.client import AriError, AriNotFound
 from conferences.ari.effects import TRANSIENT_DB_ERRORS, DatabaseUnavailable, Effects
@@ -74,8 +75,9 @@ class Refusal(services.ServiceError):
     """A moderation request that cannot be done; the message goes back to the requester."""
 
 
-class ConferenceApp(InviteHandlers):
-    """The conference logic of one Asterisk server's Stasis application (invites: conferences/ari/invites.py)."""
+class ConferenceApp(InviteHandlers, AnnouncementHandlers):
+    """The conference logic of one Asterisk server's Stasis application (invites: conferences/ari/invites.py;
+    a moderator's sounds: conferences/ari/announcements.py)."""
 
     def __init__(self, *, server_id, app_name, ari, schedule, database=None, fence=None):
         self.server_id = server_id
@@ -258,7 +260,13 @@ class ConferenceApp(InviteHandlers):
         await self.effects.prompt_then_hangup(call, decision.sound, answer=answer)
 
     async def on_PlaybackFinished(self, event):
-        playback_id = (event.get("playback") or {}).get("id")
+        playback = event.get("playback") or {}
+        playback_id = playback.get("id")
+        target = str(playback.get("target_uri") or "")
+        if target.startswith("bridge:"):
+            conference_id = self.conference_id_of_bridge(target[len("bridge:") :])
+            if conference_id is not None and await self.announcement_over(conference_id, playback_id):
+                return
         call = self.state.leaving_after(playback_id)
         if call is not None:
             call.hangup_after.discard(playback_id)
@@ -853,7 +861,7 @@ class ConferenceApp(InviteHandlers):
         if room is None:
             return
         in_bridge = self.state.participants_in_bridge(conference_id)
-        want = rules.moh_wanted(in_bridge)
+        want = rules.moh_wanted(in_bridge) and not room.announcing  # paused while a moderator's sound plays
         if want and room.moh is not True:
             moh_class = await self.effects.db(store.moh_class, conference_id)
             if moh_class is None:

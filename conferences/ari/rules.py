@@ -662,6 +662,15 @@ def lane_of_event(event, *, app_name, room_of_channel, room_of_number):
             conference_id = conference_id_of_bridge(app_name, target[len("bridge:") :])
             if conference_id is not None:
                 return conference_id
+    playback = event.get("playback")
+    if isinstance(playback, dict):  # a playback to a room's bridge (a moderator's sound): the room's lane
+        target = str(playback.get("target_uri") or "")
+        if target.startswith("bridge:"):
+            conference_id = conference_id_of_bridge(app_name, target[len("bridge:") :])
+            if conference_id is not None:
+                return conference_id
+    if event.get("type") == "_AnnouncementOver" and isinstance(event.get("conference_id"), int):
+        return event["conference_id"]
     invited = room_of_invite_channel(event_channel_id(event))
     if invited is not None:  # an invite's call, from its first event (the handlers check it is one)
         return invited

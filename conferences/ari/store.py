@@ -14,7 +14,7 @@ from django.db.models import Q
 
 from conferences import services
 from conferences.ari import rules
-from conferences.models import Conference, ConferenceEvent, Invite, Participant, Recording, present_filter
+from conferences.models import Conference, ConferenceEvent, Invite, Participant, Recording, Sound, present_filter
 
 
 def room_directory(server_id):
@@ -518,3 +518,16 @@ def open_invites(server_id):
             "pk", "conference_id", "channel_id", "conference__invite_ring_seconds"
         )
     )
+
+
+def sound_to_play(conference_id, name):
+    """The Asterisk sound of the room's server's sound ``name``, or None."""
+    if not isinstance(name, str):
+        return None
+    return (
+        Sound.objects.filter(server__conferences__pk=conference_id, name=name).values_list("sound", flat=True).first()
+    )
+
+
+def record_played(conference_id, name, actor_id):
+    services.sound_played(conference_id=conference_id, name=name, actor_id=actor_id)

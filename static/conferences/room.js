@@ -7,6 +7,7 @@
 // - roster.js: the participants table and the lobby list;
 // - controls.js: the moderator's buttons and the requests they send;
 // - invites.js: the moderator's invitations by number (the form, the open calls);
+// - announce.js: the moderator's sounds played to the room;
 // - timeline.js: the timeline and the screen-reader announcer.
 //
 // Caller names and numbers come from the phone network and are hostile: they only ever reach
@@ -16,6 +17,7 @@
 import { Controls, errorText } from "./controls.js";
 import { timeFormatter } from "./dom.js";
 import { Header } from "./header.js";
+import { Announcements } from "./announce.js";
 import { Invites } from "./invites.js";
 import { LiveSocket, refusalKey } from "./live-socket.js";
 import { initialState, interpolate, reduce } from "./room-state.js";
@@ -58,10 +60,12 @@ function start() {
   });
   const roster = new Roster({ root, t, strings, nameOf, formatTime, controls });
   const invites = new Invites({ root, enabled: config.can_invite, actions: config.actions, t, strings, controls });
+  const announcements = new Announcements({ root, sounds: config.sounds, actions: config.actions, t, controls });
 
   function render(rebuild) {
     controls.renderRoom(state);
     invites.render(state);
+    announcements.render(state);
     if (state.snapshots === 0) return; // the server-rendered lists stay until then
     header.render(state);
     roster.render(state, rebuild);
