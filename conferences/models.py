@@ -42,15 +42,13 @@ def validate_ari_url(value):
 
 
 DEFAULT_INVITE_PATTERN = "[0-9]{2,6}"
-DIAL_TEMPLATE = re.compile(r"^[A-Za-z0-9_-]{1,32}/[^\s{}]*\{number\}[^\s{}]*$")
-# A quantified group holding a quantifier ("(\d+)+"): such a pattern can take exponential time on a
-# 32-key number, in the worker's event loop.
-NESTED_QUANTIFIER = re.compile(r"\([^()]*(?:[+*?}])[^()]*\)\s*[+*{]")
+# Tech/resource with {number} once: no spaces, braces, "&" (a second destination) or "," (Dial options).
+DIAL_TEMPLATE = re.compile(r"[A-Za-z0-9_-]{1,32}/[^\s{}&,]*\{number\}[^\s{}&,]*")
 
 
 def validate_dial_template(value):
-    """``Tech/…{number}…``: one ``{number}``, no spaces, no other braces."""
-    if value and (not DIAL_TEMPLATE.match(value) or value.count("{number}") != 1):
+    """``Tech/…{number}…``: one ``{number}``, no spaces, no other braces, no ``&`` or ``,``."""
+    if value and (not DIAL_TEMPLATE.fullmatch(value) or value.count("{number}") != 1):
         raise ValidationError(
             _("A dial string with {number} once, e.g. PJSIP/{number}@trunk or Local/{number}@from-internal."),
             code="invalid",
@@ -58,16 +56,18 @@ def validate_dial_template(value):
 
 
 def validate_invite_pattern(value):
-    """A regular expression Python compiles, without nested quantifiers (they can take exponential time)."""
+    """A regular expression RE2 compiles (linear-time matching: conferences/ari/rules.py)."""
+    from conferences.ari import rules
+
     try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValidationError(_("Not a regular expression: %(error)s"), code="invalid", params={"error": exc}) from None
-    if NESTED_QUANTIFIER.search(value):
+        rules.compile_number_pattern(value)
+    except Exception as exc:  # re2.error
+        detail = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
         raise ValidationError(
-            _("No repeated group that holds a repetition, like (\\d+)+: it can take forever to match."),
+            _("Not a regular expression RE2 accepts (no look-arounds or back-references): %(error)s"),
             code="invalid",
-        )
+            params={"error": detail},
+        ) from None
 
 
 class AsteriskServerQuerySet(models.QuerySet):
@@ -130,7 +130,8 @@ class AsteriskServer(models.Model):
         validators=[validate_invite_pattern],
         help_text=_(
             "A regular expression the whole number must match; the default allows internal extensions "
-            "(2 to 6 digits) only. Numbers hold only 0-9 * # + in any case."
+            "(2 to 6 digits) only. Numbers hold only 0-9 * # + in any case, and emergency numbers and the "
+            "server's room numbers are never invited."
         ),
     )
 

@@ -666,24 +666,45 @@ def recording_fetch_failed(*, recording_id, error):
 # --- invites ----------------------------------------------------------------------
 
 
+# An invite still "open" this long after it was placed is one whose end was never seen (a database outage
+# at the wrong moment): it no longer holds one of the room's max_open_invites (the next resync ends it).
+INVITE_OPEN_AT_MOST = timedelta(minutes=10)
+
+
 def invite_counts(*, conference_id, actor_id, window):
     """``(open invites of the room, invites by the moderator, invites into the room)``, the last two in the
     ``window`` seconds up to now: what the invite limits are judged on (they hold across worker restarts)."""
-    since = timezone.now() - timedelta(seconds=window)
-    open_count = Invite.objects.filter(conference_id=conference_id, status__in=Invite.OPEN).count()
+    now = timezone.now()
+    since = now - timedelta(seconds=window)
+    open_count = Invite.objects.filter(
+        conference_id=conference_id, status__in=Invite.OPEN, created_at__gte=now - INVITE_OPEN_AT_MOST
+    ).count()
     by_actor = Invite.objects.filter(actor_id=actor_id, created_at__gte=since).count() if actor_id else 0
     by_room = Invite.objects.filter(conference_id=conference_id, created_at__gte=since).count()
     return open_count, by_actor, by_room
 
 
-def invite_created(*, conference_id, number, actor_id, channel_id):
+def invite_created(*, conference_id, number, actor_id, channel_id, actor_limit=None):
     """A moderator invited ``number``: stored (with a timeline entry) and on the room's pages, before the
-    worker dials it."""
+    worker dials it.
+
+    ``actor_limit``: ``(count, seconds)``, the moderator's limit, checked again here with the moderator's
+    row locked: invites into different rooms are handled side by side, and both may have passed the
+    first count (ServiceError then).
+    """
+    from django.contrib.auth import get_user_model
+
     with transaction.atomic():
         conference = _lock_room(conference_id)
         if conference is None:
             return None
         now = timezone.now()
+        if actor_id is not None and actor_limit is not None:
+            get_user_model().objects.select_for_update().filter(pk=actor_id).exists()
+            count, seconds = actor_limit
+            recent = Invite.objects.filter(actor_id=actor_id, created_at__gte=now - timedelta(seconds=seconds))
+            if recent.count() >= count:
+                raise ServiceError("too many invites lately; try again in a few minutes")
         invite = Invite.objects.create(
             conference=conference, number=number, actor_id=actor_id, channel_id=channel_id, created_at=now
         )

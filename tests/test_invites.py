@@ -146,6 +146,7 @@ async def test_refused_numbers_never_reach_asterisk(runner, sandbox, make_room, 
     log = EventLog()
     worker = await runner.start(configure=log)
     room = await make_room(174, max_open_invites=1)
+    await make_room(7010)  # through the PBX's dialplan, an invite of it would join the two rooms
     for number, error in [
         ("7001,admin", "a number holds only 0-9 * # + (at most 32)"),
         ("7001@other-context", "a number holds only 0-9 * # + (at most 32)"),
@@ -155,6 +156,8 @@ async def test_refused_numbers_never_reach_asterisk(runner, sandbox, make_room, 
         (None, "a number holds only 0-9 * # + (at most 32)"),
         ("+4930123456", "this number may not be invited"),
         ("9001", "this number may not be invited"),
+        ("7001\n", "a number holds only 0-9 * # + (at most 32)"),
+        ("7010", "this number may not be invited"),  # a room of the server (made below)
     ]:
         assert await act(worker, room, "invite", None, moderator, number=number) == (False, error), number
     assert await db(lambda: Invite.objects.count())() == 0
@@ -168,6 +171,12 @@ async def test_refused_numbers_never_reach_asterisk(runner, sandbox, make_room, 
         "too many invites are ringing in this room",
     )
     assert await act(worker, room, "cancel_invite", None, moderator, invite=ringing.pk) == (True, None)
+
+    # A full room: an invite holds a seat.
+    full = await make_room(179, max_participants=1)
+    caller = await sandbox.caller(179, name="Alone", number="880")
+    await wait_roster(sandbox, worker, full, {caller.channel_id})
+    assert await act(worker, full, "invite", None, moderator, number="7001") == (False, "the room is full")
 
     # A server without a dial template has no invites.
     await db(AsteriskServer.objects.filter(pk=worker.server.pk).update)(dial_template="")
@@ -213,3 +222,21 @@ async def test_the_rate_limits_per_moderator_and_per_room(worker, sandbox, make_
         False,
         "too many invites lately; try again in a few minutes",
     )
+
+
+async def test_invites_across_a_worker_restart(runner, sandbox, make_room, moderator, dialling):
+    """The worker restarts while one invite rings and another is in the room: the new worker follows the
+    ringing one to its end at the ring time (counted from when it was placed), and the answered one stays."""
+    room = await make_room(180, invite_ring_seconds=6)
+    worker = await runner.start()
+    answered = await invite(worker, room, "7006", moderator)  # answers (silent)
+    await eventually(lambda: db(lambda: Invite.objects.get(pk=answered.pk).status == "answered")(), timeout=15)
+    ringing = await invite(worker, room, "7004", moderator)
+    await eventually(lambda: db(lambda: Invite.objects.get(pk=ringing.pk).status == "ringing")(), timeout=10)
+    await runner.stop()  # the worker goes while it rings
+    worker = await runner.start()
+    await eventually(lambda: db(lambda: Invite.objects.get(pk=ringing.pk).status == "no_answer")(), timeout=30)
+    assert not await sandbox.channel_exists(ringing.channel_id)
+    row = await db(Participant.objects.get)(channel_id=answered.channel_id)
+    assert row.caller_number == "7006" and row.left_at is None
+    assert (await db(Invite.objects.get)(pk=answered.pk)).participant_id == row.pk

@@ -393,6 +393,17 @@ INVITE_OK = {"pattern": "7[0-9]{3}", "template": "Local/{number}@test", "open_in
         ("7001", {"by_moderator": 10}, "too many invites lately; try again in a few minutes"),
         ("7001", {"by_moderator": 9, "by_room": 20}, "too many invites lately; try again in a few minutes"),
         ("7001", {"by_moderator": 9, "by_room": 19}, None),
+        ("7001\n", {}, "a number holds only 0-9 * # + (at most 32)"),  # "$" would let a newline through
+        ("7001", {"pattern": r"\d+\s?"}, None),
+        ("112", {"pattern": "[0-9]{2,6}"}, "this number may not be invited"),  # emergency: never
+        ("911", {"pattern": "[0-9]+"}, "this number may not be invited"),
+        ("+112", {"pattern": r"\+?[0-9]+"}, "this number may not be invited"),
+        ("999", {"pattern": ".*"}, "this number may not be invited"),
+        ("100", {"pattern": "[0-9]{3}", "room_numbers": ("100",)}, "this number may not be invited"),  # a room
+        # RE2: linear time, whatever staff wrote (Python's re takes seconds on these with 31 digits and a *).
+        ("1" * 31 + "*", {"pattern": r"(\d|\d)+"}, "this number may not be invited"),
+        ("1" * 31 + "*", {"pattern": r"((\d)+)+"}, "this number may not be invited"),
+        ("7001", {"pattern": "(?!112)[0-9]+"}, "this number may not be invited"),  # RE2 has no look-arounds
     ],
 )
 def test_invite_refusal(number, changes, expected):

@@ -19,6 +19,7 @@ import logging
 import secrets
 import time
 
+from conferences import services
 from conferences.ari import rules, store
 from conferences.ari.calls import Call, Phase
 from conferences.ari.client import AriError
@@ -35,7 +36,7 @@ class InviteHandlers:
         from conferences.ari.handlers import Refusal
 
         number = command.get("number")
-        facts = await self.effects.db(store.invite_facts, conference.pk, actor_id)
+        facts = await self.effects.db(store.invite_facts, conference.pk, actor_id, number)
         refusal = rules.invite_refusal(
             number=number,
             pattern=facts.pattern,
@@ -44,12 +45,19 @@ class InviteHandlers:
             max_open=facts.max_open,
             by_moderator=facts.by_moderator,
             by_room=facts.by_room,
+            room_numbers=(number,) if facts.is_room_number else (),
         )
+        if refusal is None and facts.max_participants is not None:
+            if facts.present + facts.open_invites >= facts.max_participants:  # an invite holds a seat
+                refusal = "the room is full"
         if refusal is not None:
             logger.info("conference %s: invite of %r refused: %s", conference.pk, str(number)[:40], refusal)
             raise Refusal(refusal)
         channel_id = rules.invite_channel_id(conference.pk, secrets.token_hex(8))
-        invite_id = await self.effects.db(store.invite_created, conference.pk, number, actor_id, channel_id)
+        try:
+            invite_id = await self.effects.db(store.invite_created, conference.pk, number, actor_id, channel_id)
+        except services.ServiceError as exc:  # the moderator's limit, counted again under a lock
+            raise Refusal(str(exc)) from None
         if invite_id is None:
             raise Refusal("no such room")
         call = Call(
@@ -76,6 +84,8 @@ class InviteHandlers:
         except AriError as exc:
             self.state.forget(channel_id)
             logger.warning("conference %s: invite %s: Asterisk refused the call: %s", conference.pk, invite_id, exc)
+            if exc.status is None:  # no answer from Asterisk (a timeout): the call may exist all the same
+                await self.effects.hangup(channel_id)
             await self.effects.db(store.invite_updated, invite_id, "failed")
             raise
         self.schedule(facts.ring_seconds + rules.INVITE_TIMER_SLACK, {"type": TIMER, "channel_id": channel_id})
@@ -164,11 +174,14 @@ class InviteHandlers:
     async def resync_invites(self, channels):
         """After a (re)connect: an open invite whose call is gone ended unseen (``failed``); one still
         ringing is followed again; one answered meanwhile is found by the bridge resync."""
-        for invite_id, conference_id, channel_id, ring_seconds in await self.effects.db(
+        for invite_id, conference_id, channel_id, ring_seconds, number, age, participant_id in await self.effects.db(
             store.open_invites, self.server_id
         ):
             channel = channels.get(channel_id)
             call = self.state.call(channel_id)
+            if participant_id is not None:  # answered while the worker was away: in the room
+                await self.effects.db(store.invite_updated, invite_id, "answered", None, participant_id)
+                continue
             if channel is None:
                 if call is not None:
                     self.state.forget(channel_id)
@@ -179,8 +192,10 @@ class InviteHandlers:
                     channel_id,
                     conference_id,
                     Phase.DIALING,
+                    caller_number=number,
                     invite_id=invite_id,
-                    dialed_at=time.monotonic(),
+                    dialed_at=time.monotonic() - age,  # placed before the restart: its ring time runs on
                     ring_seconds=ring_seconds,
                 )
-                self.schedule(ring_seconds + rules.INVITE_TIMER_SLACK, {"type": TIMER, "channel_id": channel_id})
+                left = max(1.0, ring_seconds + rules.INVITE_TIMER_SLACK - age)
+                self.schedule(left, {"type": TIMER, "channel_id": channel_id})

@@ -427,18 +427,36 @@ def room_of_invite_channel(channel_id):
     return int(match.group(1)) if match else None
 
 
-def invite_refusal(*, number, pattern, template, open_invites, max_open, by_moderator, by_room):
+# Never invited, whatever a server's pattern says: emergency numbers (a conference has no business
+# calling them, and a call would show the room's caller ID to the emergency service).
+NEVER_INVITED = frozenset({"112", "911", "999", "000", "08", "110", "119", "118"})
+
+
+def compile_number_pattern(pattern):
+    """Staff's pattern of numbers that may be invited, compiled by RE2 (linear time, whatever the pattern:
+    Python's ``re`` can take exponential time on ``(\\d|\\d)+`` and a 32-key number); ``re2.error`` if bad."""
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False
+    return re2.compile(pattern, options)
+
+
+def invite_refusal(*, number, pattern, template, open_invites, max_open, by_moderator, by_room, room_numbers=()):
     """Why an invite of ``number`` is refused (a protocol error text), or None; the number is checked
-    before it goes anywhere near the dial template."""
+    before it goes anywhere near the dial template. ``room_numbers``: the server's rooms' numbers (an
+    invite of one would bring a room's audio into another through the PBX's own dialplan)."""
+    import re2
+
     if not template:
         return "invites are not set up for this room's server"
-    if not isinstance(number, str) or not INVITE_NUMBER.match(number):
+    if not isinstance(number, str) or not INVITE_NUMBER.fullmatch(number):
         return "a number holds only 0-9 * # + (at most 32)"
     try:
-        allowed = re.fullmatch(pattern, number) is not None
-    except re.error:
+        allowed = compile_number_pattern(pattern).fullmatch(number) is not None
+    except re2.error:
         allowed = False
-    if not allowed:
+    if not allowed or number.lstrip("+") in NEVER_INVITED or number in room_numbers:
         return "this number may not be invited"
     if open_invites >= max_open:
         return "too many invites are ringing in this room"

@@ -88,6 +88,13 @@ def record_join(conference_id, channel, role, waiting_for="", admitted_by=None):
     returned as it is; a waiting one found in the bridge is now present.
     """
     caller = channel.get("caller") or {}
+    invited = (
+        Invite.objects.filter(channel_id=channel["id"]).values_list("number", flat=True).first()
+        if rules.room_of_invite_channel(channel["id"]) is not None
+        else None
+    )
+    if invited is not None:  # an invite's call: its caller ID is the room's own, the invitee is the number
+        caller = {"number": invited, "name": caller.get("name", "") if caller.get("number") == invited else ""}
     participant, _created = services.participant_join(
         conference_id=conference_id,
         channel_id=channel["id"],
@@ -463,14 +470,20 @@ class InviteFacts:
     room_number: str
     ring_seconds: int
     max_open: int
+    max_participants: int | None
+    present: int
+    is_room_number: bool
     open_invites: int
     by_moderator: int
     by_room: int
 
 
-def invite_facts(conference_id, actor_id):
-    """What an invite into the room is judged on (rules.invite_refusal) and dialled with."""
+def invite_facts(conference_id, actor_id, number):
+    """What an invite of ``number`` into the room is judged on (rules.invite_refusal) and dialled with."""
     conference = Conference.objects.select_related("server").get(pk=conference_id)
+    is_room_number = isinstance(number, str) and (
+        Conference.objects.filter(server_id=conference.server_id, number=number).exists()
+    )
     window = max(rules.INVITES_BY_MODERATOR[1], rules.INVITES_BY_ROOM[1])
     open_count, by_actor, by_room = services.invite_counts(
         conference_id=conference_id, actor_id=actor_id, window=window
@@ -483,6 +496,9 @@ def invite_facts(conference_id, actor_id):
         room_number=conference.number,
         ring_seconds=conference.invite_ring_seconds,
         max_open=conference.max_open_invites,
+        max_participants=conference.max_participants,
+        present=Participant.objects.present().filter(conference_id=conference_id).count(),
+        is_room_number=is_room_number,
         open_invites=open_count,
         by_moderator=by_actor,
         by_room=by_room,
@@ -491,7 +507,11 @@ def invite_facts(conference_id, actor_id):
 
 def invite_created(conference_id, number, actor_id, channel_id):
     invite = services.invite_created(
-        conference_id=conference_id, number=number, actor_id=actor_id, channel_id=channel_id
+        conference_id=conference_id,
+        number=number,
+        actor_id=actor_id,
+        channel_id=channel_id,
+        actor_limit=rules.INVITES_BY_MODERATOR,
     )
     return invite.pk if invite else None
 
@@ -512,12 +532,24 @@ def open_invite(conference_id, invite_id):
 
 
 def open_invites(server_id):
-    """``[(invite id, conference id, channel id, ring seconds)]`` of the server's open invites."""
-    return list(
-        Invite.objects.filter(conference__server_id=server_id, status__in=Invite.OPEN).values_list(
-            "pk", "conference_id", "channel_id", "conference__invite_ring_seconds"
+    """``[(invite id, conference id, channel id, ring seconds, number, seconds since it was placed,
+    participant id or None)]`` of the server's open invites; the participant: the invitee present in the
+    room (found in the bridge by the resync)."""
+    from django.utils import timezone
+
+    now = timezone.now()
+    rows = [
+        (*row[:5], max(0.0, (now - row[5]).total_seconds()))
+        for row in Invite.objects.filter(conference__server_id=server_id, status__in=Invite.OPEN).values_list(
+            "pk", "conference_id", "channel_id", "conference__invite_ring_seconds", "number", "created_at"
         )
+    ]
+    present = dict(
+        Participant.objects.present()
+        .filter(server_id=server_id, channel_id__in=[row[2] for row in rows])
+        .values_list("channel_id", "pk")
     )
+    return [(*row, present.get(row[2])) for row in rows]
 
 
 def sound_to_play(conference_id, name):
