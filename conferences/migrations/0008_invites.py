@@ -23,7 +23,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='asteriskserver',
             name='invite_pattern',
-            field=models.CharField(db_default='[0-9]{2,6}', default='[0-9]{2,6}', help_text='A regular expression the whole number must match; the default allows internal extensions (2 to 6 digits) only. Numbers hold only 0-9 * # + in any case.', max_length=200, validators=[conferences.models.validate_invite_pattern], verbose_name='numbers that may be invited'),
+            field=models.CharField(db_default='[0-9]{2,6}', default='[0-9]{2,6}', help_text='A regular expression the whole number must match; the default allows internal extensions (2 to 6 digits) only. Numbers hold only 0-9 * # + in any case, and emergency numbers and the server\'s room numbers are never invited.', max_length=200, validators=[conferences.models.validate_invite_pattern], verbose_name='numbers that may be invited'),
         ),
         migrations.AddField(
             model_name='conference',
