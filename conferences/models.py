@@ -263,6 +263,18 @@ class Conference(models.Model):
         default=RecordDownload.MODERATORS,
         db_default=RecordDownload.MODERATORS,
     )
+    join_leave_tones = models.BooleanField(
+        _("join and leave tones"),
+        default=False,
+        db_default=False,
+        help_text=_("The room hears a tone when someone joins or leaves."),
+    )
+    announce_only_person = models.BooleanField(
+        _("tell a lone caller"),
+        default=False,
+        db_default=False,
+        help_text=_('A caller entering an empty room hears "you are the only person in this conference".'),
+    )
     invite_caller_id = models.CharField(
         _("caller ID of invites"),
         max_length=80,

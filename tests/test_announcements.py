@@ -63,3 +63,29 @@ async def test_only_the_servers_sounds_play(worker, sandbox, make_room, moderato
             False,
             "no such sound on this room's server",
         ), name
+
+
+async def test_the_room_hears_join_and_leave_tones_and_a_lone_caller_is_told(runner, sandbox, make_room):
+    room = await make_room(181, join_leave_tones=True, announce_only_person=True)
+    log = EventLog()
+    worker = await runner.start(configure=log)
+    async with Ears(sandbox) as ears:
+        first = await sandbox.caller(181, name="First", number="811")
+        await wait_roster(sandbox, worker, room, {first.channel_id})
+        await eventually(lambda: log.sounds(first.channel_id) == ["sound:conf-onlyperson"], message="told alone")
+        second = await sandbox.caller(181, name="Second", number="812")
+        await wait_roster(sandbox, worker, room, {first.channel_id, second.channel_id})
+        ear = await ears.listen(second)
+        await ears.wait(ear, False)  # two silent callers
+        third = await sandbox.caller(181, name="Third", number="813")
+        await wait_roster(sandbox, worker, room, {first.channel_id, second.channel_id, third.channel_id})
+        await ears.wait(ear, True, timeout=5)  # the join tone
+        await ears.wait(ear, False, timeout=5)
+        await sandbox.hangup(third)
+        await ears.wait(ear, True, timeout=5)  # the leave tone
+    bridge_plays = [
+        e["playback"]["media_uri"]
+        for e in log.events
+        if e.get("type") == "PlaybackStarted" and e["playback"]["target_uri"].startswith("bridge:")
+    ]
+    assert bridge_plays == ["sound:confbridge-join", "sound:confbridge-join", "sound:confbridge-leave"]

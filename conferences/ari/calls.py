@@ -101,6 +101,7 @@ class Room:
     recording: str | None = None  # the name of the recording being written of the bridge
     announcement: str = ""  # what a caller joining while it records hears
     announcing: set = field(default_factory=set)  # playbacks of a moderator's sound to the room (music paused)
+    tones: tuple | None = None  # (join_leave_tones, announce_only_person), as read at the last join
 
 
 class Registry:

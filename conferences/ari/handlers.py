@@ -762,8 +762,8 @@ class ConferenceApp(InviteHandlers, AnnouncementHandlers):
             )
         if call.invite_id is not None:  # its caller ID is the room's own (what the invitee saw): say who it is
             channel = {**channel, "caller": {"name": call.caller_name, "number": call.caller_number}}
-        joined = await self.effects.db(
-            store.record_join, conference_id, channel, call.role, admitted_by=call.admitted_by
+        joined, tones = await self.effects.db(
+            store.record_entry, conference_id, channel, call.role, admitted_by=call.admitted_by
         )
         if joined is None or not joined[1]:
             self.state.forget(channel_id)  # the room was deleted, or the channel's stay there is over
@@ -775,6 +775,11 @@ class ConferenceApp(InviteHandlers, AnnouncementHandlers):
         await self.invite_joined(call)
         call.invite_id = None  # answered: from here on an ordinary participant
         await self.recording_on_join(conference_id, call)
+        room = self.state.rooms.get(conference_id)
+        if room is not None:
+            room.tones = tones
+        if tones is not None and any(tones):
+            await self.tones_on_join(conference_id, call, tones)
         if call.role == rules.ADMIN:
             await self.open_room(conference_id)  # the leader is in
         elif self.state.waiting(conference_id, rules.LEADER) and not self.leader_in(conference_id):
@@ -791,12 +796,15 @@ class ConferenceApp(InviteHandlers, AnnouncementHandlers):
         if call is not None and call.kicked:
             reason, actor_id = Participant.LeftReason.KICKED, call.kicked_by
         leader = call is not None and call.phase == Phase.PRESENT and call.role == rules.ADMIN
+        was_present = call is not None and call.phase == Phase.PRESENT
         talked = self.open_stretch(call)
         await self.effects.db(store.record_leave, self.server_id, channel_id, reason, actor_id, talked)
         if call is not None:
             call.talking, call.talking_since = False, None
         if leader:
             await self.leader_left(call.conference_id)  # a failed hop repeats the event: the call is still PRESENT
+        if was_present and from_bridge:
+            await self.tone_on_leave(call.conference_id)
         if call is not None:
             call.participant_id = None
             if call.phase in (Phase.PRESENT, Phase.WAITING):

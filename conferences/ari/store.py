@@ -110,6 +110,13 @@ def record_join(conference_id, channel, role, waiting_for="", admitted_by=None):
     return participant.pk, in_room, participant.moh
 
 
+def record_entry(conference_id, channel, role, admitted_by=None):
+    """``record_join`` of a caller found in the room's bridge, and the room's tones (``room_tones``), in one
+    hop: ``(record_join's answer, tones)``."""
+    joined = record_join(conference_id, channel, role, admitted_by=admitted_by)
+    return joined, (room_tones(conference_id) if joined is not None else None)
+
+
 def record_leave(server_id, channel_id, reason, actor_id=None, talked=0.0):
     """End the stay of the participant of ``channel_id``, if it is present or waiting (``talked``: the
     seconds of a talking stretch still open)."""
@@ -563,3 +570,9 @@ def sound_to_play(conference_id, name):
 
 def record_played(conference_id, name, actor_id):
     services.sound_played(conference_id=conference_id, name=name, actor_id=actor_id)
+
+
+def room_tones(conference_id):
+    """``(join_leave_tones, announce_only_person)`` of the room, or None when it is gone (read with each
+    join: a change in the admin applies from the next caller on)."""
+    return Conference.objects.filter(pk=conference_id).values_list("join_leave_tones", "announce_only_person").first()
