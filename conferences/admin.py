@@ -1,7 +1,9 @@
 from asgiref.sync import async_to_sync
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.db.models import Count
+from django.template.response import TemplateResponse
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
@@ -19,7 +21,7 @@ from conferences.models import (
 )
 
 
-def _moderate(request, action, conference, participant=None):
+def _moderate(request, action, conference, participant=None, **arguments):
     """Ask the room's worker to act, like the live page does; report the outcome as a message."""
     target = str(participant) if participant else str(conference)
     if not access.can_moderate(request.user, conference):
@@ -31,6 +33,7 @@ def _moderate(request, action, conference, participant=None):
         action=action,
         participant_id=participant.pk if participant else None,
         actor_id=request.user.pk,
+        **arguments,
     )
     if ok:
         messages.success(request, gettext("%(target)s: done.") % {"target": target})
@@ -54,6 +57,35 @@ def _participant_action(action, description):
 
     run.__name__ = action
     return admin.action(description=description)(run)
+
+
+class InviteForm(forms.Form):
+    number = forms.CharField(label=_("Number"), max_length=32, help_text=_("Digits, * # and + only."))
+
+
+@admin.action(description=_("Invite a number into the selected room"))
+def invite(modeladmin, request, queryset):
+    """The page's invite, from the admin: a form for the number, then the same request to the worker."""
+    rooms = list(queryset.select_related("server")[:2])
+    if len(rooms) != 1:
+        messages.error(request, gettext("Select one room to invite a number into."))
+        return None
+    form = InviteForm(request.POST if "apply" in request.POST else None)
+    if form.is_valid():
+        _moderate(request, "invite", rooms[0], number=form.cleaned_data["number"].strip())
+        return None
+    return TemplateResponse(
+        request,
+        "admin/conferences/invite.html",
+        {
+            **modeladmin.admin_site.each_context(request),
+            "title": gettext("Invite a number into %(room)s") % {"room": rooms[0]},
+            "form": form,
+            "room": rooms[0],
+            "opts": modeladmin.model._meta,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        },
+    )
 
 
 class AsteriskServerForm(forms.ModelForm):
@@ -126,6 +158,7 @@ class ConferenceAdmin(admin.ModelAdmin):
         _room_action("mute_all", _("Mute everyone but admins")),
         _room_action("unmute_all", _("Unmute everyone")),
         _room_action("admit_all", _("Admit everyone waiting in the lobby")),
+        invite,
     ]
 
     def save_model(self, request, obj, form, change):

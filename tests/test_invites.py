@@ -240,3 +240,23 @@ async def test_invites_across_a_worker_restart(runner, sandbox, make_room, moder
     row = await db(Participant.objects.get)(channel_id=answered.channel_id)
     assert row.caller_number == "7006" and row.left_at is None
     assert (await db(Invite.objects.get)(pk=answered.pk)).participant_id == row.pk
+
+
+async def test_staff_invite_a_number_from_the_admin_through_the_same_path(worker, sandbox, make_room, dialling, client):
+    from asgiref.sync import sync_to_async
+
+    room = await make_room(182)
+    staff = await db(User.objects.create_superuser)(username="boss", password="x", email="")
+    await sync_to_async(client.force_login)(staff)
+    url = "/admin/conferences/conference/"
+    form = await sync_to_async(client.post)(url, {"action": "invite", "_selected_action": [room.pk]})
+    assert form.status_code == 200 and b'name="number"' in form.content  # asks for the number first
+    for number, message in [("9001", "this number may not be invited"), ("7001", "done")]:
+        response = await sync_to_async(client.post)(
+            url, {"action": "invite", "apply": "1", "number": number, "_selected_action": [room.pk]}, follow=True
+        )
+        shown = [str(m) for m in response.context["messages"]]
+        assert any(message in text for text in shown), shown
+    sent = await db(Invite.objects.get)(conference=room)
+    assert (sent.number, sent.actor_id) == ("7001", staff.pk)
+    await eventually(lambda: db(lambda: Invite.objects.get(pk=sent.pk).status == "answered")(), timeout=15)
