@@ -8,7 +8,12 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils.translation import gettext as _
 
-from conferences.models import AsteriskServer, Conference
+from conferences.models import AsteriskServer, Conference, Sound
+
+# Invites dial the sandbox's test far ends (deploy/asterisk/extensions.conf, [test-invitees]): 7001
+# answers and talks, 7002 is busy, 7003 congested, 7004 rings and never answers, 7005 answers and hangs up.
+DEMO_DIAL_TEMPLATE, DEMO_INVITE_PATTERN = "Local/{number}@test-invitees", "7[0-9]{3}"
+SOUNDS = (("welcome", "Welcome", "conf-placeintoconf"), ("alone", "You are alone", "conf-onlyperson"))
 
 ROOMS = (
     ("100", "daily", "Daily stand-up", {}),
@@ -29,6 +34,10 @@ class Command(BaseCommand):
         server = AsteriskServer.objects.sync_default_from_settings()
         if server is None:
             raise CommandError("ARI_URL is not set: the demo needs the sandbox Asterisk (scripts/demo sets it).")
+        server.dial_template, server.invite_pattern = DEMO_DIAL_TEMPLATE, DEMO_INVITE_PATTERN
+        server.save(update_fields=["dial_template", "invite_pattern"])
+        for name, label, sound in SOUNDS:
+            Sound.objects.get_or_create(server=server, name=name, defaults={"label": label, "sound": sound})
         for number, slug, name, settings in ROOMS:
             room = Conference.objects.filter(server=server, number=number).first()
             if room is None:
@@ -43,6 +52,7 @@ class Command(BaseCommand):
             "",
             _("The demo is ready: simulated callers come, go and talk in three rooms."),
             _("In the Board meeting they wait in its lobby until you admit them."),
+            _("Invite 7001 (answers), 7002 (busy), 7004 (never answers) from a room's page."),
             _("Open %(url)s/ and log in:") % {"url": url.rstrip("/")},
             f"    username: {username}",
             f"    password: {password}",
