@@ -232,3 +232,24 @@ async def test_a_recording_the_site_has_no_row_of_is_adopted_when_it_ends(runner
     assert second.name == lost and second.size > 0
     for name in (first.name, second.name):
         await sandbox.call("GET", f"/recordings/stored/{name}", ok=(404,))
+
+
+async def test_the_room_hears_that_it_is_recorded(runner, sandbox, make_room, moderator, media):
+    """Heard, not only asked for: two silent callers, a snoop on one of them; the announcement is the only
+    sound it hears when the recording starts."""
+    from tests.sandbox import Ears
+
+    room = await make_room(199)
+    worker = await runner.start()
+    async with Ears(sandbox) as ears:
+        first = await sandbox.caller(199, name="First", number="671")
+        second = await sandbox.caller(199, name="Second", number="672")
+        await wait_roster(sandbox, worker, room, {first.channel_id, second.channel_id})
+        ear = await ears.listen(first)
+        await ears.wait(ear, False)
+        await ears.steady(ear, False, 1)
+        assert await act(worker, room, "record_start", None, moderator) == (True, None)
+        await ears.wait(ear, True, timeout=5)  # "this conference is being recorded"
+        await ears.wait(ear, False, timeout=10)
+        assert await act(worker, room, "record_stop", None, moderator) == (True, None)
+    await stored(room)
