@@ -378,3 +378,13 @@ async def test_counts_are_shared_through_redis(redis_cache, redis_url):
     finally:
         client.delete(*keys)
         client.close()
+
+
+def test_the_event_filter_takes_dial_for_invites_but_not_every_channels_state_changes():
+    """Invites follow their calls through Dial (RINGING, BUSY…) and ChannelDestroyed; ChannelStateChange
+    would say "Ringing" too, but it comes for every channel of a busy PBX: it stays out of the filter."""
+    from conferences.ari.handlers import ConferenceApp
+
+    types = ConferenceApp.event_types()
+    assert {"Dial", "ChannelDestroyed", "StasisStart", "PlaybackFinished"} <= types
+    assert "ChannelStateChange" not in types and "ChannelVarset" not in types

@@ -8,7 +8,8 @@ through the server's dial template (``POST /channels``, into this
 application, with a channel id the worker chose: ``invite-<room>-<token>``,
 which routes every event of the call to its room's lane). Its progress reaches
 every page of the room as ``invite.updated``: ``dialing``, ``ringing``
-(``ChannelStateChange`` to Ringing, or ``Dial`` RINGING), then ``answered``
+(``Dial`` RINGING: ``ChannelStateChange`` would say the same, but the worker
+leaves that event out of its filter, it is most of a busy PBX's events), then ``answered``
 (``StasisStart``: straight into the bridge, no PIN, no lobby) or how it ended
 (``ChannelDestroyed``'s cause and the last ``Dial`` status: rules.invite_outcome).
 A moderator's ``cancel_invite`` hangs the call up; the worker's own ring timer
@@ -112,12 +113,6 @@ class InviteHandlers:
     def _dialing(self, channel_id):
         call = self.state.call(channel_id)
         return call if call is not None and call.phase == Phase.DIALING else None
-
-    async def on_ChannelStateChange(self, event):
-        channel = event.get("channel") or {}
-        call = self._dialing(channel.get("id"))
-        if call is not None and channel.get("state") == "Ringing":
-            await self.effects.db(store.invite_updated, call.invite_id, "ringing")
 
     async def on_Dial(self, event):
         """``Dial`` of an originated channel names it as the ``peer``; its ``dialstatus`` says how it goes
