@@ -5,9 +5,12 @@ import contextlib
 import copy
 import json
 import os
+import subprocess
 import uuid
+from pathlib import Path
 
 import pytest
+import requests
 from channels.db import database_sync_to_async
 from channels.layers import channel_layers, get_channel_layer
 
@@ -17,6 +20,7 @@ from conferences.ari.worker import AriWorker
 from conferences.models import AsteriskServer, Conference, ConferenceEvent, Participant
 from conferencesite import env
 from tests.sandbox import Sandbox, eventually
+from tests.sip import AriAccess
 
 db = database_sync_to_async
 
@@ -247,3 +251,32 @@ async def act(worker, conference, action, participant_id=None, actor=None, **arg
         actor_id=actor.pk if actor else None,
         **arguments,
     )
+
+
+SANDBOX_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "asterisk-sandbox"
+
+
+@pytest.fixture(scope="session")
+def phones_ari():
+    """The phones' ARI: $PHONES_TEST_URL, else started with scripts/asterisk-sandbox phones start."""
+    url = os.environ.get("PHONES_TEST_URL")
+    if not url:
+        result = subprocess.run(
+            [str(SANDBOX_SCRIPT), "phones", "start"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if result.returncode != 0:
+            pytest.fail(f"the test phones did not start:\n{result.stdout}\n{result.stderr}")
+        url = result.stdout.strip().splitlines()[-1]
+    access = AriAccess(
+        url.rstrip("/"),
+        os.environ.get("PHONES_TEST_USERNAME", "phones"),
+        os.environ.get("PHONES_TEST_PASSWORD", "phones"),
+    )
+    try:
+        requests.get(f"{access.url}/asterisk/info", auth=access.auth, timeout=5).raise_for_status()
+    except requests.RequestException as exc:
+        pytest.fail(f"the phones' ARI at {access.url} does not answer: {exc}")
+    return access

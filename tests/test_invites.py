@@ -260,3 +260,60 @@ async def test_staff_invite_a_number_from_the_admin_through_the_same_path(worker
     sent = await db(Invite.objects.get)(conference=room)
     assert (sent.number, sent.actor_id) == ("7001", staff.pk)
     await eventually(lambda: db(lambda: Invite.objects.get(pk=sent.pk).status == "answered")(), timeout=15)
+
+
+# --- a real SIP phone at the far end ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "answer,expected,cause",
+    [
+        ("busy", ["dialing", "ringing", "busy"], 17),  # 486 Busy Here
+        ("decline", ["dialing", "ringing", "busy"], 21),  # 603 Decline: the phone's "reject" key
+        ("answer", ["dialing", "ringing", "answered"], None),  # 180, then 200 OK
+        ("ring", ["dialing", "ringing", "no_answer"], None),  # 180 and nothing more: the ring time runs out
+    ],
+)
+async def test_a_sip_phone_that_rings_then_is_busy_declines_or_answers(
+    worker,
+    sandbox,
+    make_room,
+    moderator,
+    pbx,
+    fresh_layer,
+    phones_ari,
+    answer,
+    expected,
+    cause,  # noqa: F811
+):
+    """The invite goes out over PJSIP to the test phones (a second Asterisk on loopback), whose phone rings
+    (180 Ringing) and then refuses (486, 603) or answers (200 OK): the statuses come from real SIP."""
+    from tests.sip import AppSocket, rest
+
+    access = phones_ari
+    await db(AsteriskServer.objects.filter(pk=pbx.pk).update)(
+        dial_template="PJSIP/{number}@test-invitee-phones", invite_pattern="7[0-9]{3}"
+    )
+    room = await make_room(183, invite_ring_seconds=5)
+    async with AppSocket(access, "phones-incoming") as phone_app, RoomWatcher(fresh_layer, room.pk) as watcher:
+        sent = await invite(worker, room, "7101", moderator)
+        start = await phone_app.wait_for(lambda: phone_app.of("StasisStart"), message="the phone is called")
+        phone = start[0]["channel"]
+        assert start[0]["args"] == ["7101"] and phone["caller"]["number"] == "183"  # the room's number
+        await rest(access, "POST", f"/channels/{phone['id']}/ring")
+        await eventually(lambda: statuses(watcher, sent.pk) == ["dialing", "ringing"], message="ringing")
+        if answer == "answer":
+            await rest(access, "POST", f"/channels/{phone['id']}/answer")
+        elif answer != "ring":
+            reason = {"busy": "busy", "decline": "rejected"}[answer]
+            await rest(access, "DELETE", f"/channels/{phone['id']}", params={"reason": reason})
+        assert await ended(watcher, sent.pk) == expected
+        if answer == "ring":  # the phone hears the call end (a CANCEL)
+            await phone_app.wait_for(lambda: phone_app.of("StasisEnd"), message="the phone stops ringing")
+        if answer == "answer":
+            await wait_roster(sandbox, worker, room, {sent.channel_id})
+            await rest(access, "DELETE", f"/channels/{phone['id']}", ok=(204, 404))
+    row = await db(Invite.objects.get)(pk=sent.pk)
+    print(f"{answer}: status {row.status}, cause {row.cause}")
+    if cause is not None:
+        assert row.cause == cause

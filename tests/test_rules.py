@@ -425,6 +425,7 @@ def test_invite_refusal(number, changes, expected):
         (34, None, False, False, "failed"),  # congestion
         (1, None, False, False, "failed"),  # unallocated number
         (16, "BUSY", False, False, "busy"),  # the Dial status knows better than a normal clearing
+        (21, "NOANSWER", False, False, "busy"),  # a SIP 603 Decline (tests/test_invites.py, real SIP)
         (16, "NOANSWER", False, False, "no_answer"),
         (16, "CONGESTION", False, False, "failed"),
         (16, "CHANUNAVAIL", False, False, "failed"),

@@ -10,11 +10,9 @@ by the phone itself, over RTP.
 import asyncio
 import inspect
 import os
-import subprocess
 import uuid
 
 import pytest
-import requests
 from django.contrib.auth.models import User
 
 from conferences.ari.client import AriClient
@@ -26,32 +24,6 @@ from tests.sip import AppSocket, AriAccess, Phones, channel_variable, rest
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="session")
-def phones_ari():
-    """The phones' ARI: $PHONES_TEST_URL, else started with scripts/asterisk-sandbox phones start."""
-    url = os.environ.get("PHONES_TEST_URL")
-    if not url:
-        result = subprocess.run(
-            [os.path.join(ROOT, "scripts", "asterisk-sandbox"), "phones", "start"],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        if result.returncode != 0:
-            pytest.fail(f"the test phones did not start:\n{result.stdout}\n{result.stderr}")
-        url = result.stdout.strip().splitlines()[-1]
-    access = AriAccess(
-        url.rstrip("/"),
-        os.environ.get("PHONES_TEST_USERNAME", "phones"),
-        os.environ.get("PHONES_TEST_PASSWORD", "phones"),
-    )
-    try:
-        requests.get(f"{access.url}/asterisk/info", auth=access.auth, timeout=5).raise_for_status()
-    except requests.RequestException as exc:
-        pytest.fail(f"the phones' ARI at {access.url} does not answer: {exc}")
-    return access
 
 
 @pytest.fixture

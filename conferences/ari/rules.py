@@ -489,6 +489,8 @@ def invite_outcome(*, cause, dial_status=None, cancelled=False, timed_out=False)
     """The final status of an invite whose channel ended before it was answered."""
     if cancelled:
         return "cancelled"
+    if isinstance(cause, int) and not isinstance(cause, bool) and cause in BUSY_CAUSES:
+        return "busy"  # before the Dial status: a SIP 603 Decline is cause 21 with Dial status NOANSWER
     mapped = DIAL_STATUSES.get(str(dial_status or "").upper())
     if mapped is not None:
         return mapped
