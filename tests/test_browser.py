@@ -12,7 +12,7 @@ import pytest
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.contrib.auth.models import User
 
-from conferences.models import AsteriskServer, Conference, ConferenceAccess
+from conferences.models import AsteriskServer, Conference, ConferenceAccess, Sound
 from tests.live import db, present_channels
 from tests.sandbox import Ears, eventually
 from tests.sockets import refused
@@ -301,6 +301,7 @@ async def test_a_moderator_invites_numbers_and_watches_them_ring_while_a_viewer_
         dial_template="Local/{number}@test-invitees", invite_pattern="7[0-9]{3}"
     )
     room = await db(Conference.objects.create)(server=pbx, number="165", slug="invites", name="Invites")
+    await db(Sound.objects.create)(server=pbx, name="welcome", label="Welcome", sound="conf-placeintoconf")
     await db(moderator_and_viewer)(room)
     base = f"http://127.0.0.1:{stack.port}"
     moderator = await logged_in_page(browser, base, "mod")
@@ -346,5 +347,13 @@ async def test_a_moderator_invites_numbers_and_watches_them_ring_while_a_viewer_
             "t => document.querySelector('[data-role=timeline]').textContent.includes(t))",
             timeout=15000,
         )
+    # A sound to the room from the page: the server's list, the Play button; the viewer has neither.
+    assert await viewer.locator("[data-role=announce-play]").count() == 0
+    assert await moderator.locator("[data-role=announce-sound] option").all_inner_texts() == ["Welcome"]
+    await moderator.locator("[data-role=announce-play]").click()
+    await eventually(
+        lambda: db(lambda: room.events.filter(kind="played", details__sound="welcome").exists())(), timeout=10
+    )
+    assert not await moderator.locator("[data-role=announce-error]").inner_text()
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     await moderator.screenshot(path=str(SCREENSHOTS / "room-invites-moderator.png"), full_page=True)
