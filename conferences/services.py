@@ -719,9 +719,7 @@ def invite_updated(*, invite_id, status, cause=None, participant_id=None):
     ended (a late event changes nothing). Returns the invite, or None when it did not change."""
     with transaction.atomic():
         invite = Invite.objects.select_for_update().filter(pk=invite_id).first()
-        if invite is None or invite.status not in Invite.OPEN or invite.status == status:
-            return None
-        if status == Invite.Status.DIALING:
+        if invite is None or invite.status not in Invite.OPEN or status in (invite.status, Invite.Status.DIALING):
             return None
         conference = _lock_room(invite.conference_id)
         now = timezone.now()

@@ -11,6 +11,7 @@ import {
   parseNumber,
 } from "../../static/conferences/invites.js";
 import { INVITE_FINAL, initialState, reduce } from "../../static/conferences/room-state.js";
+import { run } from "./reduce-run.js";
 
 const at = (second) => `2025-01-01T10:00:${String(second).padStart(2, "0")}+00:00`;
 const invite = (id, fields = {}) => ({
@@ -25,17 +26,6 @@ const updated = (seq, id, fields) => ({ type: "invite.updated", seq, invite: inv
 
 function snapshot(seq, invites, fields = {}) {
   return { type: "snapshot", seq, conference: { slug: "sales" }, participants: [], invites, can_moderate: true, ...fields };
-}
-
-function run(frames, start = initialState()) {
-  let current = start;
-  const results = [];
-  for (const frame of frames) {
-    const result = reduce(current, frame);
-    current = result.state;
-    results.push(result);
-  }
-  return { state: current, results };
 }
 
 const ids = (map) => [...map.keys()];

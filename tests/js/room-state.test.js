@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import test from "node:test";
 
 import { diffRoster, handPosition, initialState, reduce } from "../../static/conferences/room-state.js";
+import { run } from "./reduce-run.js";
 
 const at = (second) => `2025-01-01T10:00:${String(second).padStart(2, "0")}+00:00`;
 const caller = (id, fields = {}) => ({ id, caller_name: `C${id}`, joined_at: at(id), muted: false, ...fields });
@@ -11,17 +12,6 @@ const room = (fields = {}) => ({ slug: "sales", name: "Sales", locked: false, ..
 
 function snapshot(seq, participants, fields = {}) {
   return { type: "snapshot", seq, conference: room(), participants, can_moderate: false, ...fields };
-}
-
-function run(frames, start = initialState()) {
-  let current = start;
-  const results = [];
-  for (const frame of frames) {
-    const result = reduce(current, frame);
-    current = result.state;
-    results.push(result);
-  }
-  return { state: current, results };
 }
 
 const kinds = (result) => result.entries.map((entry) => entry.kind);
