@@ -47,6 +47,7 @@ async def test_join_and_hangup(app, make_conference):
     assert app.ari.called("set_variable") == [(alice.channel_id, "TALK_DETECT(set)", "")]
     assert app.ari.called("add_channel") == [(f"conference-conference-{room.pk}", alice.channel_id)]
     # Alone: music on hold; once nobody is left: stopped.
+    await app.music.idle()
     assert app.ari.called("start_bridge_moh") == [(f"conference-conference-{room.pk}", "default")]
     assert app.ari.called("stop_bridge_moh") == [(f"conference-conference-{room.pk}",)]
     room = await sync_to_async(Conference.objects.get)(pk=room.pk)
@@ -205,6 +206,7 @@ async def test_resync_marks_lost_adopts_unknown_and_removes_empty_bridges(server
     assert (await sync_to_async(Participant.objects.get)(channel_id="new-2")).role == "admin"
     assert [call[0] for call in ari.called("get_variable")] == ["new-2"]
     assert ari.called("destroy_bridge") == [(f"conference-conference-{empty_room.pk}",)]
+    await app.music.idle()
     assert ari.called("stop_bridge_moh") == [(bridge,)]  # three present: no music
     assert ari.called("start_bridge_moh") == []
     assert ari.called("add_channel") == [(bridge, "waiting-1")]  # cut-short admission done again

@@ -80,3 +80,28 @@ async def test_a_muted_caller_is_not_detected_talking(runner, sandbox, make_room
         ]
         assert started == []
         assert await db(talked)(talker.channel_id) == (False, 0.0)
+
+
+async def test_mute_all_while_callers_talk_ends_their_stretches_with_their_time(runner, sandbox, make_room):
+    """Mute all writes the stretches it cut short with the mutes, in one hop: each talker is no longer
+    talking, has the seconds it talked, and is detected talking again after unmute all."""
+    moderator = await db(User.objects.create_user)(username="mod", password="x")
+    room = await make_room(178)
+    worker = await runner.start()
+    async with Ears(sandbox) as ears:
+        talkers = [await sandbox.typist(ears, 178, name=f"Talker {n}", number=f"50{n}", talking=True) for n in (3, 4)]
+        await wait_roster(sandbox, worker, room, {t.channel_id for t in talkers})
+
+        async def all_talking():
+            states = [await db(talked)(t.channel_id) for t in talkers]
+            return all(is_talking for is_talking, _total in states)
+
+        await eventually(all_talking, timeout=10, message="the talkers were never seen talking")
+        await asyncio.sleep(1.5)
+        assert await act(worker, room, "mute_all", actor=moderator) == (True, None)
+        for talker in talkers:
+            is_talking, total = await db(talked)(talker.channel_id)
+            assert not is_talking and total >= 1.0, (talker.channel_id, is_talking, total)
+            assert (await db(Participant.objects.get)(channel_id=talker.channel_id)).muted
+        assert await act(worker, room, "unmute_all", actor=moderator) == (True, None)
+        await eventually(all_talking, timeout=10, message="not detected talking again after unmute all")

@@ -20,6 +20,9 @@ ONLY_PERSON = "conf-onlyperson"  # "you are currently the only person in this co
 JOIN_TONE, LEAVE_TONE = "confbridge-join", "confbridge-leave"  # ConfBridge's own tones
 LONGEST = 300.0  # seconds after which a playback whose PlaybackFinished never came counts as over
 TIMER = "_AnnouncementOver"
+# How long a sound waits for the room's music to stop (conferences/ari/music.py does it beside the lanes);
+# past that the sound plays anyway: a late stop on a busy PBX must not hold the room's lane.
+MUSIC_PAUSE_WAIT = 2.0
 
 
 class AnnouncementHandlers:
@@ -48,6 +51,7 @@ class AnnouncementHandlers:
         room.announcing.add(playback_id)
         try:
             await self.apply_moh(conference_id)  # the music pauses first
+            await self.music.settled(room.bridge_id, MUSIC_PAUSE_WAIT)
             await self.ari.play_to_bridge(room.bridge_id, f"sound:{sound}", playback_id)
         except BaseException:
             room.announcing.discard(playback_id)

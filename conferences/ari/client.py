@@ -292,8 +292,10 @@ class AriClient:
     async def stop_moh(self, channel_id):
         await self.request("DELETE", f"/channels/{quote(channel_id, safe='')}/moh")
 
-    async def start_bridge_moh(self, bridge_id, moh_class):
-        await self.request("POST", f"/bridges/{quote(bridge_id, safe='')}/moh", params={"mohClass": moh_class})
+    async def start_bridge_moh(self, bridge_id, moh_class, *, timeout=None):
+        await self.request(
+            "POST", f"/bridges/{quote(bridge_id, safe='')}/moh", params={"mohClass": moh_class}, timeout=timeout
+        )
 
-    async def stop_bridge_moh(self, bridge_id):
-        await self.request("DELETE", f"/bridges/{quote(bridge_id, safe='')}/moh")
+    async def stop_bridge_moh(self, bridge_id, *, timeout=None):
+        await self.request("DELETE", f"/bridges/{quote(bridge_id, safe='')}/moh", timeout=timeout)

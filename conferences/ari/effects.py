@@ -23,6 +23,9 @@ from conferences.dbthreads import TRANSIENT_DB_ERRORS
 logger = logging.getLogger(__name__)
 
 PROMPT_HANGUP_TIMEOUT = 15.0  # hang up even when PlaybackFinished never comes
+# A bridge's music is started and stopped one bridge at a time (conferences/ari/music.py), and Asterisk
+# takes one lock for all of them: on a busy PBX a call may take seconds without anything being wrong.
+MUSIC_TIMEOUT = 10.0
 
 
 class DatabaseUnavailable(Exception):
@@ -116,11 +119,11 @@ class Effects:
         await self.ari.set_variable(channel_id, "TALK_DETECT(set)", "")
 
     async def start_moh(self, bridge_id, moh_class):
-        await self.ari.start_bridge_moh(bridge_id, moh_class or "default")
+        await self.ari.start_bridge_moh(bridge_id, moh_class or "default", timeout=MUSIC_TIMEOUT)
 
     async def stop_moh(self, bridge_id):
         try:
-            await self.ari.stop_bridge_moh(bridge_id)
+            await self.ari.stop_bridge_moh(bridge_id, timeout=MUSIC_TIMEOUT)
         except AriError as exc:
             if exc.status not in (404, 409):  # nothing playing, or the bridge is gone
                 raise

@@ -42,6 +42,7 @@ from conferences.ari.client import AriError, AriNotFound
 from conferences.ari.effects import TRANSIENT_DB_ERRORS, DatabaseUnavailable, Effects
 from conferences.ari.invites import InviteHandlers
 from conferences.ari.lanes import RECEIVED_AT
+from conferences.ari.music import BridgeMusic
 from conferences.ari.rules import ADMIN, is_helper_channel, parse_room_args, role_from_channelvars, role_from_value
 from conferences.models import Participant
 
@@ -83,6 +84,8 @@ class ConferenceApp(InviteHandlers, AnnouncementHandlers):
         self.server_id = server_id
         self.app_name = app_name
         self.effects = Effects(ari=ari, app_name=app_name, schedule=schedule, database=database, fence=fence)
+        # Bridge music beside the lanes: a lane never waits for Asterisk to start or stop it (music.py).
+        self.music = BridgeMusic(start=self.effects.start_moh, stop=self.effects.stop_moh)
         self.state = Registry()
         self.fetches = {}  # recording name -> the background task fetching its file
         self.fetch_slots = asyncio.Semaphore(FETCHES_AT_ONCE)
@@ -726,6 +729,8 @@ class ConferenceApp(InviteHandlers, AnnouncementHandlers):
         bridge = await self.ari.create_bridge(bridge_id, f"conference {facts.number}")
         room = Room(facts.conference_id, bridge_id, channels=list((bridge or {}).get("channels") or []))
         self.state.rooms[facts.conference_id] = room
+        if not room.channels:
+            self.music.silent(bridge_id)  # no announcer in it: no music playing, none to stop
         return room
 
     # --- in the room --------------------------------------------------------------
@@ -860,11 +865,16 @@ class ConferenceApp(InviteHandlers, AnnouncementHandlers):
         conference_id = self.conference_id_of_bridge((event.get("bridge") or {}).get("id"))
         if conference_id is not None:
             self.state.rooms.pop(conference_id, None)
+            self.music.forget(self.bridge_id(conference_id))
 
     # --- music on hold --------------------------------------------------------------
 
     async def apply_moh(self, conference_id):
-        """Music on hold when exactly one participant is in the bridge, derived from the bridge itself."""
+        """Music on hold when exactly one participant is in the bridge, derived from the bridge itself.
+
+        The bridge's music is handed to ``self.music``, which starts or stops it beside the lanes; the
+        participants' ``moh`` flags follow the rule at once.
+        """
         room = self.state.rooms.get(conference_id)
         if room is None:
             return
@@ -874,10 +884,10 @@ class ConferenceApp(InviteHandlers, AnnouncementHandlers):
             moh_class = await self.effects.db(store.moh_class, conference_id)
             if moh_class is None:
                 return  # the room was deleted
-            await self.effects.start_moh(room.bridge_id, moh_class)
+            self.music.want(room.bridge_id, moh_class or "default")
             room.moh = True
         elif not want and room.moh is not False:
-            await self.effects.stop_moh(room.bridge_id)
+            self.music.want(room.bridge_id, None)
             room.moh = False
         # The moh flag of each present participant follows; only changes touch the database.
         changed = [
@@ -960,8 +970,12 @@ class ConferenceApp(InviteHandlers, AnnouncementHandlers):
     async def _set_all_muted(self, conference, actor_id, muted):
         targets = await self.effects.db(store.mute_all_targets, conference.pk, muted)
         # Independent channels: Asterisk needs no order among them, so all at once.
-        change = self._mute if muted else self._unmute
-        outcomes = await asyncio.gather(*(change(channel_id) for _pk, channel_id in targets), return_exceptions=True)
+        talked = {}  # participant id -> seconds of the stretch a mute cut short, written with the rest
+        if muted:
+            changes = (self._mute(channel_id, talked=talked) for _pk, channel_id in targets)
+        else:
+            changes = (self._unmute(channel_id) for _pk, channel_id in targets)
+        outcomes = await asyncio.gather(*changes, return_exceptions=True)
         done, failed = [], 0
         for (participant_id, _channel_id), outcome in zip(targets, outcomes, strict=True):
             if isinstance(outcome, AriError):
@@ -971,12 +985,13 @@ class ConferenceApp(InviteHandlers, AnnouncementHandlers):
                 raise outcome
             else:
                 done.append(participant_id)
-        await self.effects.db(store.record_mute_all, conference.pk, muted, done, actor_id)
+        await self.effects.db(store.record_mute_all, conference.pk, muted, done, actor_id, talked)
         if failed:
             raise Refusal(protocol.callers_not_changed(failed))
 
-    async def _mute(self, channel_id):
-        """Mute a caller's voice to the room.
+    async def _mute(self, channel_id, *, talked=None):
+        """Mute a caller's voice to the room (``talked``: where to leave a cut-short stretch's seconds for
+        the caller to write, instead of a database hop of its own).
 
         ``POST /channels/{id}/mute`` drops the audio before talk detection, so
         a caller muted while talking gets no ChannelTalkingFinished, and its
@@ -992,7 +1007,9 @@ class ConferenceApp(InviteHandlers, AnnouncementHandlers):
             seconds = self.open_stretch(call)
             call.talking, call.talking_since, call.stretch_closed = False, None, True
             await self.effects.talk_detect_afresh(channel_id)
-            if call.participant_id is not None:
+            if call.participant_id is not None and talked is not None:
+                talked[call.participant_id] = seconds
+            elif call.participant_id is not None:
                 await self.effects.db(store.talked, call.participant_id, seconds)
 
     async def _unmute(self, channel_id):
@@ -1325,6 +1342,7 @@ class ConferenceApp(InviteHandlers, AnnouncementHandlers):
             for conference_id, members in plan.rooms.items()
         }
         for bridge_id in plan.remove_bridges:
+            self.music.forget(bridge_id)
             await self.effects.remove_bridge(bridge_id)
             self.state.rooms.pop(self.conference_id_of_bridge(bridge_id), None)
         for conference_id in list(self.state.rooms):

@@ -379,8 +379,11 @@ def mute_all_targets(conference_id, muted):
     )
 
 
-def record_mute_all(conference_id, muted, done, actor_id):
-    """The participants muted or unmuted, then the room's one timeline entry for it, in one hop."""
+def record_mute_all(conference_id, muted, done, actor_id, talked=None):
+    """The talking stretches the mutes cut short (``talked``: participant id -> seconds), the participants
+    muted or unmuted, then the room's one timeline entry for it, in one hop."""
+    for participant_id, seconds in (talked or {}).items():
+        services.participant_talked(participant_id=participant_id, seconds=seconds)
     services.participants_set_muted(conference_id=conference_id, participant_ids=done, muted=muted, actor_id=actor_id)
 
 

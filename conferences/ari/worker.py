@@ -347,6 +347,7 @@ class AriWorker:
         finally:
             # The lanes finish the item in hand; what is still queued is left to the next start's resync.
             await self.lanes.close(STOP_TIMEOUT)
+            await self.app.music.close()
 
     async def _lane_item(self, pair):
         kind, item = pair
