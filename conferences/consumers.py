@@ -386,8 +386,9 @@ class FanOutConsumer(AsyncWebsocketConsumer):
             logger.debug("socket %s: closing failed (%r)", self.scope.get("path"), exc)
 
     async def dispatch(self, message):
-        if message.get("type") == broadcast.ROOM_EVENT:
-            await self.room_event(message)
+        if message.get("type") in (broadcast.ROOM_EVENT, broadcast.ROOM_EVENTS):
+            for event in broadcast.room_events(message):
+                await self.room_event(event)
             return
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:

@@ -286,17 +286,18 @@ class RoomHub:
             while True:
                 message = await self.layer.receive(channel)
                 conference_id = message.get("conference")
-                forward = message.get("type") != broadcast.ROOM_EVENT
-                if not forward:
+                events = broadcast.room_events(message)
+                if events:
                     view = self.views.get(conference_id)
                     if view is not None:
-                        view.heard(message)
+                        for event in events:
+                            view.heard(event)
                 for consumer in list(self.rooms.get(conference_id, ())):
                     try:
-                        if forward:
+                        if not events:
                             await self.layer.send(consumer.channel_name, message)
-                        else:
-                            await consumer.room_event(message)
+                        for event in events:
+                            await consumer.room_event(event)
                     except asyncio.CancelledError:
                         raise
                     except Exception:

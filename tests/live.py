@@ -138,7 +138,7 @@ class RoomWatcher:
     async def _read(self):
         while True:
             message = await self.layer.receive(self.channel)
-            self.frames.append(json.loads(message["text"]))
+            self.frames.extend(json.loads(event["text"]) for event in broadcast.room_events(message))
 
     def of_type(self, kind):
         return [frame for frame in self.frames if frame["type"] == kind]

@@ -13,7 +13,7 @@ from django.db.models import F
 
 from conferences import broadcast, consumers, fanout, services
 from conferences.models import Conference
-from tests.sockets import db, frame, send
+from tests.sockets import db, frame, list_socket, send
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -253,3 +253,45 @@ async def test_a_room_deleted_after_its_lookup_was_kept_closes_new_sockets_clean
         consumers.CLOSE_NOT_FOUND,
         consumers.CLOSE_FORBIDDEN,
     )
+
+
+async def test_a_change_sent_as_one_message_reaches_pages_and_the_room_list_as_separate_frames(
+    connect, login, viewer, room, make_participant
+):
+    """The worker sends what one hop broadcast as one ``room.events`` message (broadcast.ROOM_EVENTS): every
+    page and the room list still get each frame, in seq order, and the hub's kept snapshot follows them."""
+    people = [await db(make_participant)(room, f"chan-{n}", caller_name=f"C{n}") for n in range(3)]
+    page, _ = await connect(viewer)
+    snapshot = await frame(page)
+    rooms = await list_socket(login, viewer)
+    assert (await frame(rooms))["type"] == "rooms"
+
+    def mute_everyone():
+        with broadcast.collecting() as outbox:
+            for person in people:
+                services.participant_update(participant_id=person.pk, muted=True)
+            return list(outbox)
+
+    sent = []
+    layer = channel_layers["default"]
+    real = type(layer).group_send
+
+    async def counting(self, group, message):
+        sent.append(message["type"])
+        return await real(self, group, message)
+
+    type(layer).group_send = counting
+    try:
+        await broadcast.send_collected(await db(mute_everyone)())
+    finally:
+        type(layer).group_send = real
+    assert sent == [broadcast.ROOM_EVENTS]
+    seq, shown = roster(snapshot, await frames_until_quiet(page))
+    assert seq == snapshot["seq"] + 3 and all(shown[p.pk]["muted"] for p in people)
+    listed = await frames_until_quiet(rooms)  # each one, and no whole list again (that would mean a gap)
+    assert [(f["type"], f["conference"], f["participant"]["id"]) for f in listed] == [
+        ("participant.updated", room.slug, p.pk) for p in people
+    ]
+    later, _ = await connect(viewer)  # the kept snapshot, then the three it heard since
+    kept = await frame(later)
+    assert roster(kept, await frames_until_quiet(later)) == (seq, shown)

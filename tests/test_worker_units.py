@@ -193,7 +193,7 @@ async def test_messages_the_layer_refuses_wait_and_go_out_in_order(monkeypatch, 
     async def group_send(group, message):
         if fail[0]:
             raise ConnectionError("Redis is down")
-        sent.append(message["seq"])
+        sent.extend(event["seq"] for event in broadcast.room_events(message))
 
     monkeypatch.setattr(fresh_layer, "group_send", group_send)
     frames = [broadcast.room_message({"type": "participant.updated", "seq": n}) for n in (1, 2, 3)]
@@ -213,7 +213,7 @@ async def test_rooms_broadcast_side_by_side_and_each_in_its_order(monkeypatch, f
 
     async def group_send(group, message):
         await asyncio.sleep(0.2 if group == "conference.1" else 0)
-        sent.append((group, message["seq"]))
+        sent.extend((group, event["seq"]) for event in broadcast.room_events(message))
 
     monkeypatch.setattr(fresh_layer, "group_send", group_send)
     slow = [("conference.1", broadcast.room_message({"type": "participant.updated", "seq": n})) for n in (1, 2, 3)]
@@ -224,6 +224,32 @@ async def test_rooms_broadcast_side_by_side_and_each_in_its_order(monkeypatch, f
     await slow_task
     assert [seq for group, seq in sent if group == "conference.1"] == [1, 2, 3]
     assert sent[:2] == [("conference.2", 1), ("conference.2", 2)]
+
+
+async def test_room_events_sent_at_once_go_in_one_message_in_order(monkeypatch, fresh_layer):
+    """A change's frames (mute all: one per caller) cost one group_send; other messages are not folded in."""
+    from conferences import broadcast
+
+    sent = []
+
+    async def group_send(group, message):
+        sent.append(message)
+
+    monkeypatch.setattr(fresh_layer, "group_send", group_send)
+    monkeypatch.setattr(broadcast, "BATCH_LIMIT", 3)
+    frames = [broadcast.room_message({"type": "participant.updated", "seq": n}, 1) for n in range(1, 7)]
+    access = {"type": "access.changed", "conference": 1}
+    await broadcast.send_collected(
+        [("conference.1", frames[0]), ("conference.1", frames[1]), ("conference.1", access)]
+        + [("conference.1", frame) for frame in frames[2:]]
+    )
+    # 1, 2 | access | 3, 4, 5 (the limit) | 6 alone
+    assert [message["type"] for message in sent] == ["room.events", "access.changed", "room.events", "room.event"]
+    assert sent[0]["conference"] == 1 and [e["seq"] for e in sent[0]["events"]] == [1, 2]
+    assert [e["seq"] for e in sent[2]["events"]] == [3, 4, 5] and sent[3]["seq"] == 6
+    every = [event["seq"] for message in sent for event in broadcast.room_events(message)]
+    assert every == [1, 2, 3, 4, 5, 6]
+    assert broadcast.room_events(access) == []
 
 
 def test_the_backlog_is_bounded_by_dropping_the_oldest_of_the_longest_queue(monkeypatch):
@@ -246,7 +272,7 @@ async def test_concurrent_flushes_send_each_message_once_in_order(monkeypatch, f
 
     async def group_send(group, message):
         await asyncio.sleep(0.01)  # a round trip to Redis: the other flush runs meanwhile
-        sent.append(message["seq"])
+        sent.extend(event["seq"] for event in broadcast.room_events(message))
 
     monkeypatch.setattr(fresh_layer, "group_send", group_send)
     frames = [("conference.1", broadcast.room_message({"type": "participant.updated", "seq": n})) for n in range(1, 6)]
