@@ -445,6 +445,9 @@ class Watcher:
 # --- the sandbox PBX --------------------------------------------------------------------
 
 
+CALLER_FORMATS = "ulaw"
+
+
 class Ari:
     """Blocking ARI REST helpers (callers, hang-ups, clean-up), for the orchestrator's threads."""
 
@@ -479,6 +482,10 @@ class Ari:
                 "channelId": far_id,
                 "otherChannelId": participant_id,
                 "callerId": f'"{name}" <{number}>',
+                # What a desk phone or a trunk offers (G.711). Without it a Local channel offers every
+                # format Asterisk has, its bridge mixes at the highest rate on offer (slin192), and
+                # resampling every caller takes most of Asterisk's CPU (perf: 85 % in codec_resample).
+                "formats": CALLER_FORMATS,
             },
         )
         return participant_id, far_id

@@ -12,7 +12,9 @@ after wrapping two functions at import time, without changing product code:
   InMemoryChannelLayer): when each frame was handed to the layer and how long
   that took;
 - ``AriWorker.handle_command``: when each moderation request's processing
-  started and how long it took (its action, room and request id).
+  started and how long it took (its action, room and request id);
+- ``AriClient.request``: each REST call's method, path (ids left out), start
+  and duration, as the worker saw it (Asterisk's answer time under load).
 
 The records are written as JSON to ``$BENCH_PROBE_OUT`` when the process exits
 (SIGTERM stops the worker cleanly). Missing attributes (the code under
@@ -30,6 +32,7 @@ bench/infra.py's ``use_code``), else from this one.
 """
 
 import atexit
+import contextvars
 import cProfile
 import json
 import os
@@ -58,6 +61,11 @@ events = []  # [type, channel id, asterisk timestamp, started (epoch s), duratio
 sends = []  # [conference id, frame type, seq, participant caller number, started (epoch s), duration (s)]
 group_sends = []  # [group, message type, frame type, seq, started (epoch s), duration (s)]
 commands = []  # [action, conference id, request id, started (epoch s), duration (s)]
+rest = []  # [method, path with ids left out, started (epoch s), duration (s), status or error class]
+hops = []  # [store function, started (epoch s), duration (s): the thread's wait included]
+# [store function, handed to the pool, started in its thread, ended there, back in the loop] (epoch s)
+hop_steps = []
+_hop_name = contextvars.ContextVar("hop_name", default=None)
 probes = []
 
 
@@ -121,6 +129,78 @@ def _wrap_handle_command():
 
     worker.AriWorker.handle_command = handle_command
     probes.append("AriWorker.handle_command")
+
+
+def _rest_path(path):
+    """``/channels/<id>/mute`` -> ``/channels/*/mute``: the call's kind, not its ids."""
+    parts = [part for part in str(path).split("?")[0].split("/") if part]
+    return "/" + "/".join(part if index % 2 == 0 else "*" for index, part in enumerate(parts))
+
+
+def _wrap_rest():
+    try:
+        from conferences.ari import client
+    except ImportError:
+        return
+    original = getattr(getattr(client, "AriClient", None), "request", None)
+    if original is None:
+        return
+
+    async def request(self, method, path, *args, **kwargs):
+        started, clock = time.time(), time.perf_counter()
+        outcome = "ok"
+        try:
+            return await original(self, method, path, *args, **kwargs)
+        except Exception as exc:
+            outcome = getattr(exc, "status", None) or exc.__class__.__name__
+            raise
+        finally:
+            rest.append([method, _rest_path(path), started, time.perf_counter() - clock, outcome])
+
+    client.AriClient.request = request
+    probes.append("AriClient.request")
+
+
+def _wrap_db():
+    try:
+        from conferences.ari import effects
+    except ImportError:
+        return
+    original = getattr(getattr(effects, "Effects", None), "db", None)
+    if original is None:
+        return
+
+    async def db(self, func, /, *args, **kwargs):
+        started, clock = time.time(), time.perf_counter()
+        _hop_name.set(getattr(func, "__name__", str(func)))
+        try:
+            return await original(self, func, *args, **kwargs)
+        finally:
+            hops.append([getattr(func, "__name__", str(func)), started, time.perf_counter() - clock])
+
+    effects.Effects.db = db
+    probes.append("Effects.db")
+    from conferences import dbthreads
+
+    run = dbthreads.DatabaseThreads.run
+
+    async def timed_run(self, func):
+        steps = [_hop_name.get(), time.time(), None, None, None]
+
+        def timed():
+            steps[2] = time.time()
+            try:
+                return func()
+            finally:
+                steps[3] = time.time()
+
+        try:
+            return await run(self, timed)
+        finally:
+            steps[4] = time.time()
+            hop_steps.append(steps)
+
+    dbthreads.DatabaseThreads.run = timed_run
 
 
 def _wrap_send_to_room():
@@ -230,7 +310,16 @@ def _dump():
     if path:
         Path(path).write_text(
             json.dumps(
-                {"probes": probes, "events": events, "sends": sends, "group_sends": group_sends, "commands": commands}
+                {
+                    "probes": probes,
+                    "events": events,
+                    "sends": sends,
+                    "group_sends": group_sends,
+                    "commands": commands,
+                    "rest": rest,
+                    "hops": hops,
+                    "hop_steps": hop_steps,
+                }
             )
         )
 
@@ -243,6 +332,8 @@ if __name__ == "__main__":
     django.setup()
     _wrap_process_event()
     _wrap_handle_command()
+    _wrap_rest()
+    _wrap_db()
     _wrap_send_to_room()
     _wrap_group_send()
     atexit.register(_dump)
