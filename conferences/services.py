@@ -41,9 +41,9 @@ def _next_seq(conference_id, count=1):
         return cursor.fetchone()[0]
 
 
-def _emit(conference_id, frame_type, **fields):
-    """Number a room event and send it once the transaction has committed."""
-    frame = {"type": frame_type, "seq": _next_seq(conference_id), **fields}
+def _emit(conference_id, frame_type, *, seq=None, **fields):
+    """Number a room event (``seq``: a number taken already) and send it once the transaction has committed."""
+    frame = {"type": frame_type, "seq": _next_seq(conference_id) if seq is None else seq, **fields}
     transaction.on_commit(partial(broadcast.send_to_room, conference_id, frame))
     return frame
 
@@ -63,7 +63,14 @@ def _record(conference_id, kind, *, participant=None, actor_id=None, details=Non
     )
 
 
-def _emit_conference(conference):
+def _emit_participant_and_conference(conference, frame_type, participant):
+    """A participant's frame and the room's new counts, numbered in one statement (a join's and a leave's)."""
+    last = _next_seq(conference.pk, 2)
+    _emit(conference.pk, frame_type, seq=last - 1, participant=broadcast.participant_state(participant))
+    _emit_conference(conference, seq=last)
+
+
+def _emit_conference(conference, seq=None):
     counts = dict(
         Participant.objects.in_room()
         .filter(conference_id=conference.pk)
@@ -74,6 +81,7 @@ def _emit_conference(conference):
     _emit(
         conference.pk,
         protocol.CONFERENCE_UPDATED,
+        seq=seq,
         conference=broadcast.conference_state(
             conference, counts.get(Participant.Status.PRESENT, 0), counts.get(Participant.Status.WAITING, 0)
         ),
@@ -173,8 +181,7 @@ def participant_join(
             _record(conference.pk, Kind.WAITING, participant=participant, at=now, details={"for": waiting_for})
         else:
             _record(conference.pk, Kind.JOINED, participant=participant, at=now, details={"role": role})
-        _emit_participant(conference.pk, protocol.PARTICIPANT_JOINED, participant)
-        _emit_conference(conference)
+        _emit_participant_and_conference(conference, protocol.PARTICIPANT_JOINED, participant)
     logger.info(
         "conference %s: participant %s %s (channel %s)",
         conference.pk,
@@ -295,9 +302,8 @@ def participant_leave(*, participant_id, reason, actor_id=None, talked=0.0):
             details={"reason": reason},
             at=now,
         )
-        _emit_participant(participant.conference_id, protocol.PARTICIPANT_LEFT, participant)
         _end_meeting_if_empty(participant.conference_id, participant.left_at)
-        _emit_conference(participant.conference)
+        _emit_participant_and_conference(participant.conference, protocol.PARTICIPANT_LEFT, participant)
     logger.info("conference %s: participant %s left (%s)", participant.conference_id, participant.pk, reason)
     return participant
 

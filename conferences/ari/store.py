@@ -80,7 +80,7 @@ def moh_class(conference_id):
     return Conference.objects.filter(pk=conference_id).values_list("moh_class", flat=True).first()
 
 
-def record_join(conference_id, channel, role, waiting_for="", admitted_by=None):
+def record_join(conference_id, channel, role, waiting_for="", admitted_by=None, with_tones=False):
     """The participant of a channel found in a room's bridge, or (``waiting_for``) waiting outside it.
 
     Returns ``(participant id, in the room, moh)``, or None when the room no
@@ -107,14 +107,21 @@ def record_join(conference_id, channel, role, waiting_for="", admitted_by=None):
     if participant is None:
         return None
     in_room = participant.left_at is None and participant.conference_id == conference_id
+    if with_tones:  # the room's row as the join read it (no second read), else read now
+        tones = (
+            (participant.conference.join_leave_tones, participant.conference.announce_only_person)
+            if Participant.conference.is_cached(participant) and participant.conference_id == conference_id
+            else room_tones(conference_id)
+        )
+        return (participant.pk, in_room, participant.moh), tones
     return participant.pk, in_room, participant.moh
 
 
 def record_entry(conference_id, channel, role, admitted_by=None):
     """``record_join`` of a caller found in the room's bridge, and the room's tones (``room_tones``), in one
     hop: ``(record_join's answer, tones)``."""
-    joined = record_join(conference_id, channel, role, admitted_by=admitted_by)
-    return joined, (room_tones(conference_id) if joined is not None else None)
+    found = record_join(conference_id, channel, role, admitted_by=admitted_by, with_tones=True)
+    return (None, None) if found is None else found
 
 
 def record_leave(server_id, channel_id, reason, actor_id=None, talked=0.0):
