@@ -166,3 +166,30 @@ async def test_a_bug_in_one_call_does_not_end_the_music_of_the_others():
     music.want("later", "default")
     await asyncio.wait_for(music.idle(), 5)
     assert music.done("later")
+
+
+async def test_the_same_wish_again_after_giving_up_is_tried_again():
+    """The lanes repeat their wish with every event of the room: one given up on gets another round."""
+    asterisk = SlowAsterisk()
+    asterisk.failures["bad"] = [AriError("500")] * 2
+    music = music_for(asterisk, attempts=2, first_pause=0.01)
+    music.want("bad", "default")
+    assert await music.settled("bad", timeout=5) is False
+    music.want("bad", "default")
+    assert await music.settled("bad", timeout=5)
+    assert len(asterisk.calls) == 3
+
+
+async def test_an_answer_to_a_call_made_before_a_forget_is_not_taken_as_known():
+    """After a reconnect the worker forgets what bridges play; a call still under way says nothing then."""
+    asterisk = SlowAsterisk()
+    asterisk.gate = asyncio.Event()
+    music = music_for(asterisk)
+    music.want("b", "default")
+    await asyncio.sleep(0)  # the start is under way, held at the gate
+    music.forget("b")
+    music.want("b", "default")  # asked afresh
+    asterisk.gate.set()
+    await asyncio.wait_for(music.idle(), 5)
+    assert asterisk.calls == [("start", "b", "default"), ("start", "b", "default")]
+    assert music.done("b")

@@ -880,15 +880,17 @@ class ConferenceApp(InviteHandlers, AnnouncementHandlers):
             return
         in_bridge = self.state.participants_in_bridge(conference_id)
         want = rules.moh_wanted(in_bridge) and not room.announcing  # paused while a moderator's sound plays
-        if want and room.moh is not True:
-            moh_class = await self.effects.db(store.moh_class, conference_id)
+        # Told every time, not only on a change: a wish BridgeMusic gave up on is tried again with the next event.
+        if want:
+            moh_class = self.music.wanted.get(room.bridge_id)  # the class asked for already: no read
             if moh_class is None:
-                return  # the room was deleted
+                moh_class = await self.effects.db(store.moh_class, conference_id)
+                if moh_class is None:
+                    return  # the room was deleted
             self.music.want(room.bridge_id, moh_class or "default")
-            room.moh = True
-        elif not want and room.moh is not False:
+        else:
             self.music.want(room.bridge_id, None)
-            room.moh = False
+        room.moh = want
         # The moh flag of each present participant follows; only changes touch the database.
         changed = [
             call
@@ -1345,8 +1347,10 @@ class ConferenceApp(InviteHandlers, AnnouncementHandlers):
             self.music.forget(bridge_id)
             await self.effects.remove_bridge(bridge_id)
             self.state.rooms.pop(self.conference_id_of_bridge(bridge_id), None)
-        for conference_id in list(self.state.rooms):
-            await self.apply_moh(conference_id)  # moh None: the rule applied afresh
+        for conference_id, room in list(self.state.rooms.items()):
+            # What each bridge plays is not known after a reconnect (Asterisk may have restarted): asked afresh.
+            self.music.forget(room.bridge_id)
+            await self.apply_moh(conference_id)
 
         # The leader's rules for what happened while the worker was away: a leader found in its room lets
         # in those waiting for it; a leader gone (lost) is a leader who left.

@@ -56,6 +56,7 @@ class BridgeMusic:
         # Bridges to look at, oldest wish first -> not before when (loop time; 0: at once).
         self._due: dict[str, float] = {}
         self._tries: dict[str, int] = {}  # failed calls of a bridge's current wish
+        self._forgotten: dict[str, int] = {}  # how often each bridge was forgotten (a call under way is stale)
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self._task = None
@@ -84,7 +85,8 @@ class BridgeMusic:
             self._known.add(bridge_id)
 
     def forget(self, bridge_id):
-        """The bridge is gone: nothing more to do for it."""
+        """The bridge is gone, or what it plays is no longer known: nothing more to do for it until a wish."""
+        self._forgotten[bridge_id] = self._forgotten.get(bridge_id, 0) + 1
         self.wanted.pop(bridge_id, None)
         self.playing.pop(bridge_id, None)
         self._known.discard(bridge_id)
@@ -156,6 +158,7 @@ class BridgeMusic:
     async def _carry_out(self, bridge_id):
         """One call towards what the bridge should play; the bridge leaves ``_due`` when done or given up."""
         moh_class = self.wanted[bridge_id]
+        forgotten = self._forgotten.get(bridge_id, 0)
         self.calls += 1
         try:
             if moh_class is None:
@@ -168,8 +171,8 @@ class BridgeMusic:
             return
         except AriError as exc:
             self._known.discard(bridge_id)  # a timed-out call may still have happened: not known
-            if bridge_id not in self._due:
-                return  # forgotten meanwhile
+            if self._forgotten.get(bridge_id, 0) != forgotten:
+                return  # forgotten meanwhile: a new wish starts with all its tries
             tries = self._tries[bridge_id] = self._tries.get(bridge_id, 0) + 1
             if tries >= self.attempts:
                 logger.warning("bridge %s: music on hold not changed after %s tries: %s", bridge_id, tries, exc)
@@ -181,8 +184,8 @@ class BridgeMusic:
             self._due.pop(bridge_id, None)
             self._due[bridge_id] = asyncio.get_running_loop().time() + self.first_pause * 2 ** (tries - 1)
             return
-        if bridge_id not in self.wanted:
-            return  # forgotten while the call was made
+        if self._forgotten.get(bridge_id, 0) != forgotten:
+            return  # forgotten while the call was made: its answer says nothing about what is known now
         self.playing[bridge_id] = moh_class
         self._known.add(bridge_id)
         self._tries.pop(bridge_id, None)
