@@ -34,6 +34,7 @@ bench/infra.py's ``use_code``), else from this one.
 import atexit
 import contextvars
 import cProfile
+import importlib
 import json
 import os
 import sys
@@ -137,14 +138,21 @@ def _rest_path(path):
     return "/" + "/".join(part if index % 2 == 0 else "*" for index, part in enumerate(parts))
 
 
-def _wrap_rest():
+def _method(module_name, class_name, name):
+    """``(module, its class's method)`` of the code under measurement, or None where it has no such method."""
     try:
-        from conferences.ari import client
+        module = importlib.import_module(module_name)
     except ImportError:
+        return None
+    original = getattr(getattr(module, class_name, None), name, None)
+    return None if original is None else (module, original)
+
+
+def _wrap_rest():
+    found = _method("conferences.ari.client", "AriClient", "request")
+    if found is None:
         return
-    original = getattr(getattr(client, "AriClient", None), "request", None)
-    if original is None:
-        return
+    client, original = found
 
     async def request(self, method, path, *args, **kwargs):
         started, clock = time.time(), time.perf_counter()
@@ -162,13 +170,10 @@ def _wrap_rest():
 
 
 def _wrap_db():
-    try:
-        from conferences.ari import effects
-    except ImportError:
+    found = _method("conferences.ari.effects", "Effects", "db")
+    if found is None:
         return
-    original = getattr(getattr(effects, "Effects", None), "db", None)
-    if original is None:
-        return
+    effects, original = found
 
     async def db(self, func, /, *args, **kwargs):
         started, clock = time.time(), time.perf_counter()
