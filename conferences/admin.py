@@ -4,11 +4,13 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.db.models import Count
 from django.template.response import TemplateResponse
+from django.utils import timezone
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
-from conferences import access, moderation, services
+from conferences import access, moderation, services, tokens
 from conferences.models import (
+    ApiToken,
     AsteriskServer,
     Conference,
     ConferenceAccess,
@@ -182,6 +184,60 @@ class ConferenceAdmin(admin.ModelAdmin):
     @admin.display(description=_("present"), ordering="_present_count")
     def present_count(self, obj):
         return obj._present_count
+
+
+class ApiTokenForm(forms.ModelForm):
+    class Meta:
+        model = ApiToken
+        fields = ["user", "name", "scope", "conferences", "expires_at", "revoked"]
+
+    def clean_expires_at(self):
+        expires_at = self.cleaned_data["expires_at"]
+        if not self.instance.pk or "expires_at" in self.changed_data:
+            problem = tokens.expiry_problem(expires_at)
+            if problem:
+                raise forms.ValidationError(problem)
+        return expires_at
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Tokens of any user: made here, the plain token is shown once, on the page after saving."""
+
+    form = ApiTokenForm
+    list_display = ("name", "user", "key_hint", "scope", "expires_at", "last_used_at", "revoked")
+    list_filter = ("scope", "revoked")
+    search_fields = ("name", "user__username", "key_hint")
+    autocomplete_fields = ("user",)
+    filter_horizontal = ("conferences",)
+    readonly_fields = ("key_hint", "created_at", "last_used_at")
+    actions = ["revoke"]
+
+    def get_changeform_initial_data(self, request):
+        return {"expires_at": timezone.now() + tokens.DEFAULT_LIFETIME, **super().get_changeform_initial_data(request)}
+
+    def get_readonly_fields(self, request, obj=None):
+        # The owner is fixed once made: moving a token to another user would hand over what it was made for.
+        return (*self.readonly_fields, "user") if obj is not None else self.readonly_fields
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            request._new_api_token = tokens.new_key(obj)
+        super().save_model(request, obj, form, change)
+
+    def response_add(self, request, obj, post_url_continue=None):
+        raw = getattr(request, "_new_api_token", None)
+        if raw is None:
+            return super().response_add(request, obj, post_url_continue)
+        context = {**self.admin_site.each_context(request), "opts": self.opts, "token": obj, "raw": raw}
+        response = TemplateResponse(request, "admin/conferences/apitoken/created.html", context)
+        response["Cache-Control"] = "no-store"
+        return response
+
+    @admin.action(description=_("Revoke the selected tokens"))
+    def revoke(self, request, queryset):
+        count = queryset.filter(revoked=False).update(revoked=True)
+        messages.success(request, gettext("%(count)s token(s) revoked.") % {"count": count})
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

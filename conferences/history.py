@@ -510,6 +510,17 @@ class TimelineEntry:
     actor: str
 
 
+def _actor(event):
+    """Who did it: the user, and the API token's name when it was done with one."""
+    if event.actor is None:
+        return ""
+    details = event.details if isinstance(event.details, dict) else {}
+    token = details.get("token")
+    if token:
+        return _("%(user)s (API token “%(token)s”)") % {"user": event.actor.get_username(), "token": token}
+    return event.actor.get_username()
+
+
 def _entry(event):
     name, number = _caller(event)
     return TimelineEntry(
@@ -517,7 +528,7 @@ def _entry(event):
         text=describe(event),
         caller_name=name,
         caller_number=number,
-        actor=event.actor.get_username() if event.actor is not None else "",
+        actor=_actor(event),
     )
 
 

@@ -809,3 +809,107 @@ class Invite(models.Model):
 
     def __str__(self):
         return f"{self.number} ({self.status})"
+
+
+# --- integrations: API tokens and webhooks (issue 18) ---------------------------------------
+
+
+class ApiToken(models.Model):
+    """A key a program uses instead of a login: shown once, kept only as its SHA-256.
+
+    What a token may do is the owner's rights narrowed by its scope: its rooms (none listed: every room
+    the owner may see) and read-only or moderate. It never grants what the owner lacks (conferences/tokens.py).
+    """
+
+    class Scope(models.TextChoices):
+        READ = "read", _("read only")
+        MODERATE = "moderate", _("read and moderate")
+
+    # The first characters of every token: a token pasted where it should not be is easy to find (and to scan for).
+    PREFIX = "cfp_"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens", verbose_name=_("owner")
+    )
+    name = models.CharField(_("name"), max_length=64, help_text=_("Shown in the history beside the owner's name."))
+    key_hash = models.CharField(_("key hash"), max_length=64, unique=True, editable=False)
+    key_hint = models.CharField(_("key starts with"), max_length=16, editable=False)
+    scope = models.CharField(_("scope"), max_length=16, choices=Scope.choices, default=Scope.READ)
+    conferences = models.ManyToManyField(
+        Conference,
+        blank=True,
+        related_name="+",
+        verbose_name=_("rooms"),
+        help_text=_("Leave empty for every room the owner may see."),
+    )
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    expires_at = models.DateTimeField(_("expires"))
+    last_used_at = models.DateTimeField(_("last used"), null=True, blank=True, editable=False)
+    revoked = models.BooleanField(_("revoked"), default=False)
+
+    class Meta:
+        verbose_name = _("API token")
+        verbose_name_plural = _("API tokens")
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self):
+        return f"{self.name} ({self.key_hint}…)"
+
+
+class Webhook(models.Model):
+    """Where room events are posted for another system, signed with the secret (conferences/webhooks.py)."""
+
+    name = models.CharField(_("name"), max_length=64)
+    url = models.URLField(_("URL"), max_length=500)
+    secret = models.CharField(
+        _("secret"), max_length=128, help_text=_("Signs every body (HMAC-SHA256); the receiver checks it.")
+    )
+    events = models.JSONField(
+        _("events"), default=list, blank=True, help_text=_("The event types to send; empty for every type.")
+    )
+    conferences = models.ManyToManyField(
+        Conference, blank=True, related_name="+", verbose_name=_("rooms"), help_text=_("Leave empty for every room.")
+    )
+    enabled = models.BooleanField(_("enabled"), default=True)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("webhook")
+        verbose_name_plural = _("webhooks")
+        ordering = ["name", "id"]
+
+    def __str__(self):
+        return self.name
+
+
+class WebhookDelivery(models.Model):
+    """One event for one webhook: kept until it is delivered or given up on, then as the delivery log."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("pending")
+        DELIVERED = "delivered", _("delivered")
+        FAILED = "failed", _("failed")
+
+    webhook = models.ForeignKey(Webhook, on_delete=models.CASCADE, related_name="deliveries", verbose_name=_("webhook"))
+    event_id = models.CharField(_("delivery id"), max_length=64, unique=True, editable=False)
+    event_type = models.CharField(_("event"), max_length=64)
+    conference = models.ForeignKey(
+        Conference, on_delete=models.SET_NULL, null=True, blank=True, related_name="+", verbose_name=_("conference")
+    )
+    payload = models.JSONField(_("body"), default=dict)
+    status = models.CharField(_("status"), max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    created_at = models.DateTimeField(_("created"), db_index=True)
+    next_attempt_at = models.DateTimeField(_("next attempt"), db_index=True)
+    delivered_at = models.DateTimeField(_("delivered"), null=True, blank=True)
+    last_status_code = models.PositiveSmallIntegerField(_("last answer"), null=True, blank=True)
+    last_error = models.TextField(_("last error"), blank=True)
+
+    class Meta:
+        verbose_name = _("webhook delivery")
+        verbose_name_plural = _("webhook deliveries")
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "next_attempt_at"], name="delivery_due_idx")]
+
+    def __str__(self):
+        return f"{self.event_type} → {self.webhook}"

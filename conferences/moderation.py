@@ -37,8 +37,17 @@ ARGUMENTS = ("number", "invite", "sound")
 
 
 def build_request(
-    *, conference_id, action, participant_id=None, actor_id=None, request_id="", reply_channel="", **arguments
+    *,
+    conference_id,
+    action,
+    participant_id=None,
+    actor_id=None,
+    request_id="",
+    reply_channel="",
+    via=None,
+    **arguments,
 ):
+    """``via``: the name of the API token the actor acted with (kept in the history beside the actor)."""
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action!r}")
     unknown = set(arguments) - set(ARGUMENTS)
@@ -53,6 +62,7 @@ def build_request(
         "actor_id": actor_id,
         "request_id": request_id,
         "reply_channel": reply_channel,
+        "via": via,
         "expires_at": time.time() + REQUEST_TTL,
     }
 
@@ -63,7 +73,15 @@ async def send_request(*, server_id, **fields):
 
 
 async def request(
-    *, server_id, conference_id, action, participant_id=None, actor_id=None, timeout=REQUEST_TTL, **arguments
+    *,
+    server_id,
+    conference_id,
+    action,
+    participant_id=None,
+    actor_id=None,
+    timeout=REQUEST_TTL,
+    via=None,
+    **arguments,
 ):
     """Send a request and wait for the worker's reply: ``(ok, error)``."""
     layer = get_channel_layer()
@@ -78,6 +96,7 @@ async def request(
             actor_id=actor_id,
             request_id=request_id,
             reply_channel=reply_channel,
+            via=via,
             **arguments,
         ),
     )

@@ -7,7 +7,9 @@ worker) and admin actions are thin callers of these functions; a raw
 ``.save()`` of room state elsewhere would skip the browsers.
 """
 
+import contextvars
 import logging
+from contextlib import contextmanager
 from datetime import UTC, timedelta
 from functools import partial
 
@@ -52,13 +54,33 @@ def _emit_participant(conference_id, frame_type, participant):
     return _emit(conference_id, frame_type, participant=broadcast.participant_state(participant))
 
 
+# The API token a moderator acted with (its name), for the history entries of that action: set by the
+# worker around a request that came through the API (conferences/ari/handlers.py, handle_command) and carried
+# into the database thread by conferences/ari/effects.py.
+acted_via = contextvars.ContextVar("acted_via", default=None)
+
+
+@contextmanager
+def acting_via(token_name):
+    """History entries with an actor written inside the block name ``token_name`` (``None``: no token)."""
+    reset = acted_via.set(token_name or None)
+    try:
+        yield
+    finally:
+        acted_via.reset(reset)
+
+
 def _record(conference_id, kind, *, participant=None, actor_id=None, details=None, at=None):
+    details = dict(details or {})
+    via = acted_via.get()
+    if actor_id is not None and via:
+        details["token"] = via
     ConferenceEvent.objects.create(
         conference_id=conference_id,
         participant=participant,
         kind=kind,
         actor_id=actor_id,
-        details=details or {},
+        details=details,
         created_at=at or timezone.now(),
     )
 

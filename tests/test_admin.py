@@ -7,7 +7,17 @@ from django.contrib import admin
 from django.urls import reverse
 from django.utils import timezone
 
-from conferences.models import AsteriskServer, Conference, ConferenceEvent, Invite, Participant, Recording
+from conferences import tokens
+from conferences.models import (
+    AsteriskServer,
+    Conference,
+    ConferenceEvent,
+    Invite,
+    Participant,
+    Recording,
+    Webhook,
+    WebhookDelivery,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -26,6 +36,16 @@ def populated(conference, make_participant, superuser, group, grant, make_user):
     Recording.objects.create(conference=conference, name="conference-1-x", started_at=timezone.now())
     Invite.objects.create(
         conference=conference, number="7001", actor=superuser, channel_id="invite-1-x", created_at=timezone.now()
+    )
+    tokens.create(user=superuser, name="crm", conferences=[conference])
+    hook = Webhook.objects.create(name="crm", url="http://127.0.0.1:9/hook", secret="s")
+    WebhookDelivery.objects.create(
+        webhook=hook,
+        event_id="d-1",
+        event_type="participant.joined",
+        conference=conference,
+        created_at=timezone.now(),
+        next_attempt_at=timezone.now(),
     )
     return conference
 

@@ -66,6 +66,7 @@ class Call:
     stretch_closed: bool = False  # a mute closed (and counted) the stretch: its finish adds nothing
     kicked: bool = False
     kicked_by: int | None = None
+    kicked_via: str | None = None  # the API token's name the kick came with
     # The keypad during the call: the room's sequences (read at the first key), the keys typed since,
     # and the rate of its actions.
     keypad: dict | None = None

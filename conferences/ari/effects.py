@@ -15,7 +15,7 @@ import logging
 from channels.db import database_sync_to_async
 from django.db import transaction
 
-from conferences import broadcast
+from conferences import broadcast, services
 from conferences.ari import store
 from conferences.ari.client import AriError, AriNotFound
 from conferences.dbthreads import TRANSIENT_DB_ERRORS
@@ -48,9 +48,10 @@ class Effects:
 
     async def db(self, func, /, *args, **kwargs):
         """One database hop: ``func(*args, **kwargs)`` in a database thread; broadcasts sent after it."""
+        via = services.acted_via.get()  # the thread does not share the loop's context
 
         def run():
-            with broadcast.collecting() as outbox:
+            with broadcast.collecting() as outbox, services.acting_via(via):
                 if self.fence is None or func in store.READS:
                     return func(*args, **kwargs), list(outbox)
                 with transaction.atomic():  # the check and the write commit together (conferences/ari/lease.py)

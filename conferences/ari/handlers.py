@@ -797,13 +797,14 @@ class ConferenceApp(InviteHandlers, AnnouncementHandlers):
         call = self.state.call(channel_id)
         if from_bridge and call is not None and call.phase in (Phase.WAITING, Phase.LEAVING):
             return  # taken out to wait for the leader, or to hear why it must go: still in the application
-        reason, actor_id = Participant.LeftReason.HANGUP, None
+        reason, actor_id, via = Participant.LeftReason.HANGUP, None, None
         if call is not None and call.kicked:
-            reason, actor_id = Participant.LeftReason.KICKED, call.kicked_by
+            reason, actor_id, via = Participant.LeftReason.KICKED, call.kicked_by, call.kicked_via
         leader = call is not None and call.phase == Phase.PRESENT and call.role == rules.ADMIN
         was_present = call is not None and call.phase == Phase.PRESENT
         talked = self.open_stretch(call)
-        await self.effects.db(store.record_leave, self.server_id, channel_id, reason, actor_id, talked)
+        with services.acting_via(via):
+            await self.effects.db(store.record_leave, self.server_id, channel_id, reason, actor_id, talked)
         if call is not None:
             call.talking, call.talking_since = False, None
         if leader:
@@ -915,7 +916,8 @@ class ConferenceApp(InviteHandlers, AnnouncementHandlers):
             conference = await self.effects.db(store.room_of_server, self.server_id, conference_id)
             if conference is None:
                 return False, "no such room"
-            await handler(conference, command, command.get("actor_id"))
+            with services.acting_via(command.get("via")):
+                await handler(conference, command, command.get("actor_id"))
         except (DatabaseUnavailable, *TRANSIENT_DB_ERRORS):
             logger.warning("server %s: %s: database unavailable", self.server_id, action)
             return False, "the database is unavailable; try again"
@@ -961,7 +963,7 @@ class ConferenceApp(InviteHandlers, AnnouncementHandlers):
         call = self.state.call(channel_id)
         if call is None:  # present in the database, unknown to this worker (a resync will tell)
             call = self.state.calls[channel_id] = Call(channel_id, conference.pk, phase=Phase.PRESENT)
-        call.kicked, call.kicked_by = True, actor_id
+        call.kicked, call.kicked_by, call.kicked_via = True, actor_id, command.get("via")
         try:
             await self.ari.remove_channel(bridge_id, channel_id)
         except AriError:
