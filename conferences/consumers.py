@@ -243,6 +243,17 @@ def _visible_room_ids(session_key, user_id):
     return dict(access.conferences_visible_to(user).values_list("pk", "seq"))
 
 
+def event_text(message, role):
+    """A room event's text as a socket of ``role`` gets it: ``download_url`` is null for who may not download."""
+    text = message["text"]
+    if message.get("kind") == protocol.RECORDING_FINISHED and message.get("moderators_only"):
+        if role != access.MODERATOR:  # a viewer of a room whose recordings moderators download
+            frame = json.loads(text)
+            frame["recording"]["download_url"] = None
+            text = json.dumps(frame, separators=(",", ":"))
+    return text
+
+
 def start_eagerly(coroutine):
     """Run ``coroutine`` at once until it first has to wait: None if it finished, else the Task carrying it on.
 
@@ -528,7 +539,9 @@ class GuardedConsumer(FanOutConsumer):
         self.m_open.inc()
         _admitted.add(self)
         _watch_layer(self.channel_layer)
-        groups = [broadcast.user_group(user.pk), broadcast.session_group(self.session_key)]
+        groups = [broadcast.user_group(user.pk)]
+        if self.session_key:  # a program's stream has a token, no session (conferences/api_stream.py)
+            groups.append(broadcast.session_group(self.session_key))
         await asyncio.gather(*(self.join_group(group) for group in groups))
         return True
 
@@ -873,13 +886,7 @@ class ConferenceConsumer(GuardedConsumer):
                 return  # already in the snapshot
             self.last_seq = seq
         self.snapshot_text = None  # something happened: a resync reads afresh
-        text = message["text"]
-        if message.get("kind") == protocol.RECORDING_FINISHED and message.get("moderators_only"):
-            if self.role != access.MODERATOR:  # a viewer of a room whose recordings moderators download
-                frame = json.loads(text)
-                frame["recording"]["download_url"] = None
-                text = json.dumps(frame, separators=(",", ":"))
-        await self.send(text_data=text)
+        await self.send(text_data=event_text(message, self.role))
 
     async def moderation_reply(self, message):
         pending = self.pending.pop(str(message.get("request_id")), None)

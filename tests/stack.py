@@ -282,8 +282,9 @@ class NonReadingClient:
     that fails (the server aborted the connection) marks it ``dropped``.
     """
 
-    def __init__(self, port, path, session_key, *, rcvbuf=4096):
+    def __init__(self, port, path, session_key, *, rcvbuf=4096, authorization=None):
         self.port, self.path, self.session_key, self.rcvbuf = port, path, session_key, rcvbuf
+        self.authorization = authorization  # a program's "Bearer <token>" instead of the page's cookie and Origin
         self.sock = None
         self.dropped_after = None  # seconds from connect to the failed send
         self.sent = 0
@@ -296,10 +297,15 @@ class NonReadingClient:
         sock.setblocking(False)
         await loop.sock_connect(sock, ("127.0.0.1", self.port))
         key = base64.b64encode(os.urandom(16)).decode()
+        credentials = (
+            f"Authorization: {self.authorization}\r\n"
+            if self.authorization
+            else f"Origin: http://127.0.0.1:{self.port}\r\nCookie: sessionid={self.session_key}\r\n"
+        )
         request = (
             f"GET {self.path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            f"Origin: http://127.0.0.1:{self.port}\r\nCookie: sessionid={self.session_key}\r\n\r\n"
+            f"{credentials}\r\n"
         )
         await loop.sock_sendall(sock, request.encode())
         head = b""
