@@ -14,7 +14,7 @@ from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.dispatch import receiver
 
 from conferences import broadcast
-from conferences.models import ConferenceAccess
+from conferences.models import ApiToken, ConferenceAccess
 
 User = get_user_model()
 
@@ -59,3 +59,18 @@ def _logged_out(sender, request, user, **kwargs):
     session_key = getattr(getattr(request, "session", None), "session_key", None)
     if session_key:
         transaction.on_commit(partial(broadcast.send_session_ended, session_key))
+
+
+@receiver([post_save, post_delete], sender=ApiToken)
+def _token_changed(sender, instance, update_fields=None, **kwargs):
+    # A token revoked, shortened or narrowed: its event streams re-check now, not at their next periodic check.
+    if update_fields is not None and set(update_fields) <= {"last_used_at"}:
+        return
+    transaction.on_commit(partial(broadcast.send_user_access_changed, instance.user_id))
+
+
+@receiver(m2m_changed, sender=ApiToken.conferences.through)
+def _token_rooms_changed(sender, instance, action, reverse, pk_set, **kwargs):
+    if action not in ("post_add", "post_remove", "post_clear") or reverse:
+        return  # a room's side (reverse) changes only when a room is deleted: its sockets close anyway
+    transaction.on_commit(partial(broadcast.send_user_access_changed, instance.user_id))

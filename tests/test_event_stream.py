@@ -269,6 +269,20 @@ async def test_a_revoked_tokens_open_stream_closes_at_the_next_check(stream, mak
     assert await closed_with(communicator) == 4401
 
 
+async def test_a_token_revoked_or_narrowed_by_a_save_is_heard_at_once(stream, make_token, rooms):
+    """The user's page and the admin save the token: its streams re-check then, not 30 s later (signals.py)."""
+    sales, _support = rooms
+    raw = await db(make_token)()
+    communicator = await stream(raw)
+    await snapshots(communicator, 2)
+    token = await db(ApiToken.objects.get)()
+    await db(token.conferences.set)([sales])  # narrowed to one room
+    assert await frame(communicator, timeout=3) == {"type": "room.removed", "room": "support"}
+    token.revoked = True
+    await db(token.save)(update_fields=["revoked"])
+    assert await closed_with(communicator) == 4401
+
+
 async def test_a_grant_removed_drops_the_room_and_one_added_brings_its_snapshot(
     stream, make_token, rooms, owner, make_conference, grant, short_check
 ):
