@@ -1041,3 +1041,4 @@ class NoSuchSocket(AsyncWebsocketConsumer):
     async def connect(self):
         await self.accept()
         await self.close(CLOSE_NOT_FOUND)
+        raise StopConsumer  # nothing to wait for: not the client's half of the close either

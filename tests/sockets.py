@@ -4,6 +4,7 @@ A pytest plugin (tests/conftest.py lists it): the fixtures are shared by every
 socket test module, the helpers are imported.
 """
 
+import asyncio
 import json
 
 import pytest
@@ -55,6 +56,21 @@ async def closed_with(communicator):
     message = await communicator.receive_output(timeout=3)
     assert message["type"] == "websocket.close"
     return message["code"]
+
+
+async def ended_by_itself(communicator, timeout=3):
+    """Whether the application finished on its own, without raising, within ``timeout``.
+
+    (``communicator.wait`` cannot tell: it swallows its own timeout and cancels the application.)
+    """
+    try:
+        await asyncio.wait_for(asyncio.shield(communicator.future), timeout)
+    except TimeoutError:
+        await communicator.wait(0)  # cancels it
+        return False
+    except Exception:  # noqa: BLE001 (the application raised: not a clean end)
+        return False
+    return True
 
 
 async def frame(communicator, timeout=3):

@@ -13,7 +13,7 @@ from django.db import OperationalError
 
 from conferences import consumers, fanout, moderation, socketcap
 from conferencesite.asgi import application
-from tests.sockets import closed_with, frame, list_socket, refused, send
+from tests.sockets import closed_with, ended_by_itself, frame, list_socket, refused, send
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -131,13 +131,13 @@ async def test_connect_crash_cycles_leave_nothing_behind(login, viewer, room, mo
     caplog.set_level(logging.ERROR)
     cookie = f"sessionid={await db(login)(viewer)}".encode()
     headers = [(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1"), (b"cookie", cookie)]
-    cycles = 300 if where == "snapshot raises" else 60
+    cycles = 100 if where == "snapshot raises" else 60
     for _ in range(cycles):
         communicator = WebsocketCommunicator(application, "/ws/conferences/sales/", headers=headers)
         connected, _ = await communicator.connect()
         assert connected
         assert await closed_with(communicator) == consumers.CLOSE_INTERNAL_ERROR
-        await communicator.wait(timeout=3)  # the application ended by itself, without raising
+        assert await ended_by_itself(communicator)  # without raising
     assert await nothing_left(viewer) == EMPTY
     # The failure is logged by the project (no "Exception inside application" from daphne).
     assert "socket /ws/conferences/sales/: failed; closing it" in caplog.text
@@ -159,7 +159,7 @@ async def test_a_full_layer_while_joining_groups_leaves_nothing_behind(login, vi
         communicator = WebsocketCommunicator(application, "/ws/conferences/sales/", headers=headers)
         await communicator.connect()
         assert await closed_with(communicator) == consumers.CLOSE_INTERNAL_ERROR
-        await communicator.wait(timeout=3)
+        assert await ended_by_itself(communicator)
     assert await nothing_left(viewer) == EMPTY
 
 
@@ -174,7 +174,7 @@ async def test_a_crash_after_connect_closes_the_socket_and_releases_it(connect, 
     [consumer] = hub.rooms[room.pk]
     await layer.send(consumer.channel_name, {"type": "access.changed"})
     assert await closed_with(communicator) == consumers.CLOSE_INTERNAL_ERROR
-    await communicator.wait(timeout=3)
+    assert await ended_by_itself(communicator)
     assert await nothing_left(viewer) == EMPTY
 
 
@@ -198,7 +198,7 @@ async def test_room_list_crash_cycles_leave_nothing_behind(login, viewer, room, 
     for _ in range(100):
         communicator = await list_socket(login, viewer)
         assert await closed_with(communicator) == consumers.CLOSE_INTERNAL_ERROR
-        await communicator.wait(timeout=3)
+        assert await ended_by_itself(communicator)
     assert await nothing_left(viewer) == EMPTY
 
 
@@ -212,5 +212,5 @@ async def test_an_unknown_websocket_path_closes_4404_without_a_traceback(login, 
         connected, _ = await communicator.connect()
         assert connected, path
         assert await closed_with(communicator) == consumers.CLOSE_NOT_FOUND, path
-        await communicator.wait(timeout=3)
+        assert await ended_by_itself(communicator)
     assert "Traceback" not in caplog.text and "No route found" not in caplog.text
