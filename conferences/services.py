@@ -19,7 +19,7 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from conferences import broadcast, protocol
+from conferences import broadcast, protocol, webhooks
 from conferences.models import AsteriskServer, Conference, ConferenceEvent, Invite, Meeting, Participant, Recording
 
 logger = logging.getLogger(__name__)
@@ -43,10 +43,20 @@ def _next_seq(conference_id, count=1):
         return cursor.fetchone()[0]
 
 
-def _emit(conference_id, frame_type, *, seq=None, **fields):
+def _send_room_frame(conference_id, frame, webhook_type=None):
+    """Send a room frame to the room's pages once the transaction commits, and queue it for the webhooks.
+
+    The webhooks' rows are written in this transaction (conferences/webhooks.py): they exist exactly when
+    the change committed. ``webhook_type``: the webhooks' type when it is not the frame's (talking).
+    """
+    transaction.on_commit(partial(broadcast.send_to_room, conference_id, frame))
+    webhooks.enqueue(conference_id, frame, event_type=webhook_type)
+
+
+def _emit(conference_id, frame_type, *, seq=None, webhook_type=None, **fields):
     """Number a room event (``seq``: a number taken already) and send it once the transaction has committed."""
     frame = {"type": frame_type, "seq": _next_seq(conference_id) if seq is None else seq, **fields}
-    transaction.on_commit(partial(broadcast.send_to_room, conference_id, frame))
+    _send_room_frame(conference_id, frame, webhook_type)
     return frame
 
 
@@ -428,6 +438,7 @@ def participant_update(*, participant_id, actor_id=None, audit=True, by_self=Fal
                 _emit(
                     updated.conference_id,
                     protocol.PARTICIPANT_UPDATED,
+                    webhook_type=webhooks.TALKING if set(changes) == {"talking"} else None,
                     participant=broadcast.participant_state(updated),
                 )
                 return updated
@@ -462,7 +473,12 @@ def participant_talked(*, participant_id, seconds):
     """
     with transaction.atomic():
         for updated in _quick_update([participant_id], {"talking": False}, add={"talk_seconds": max(0.0, seconds)}):
-            _emit_participant(updated.conference_id, protocol.PARTICIPANT_UPDATED, updated)
+            _emit(
+                updated.conference_id,
+                protocol.PARTICIPANT_UPDATED,
+                webhook_type=webhooks.TALKING,
+                participant=broadcast.participant_state(updated),
+            )
             return updated
     return None
 
@@ -490,7 +506,7 @@ def participants_set_muted(*, conference_id, participant_ids, muted, actor_id=No
                     "seq": seq,
                     "participant": broadcast.participant_state(participant),
                 }
-                transaction.on_commit(partial(broadcast.send_to_room, conference_id, frame))
+                _send_room_frame(conference_id, frame)
         _record(conference_id, Kind.MUTED_ALL if muted else Kind.UNMUTED_ALL, actor_id=actor_id)
     return updated
 
@@ -794,7 +810,7 @@ def server_set_link_status(*, server_id, connected, error=""):
         if changed:
             frame = {"type": protocol.ASTERISK_STATUS, "connected": connected}
             for conference_id in Conference.objects.filter(server_id=server_id).values_list("pk", flat=True):
-                transaction.on_commit(partial(broadcast.send_to_room, conference_id, frame))
+                _send_room_frame(conference_id, frame)
     return current
 
 
