@@ -397,3 +397,169 @@ def storages_for(environ=None):
             raise ImproperlyConfigured(f"S3_PREFIX must be a key prefix like site/media, got {prefix!r}.")
         options["location"] = prefix.strip("/")
     return {"default": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": options}, "staticfiles": static}
+
+
+# LDAP / Active Directory (conferences/directory.py; docs/operations.md, "LDAP and Active Directory").
+LDAP_VARIABLES = (
+    "LDAP_SERVER_URI",
+    "LDAP_BIND_DN",
+    "LDAP_BIND_PASSWORD",
+    "LDAP_START_TLS",
+    "LDAP_CA_FILE",
+    "LDAP_TIMEOUT",
+    "LDAP_USER_SEARCH_BASE",
+    "LDAP_USER_FILTER",
+    "LDAP_DISABLED_FILTER",
+    "LDAP_GROUP_SEARCH_BASE",
+    "LDAP_GROUP_TYPE",
+    "LDAP_GROUP_FILTER",
+    "LDAP_MIRROR_GROUPS",
+    "LDAP_STAFF_GROUP",
+    "LDAP_SUPERUSER_GROUP",
+    "LDAP_SYNC_MINUTES",
+)
+# LDAP_GROUP_TYPE: django-auth-ldap's group type and the default LDAP_GROUP_FILTER that goes with it.
+LDAP_GROUP_TYPES = {
+    "groupofnames": ("GroupOfNamesType", "(objectClass=groupOfNames)"),
+    "nestedgroupofnames": ("NestedGroupOfNamesType", "(objectClass=groupOfNames)"),
+    "groupofuniquenames": ("GroupOfUniqueNamesType", "(objectClass=groupOfUniqueNames)"),
+    "posixgroup": ("PosixGroupType", "(objectClass=posixGroup)"),
+    # Nested: a member of a group inside a group is a member too, as Windows sees it.
+    "activedirectory": ("NestedActiveDirectoryGroupType", "(objectClass=group)"),
+}
+
+
+LDAP_USER_PRINCIPAL_NAME = re.compile(r"^[^@\s=,]+@[^@\s=,]+$")
+
+
+def _ldap_uris(name, value):
+    uris = []
+    for item in env_list(name, [], environ={name: value}):
+        parts = urlsplit(item)
+        if parts.scheme.lower() not in ("ldap", "ldaps") or not parts.hostname or parts.path not in ("", "/"):
+            raise ImproperlyConfigured(f"{name} must be ldap://host[:port] or ldaps://host[:port], got {item!r}.")
+        _check_port(name, item, parts)
+        uris.append(item)
+    return " ".join(uris)  # libldap tries them in turn
+
+
+def _ldap_dn(name, value):
+    import ldap.dn
+
+    if value is not None and (not value or not ldap.dn.is_dn(value)):
+        raise ImproperlyConfigured(f"{name} must be a distinguished name such as dc=example,dc=com, got {value!r}.")
+    return value
+
+
+def _ldap_filter(name, value, *, needs_user):
+    """A search filter in parentheses, balanced; with ``needs_user``, holding ``%(user)s`` for the login name."""
+    depth = 0
+    for char in value:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth < 0:
+            break
+    if not (value.startswith("(") and value.endswith(")")) or depth != 0:
+        raise ImproperlyConfigured(f"{name} must be an LDAP filter in balanced parentheses, got {value!r}.")
+    if needs_user:
+        try:
+            expanded = value % {"user": "x"}
+        except (KeyError, ValueError, TypeError):
+            expanded = None
+        if expanded is None or "%(user)s" not in value:
+            raise ImproperlyConfigured(
+                f"{name} must hold %(user)s where the login name goes, e.g. (uid=%(user)s), got {value!r}."
+            )
+    elif "%" in value:
+        raise ImproperlyConfigured(f"{name} must not contain %, got {value!r}.")
+    return value
+
+
+def _ldap_mirror(name, value):
+    if value is None or value.lower() in TRUE_VALUES:
+        return True
+    if value.lower() in FALSE_VALUES:
+        return False
+    return env_list(name, [], environ={name: value})
+
+
+def ldap_settings(environ=None):
+    """django-auth-ldap's ``AUTH_LDAP_*`` settings from the ``LDAP_*`` variables; None without LDAP_SERVER_URI.
+
+    Directory calls wait at most LDAP_TIMEOUT seconds for a connection and for each operation, so a
+    directory that is down or hangs costs a login that long, never a hung web process. Referrals
+    are not chased (Active Directory sends them for searches from the domain's root; following them
+    hangs on unreachable servers and binds anonymously).
+    """
+    uri = env_str("LDAP_SERVER_URI", environ=environ)
+    if uri is None:
+        others = [name for name in LDAP_VARIABLES if env_str(name, environ=environ) is not None]
+        if others:
+            raise ImproperlyConfigured(
+                f"{others[0]} is set but LDAP_SERVER_URI is not: set LDAP_SERVER_URI or unset the LDAP_*."
+            )
+        return None
+    import ldap
+    from django_auth_ldap import config
+
+    uri = _ldap_uris("LDAP_SERVER_URI", uri)
+    bind_dn = env_str("LDAP_BIND_DN", environ=environ)
+    if bind_dn is not None and not LDAP_USER_PRINCIPAL_NAME.match(bind_dn):  # (AD binds with name@domain too)
+        _ldap_dn("LDAP_BIND_DN", bind_dn)
+    bind_password = env_str("LDAP_BIND_PASSWORD", environ=environ)
+    if (bind_dn is None) != (bind_password is None):
+        raise ImproperlyConfigured("LDAP_BIND_DN and LDAP_BIND_PASSWORD go together: set both, or neither (anonymous).")
+    user_base = _ldap_dn("LDAP_USER_SEARCH_BASE", env_str("LDAP_USER_SEARCH_BASE", environ=environ))
+    if user_base is None:
+        raise ImproperlyConfigured("LDAP_USER_SEARCH_BASE must be set with LDAP_SERVER_URI: where the accounts are.")
+    user_filter = _ldap_filter(
+        "LDAP_USER_FILTER", env_str("LDAP_USER_FILTER", "(uid=%(user)s)", environ=environ), needs_user=True
+    )
+    disabled = env_str("LDAP_DISABLED_FILTER", environ=environ)
+    if disabled is not None:
+        # A disabled account is not found: it cannot log in, and the sync treats it as gone.
+        user_filter = f"(&{user_filter}(!{_ldap_filter('LDAP_DISABLED_FILTER', disabled, needs_user=False)}))"
+    timeout = env_int("LDAP_TIMEOUT", 5, minimum=1, environ=environ)
+    options = {ldap.OPT_NETWORK_TIMEOUT: timeout, ldap.OPT_TIMEOUT: timeout, ldap.OPT_REFERRALS: 0}
+    ca_file = env_str("LDAP_CA_FILE", environ=environ)
+    if ca_file is not None:
+        if not os.access(ca_file, os.R_OK) or not Path(ca_file).is_file():
+            raise ImproperlyConfigured(f"LDAP_CA_FILE must be a readable file of CA certificates, got {ca_file!r}.")
+        options[ldap.OPT_X_TLS_CACERTFILE] = ca_file
+        options[ldap.OPT_X_TLS_NEWCTX] = 0  # (last: makes the options above take effect)
+    group_type_name = env_choice("LDAP_GROUP_TYPE", "groupofnames", tuple(LDAP_GROUP_TYPES), environ)
+    group_class, default_group_filter = LDAP_GROUP_TYPES[group_type_name]
+    result = {
+        "AUTH_LDAP_SERVER_URI": uri,
+        "AUTH_LDAP_BIND_DN": bind_dn or "",
+        "AUTH_LDAP_BIND_PASSWORD": bind_password or "",
+        "AUTH_LDAP_START_TLS": env_bool("LDAP_START_TLS", False, environ=environ),
+        "AUTH_LDAP_CONNECTION_OPTIONS": options,
+        "AUTH_LDAP_USER_SEARCH": config.LDAPSearch(user_base, ldap.SCOPE_SUBTREE, user_filter),
+        "AUTH_LDAP_USER_ATTR_MAP": {"first_name": "givenName", "last_name": "sn", "email": "mail"},
+        "AUTH_LDAP_GROUP_TYPE": getattr(config, group_class)(),
+        "AUTH_LDAP_MIRROR_GROUPS": False,
+        "AUTH_LDAP_USER_FLAGS_BY_GROUP": {},
+        # Memberships are read afresh at every login and sync: no cache.
+        "AUTH_LDAP_CACHE_TIMEOUT": 0,
+        "LDAP_SYNC_MINUTES": env_int("LDAP_SYNC_MINUTES", 5, minimum=1, environ=environ),
+    }
+    group_base = _ldap_dn("LDAP_GROUP_SEARCH_BASE", env_str("LDAP_GROUP_SEARCH_BASE", environ=environ))
+    group_names = ("LDAP_GROUP_FILTER", "LDAP_MIRROR_GROUPS", "LDAP_STAFF_GROUP", "LDAP_SUPERUSER_GROUP")
+    if group_base is None:
+        for name in group_names:
+            if env_str(name, environ=environ) is not None:
+                raise ImproperlyConfigured(f"{name} needs LDAP_GROUP_SEARCH_BASE: where the groups are.")
+        return result
+    group_filter = _ldap_filter(
+        "LDAP_GROUP_FILTER", env_str("LDAP_GROUP_FILTER", default_group_filter, environ=environ), needs_user=False
+    )
+    result["AUTH_LDAP_GROUP_SEARCH"] = config.LDAPSearch(group_base, ldap.SCOPE_SUBTREE, group_filter)
+    mirror = _ldap_mirror("LDAP_MIRROR_GROUPS", env_str("LDAP_MIRROR_GROUPS", environ=environ))
+    result["AUTH_LDAP_MIRROR_GROUPS"] = mirror
+    flags = {}
+    for flag, name in (("is_staff", "LDAP_STAFF_GROUP"), ("is_superuser", "LDAP_SUPERUSER_GROUP")):
+        dn = _ldap_dn(name, env_str(name, environ=environ))
+        if dn is not None:
+            flags[flag] = dn
+    result["AUTH_LDAP_USER_FLAGS_BY_GROUP"] = flags
+    return result
