@@ -110,6 +110,11 @@ def was_unavailable(request):
     return getattr(request, _UNAVAILABLE, False)
 
 
+def has_pending(request):
+    """Whether ``request`` made login attempts that ``settle_request`` may have to give back."""
+    return bool(getattr(request, _PENDING, None))
+
+
 def settle_request(request):
     """Give back the attempts of ``request`` that no failure settled (call at the end of the request)."""
     pending = getattr(request, _PENDING, None)

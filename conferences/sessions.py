@@ -92,11 +92,16 @@ def session_user(session_key):
     session_hash = data.get(HASH_SESSION_KEY)
     if not session_hash:
         return None
-    if constant_time_compare(session_hash, user.get_session_auth_hash()):
-        return user
-    if any(constant_time_compare(session_hash, fallback) for fallback in user.get_session_auth_fallback_hash()):
-        return user
-    return None
+    current = constant_time_compare(session_hash, user.get_session_auth_hash())
+    if not current and not any(
+        constant_time_compare(session_hash, fallback) for fallback in user.get_session_auth_fallback_hash()
+    ):
+        return None
+    from conferences import twofactor  # (its middleware imports the auth modules this one is imported by)
+
+    if twofactor.session_is_pending(user, data):
+        return None  # a staff session that still owes its second factor: not logged in, for sockets too
+    return user
 
 
 class SessionKeyMiddleware:

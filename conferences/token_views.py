@@ -12,7 +12,7 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
-from conferences import access, tokens
+from conferences import access, tokens, twofactor
 from conferences.models import ApiToken, Conference
 
 LIFETIMES = (7, 30, 90, 365)  # days a user may choose
@@ -55,6 +55,8 @@ def token_list(request):
     created = None
     if request.method == "POST":
         form = TokenForm(request.POST, user=request.user)
+        if not twofactor.may_own_token(request.user, request=request):
+            form.add_error(None, twofactor.TOKEN_REFUSED_MESSAGE)
         if form.is_valid():
             data = form.cleaned_data
             token, created = tokens.create(

@@ -3,7 +3,7 @@
 import re
 import uuid
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.http import HttpResponse
 
 from conferences import auth_backends
@@ -28,20 +28,41 @@ CONTENT_SECURITY_POLICY = "; ".join(
 PERMISSIONS_POLICY = "camera=(), microphone=(), geolocation=(), payment=(), usb=()"
 
 
-class SecurityHeadersMiddleware:
-    """A strict Content-Security-Policy (no inline scripts or styles anywhere) and a Permissions-Policy."""
+class BothModes:
+    """A middleware that runs sync or async, as the handler does: under ASGI a sync-only middleware puts
+    every request behind it in a thread (an API action waiting for the worker would hold one all along)."""
+
+    sync_capable = True
+    async_capable = True
 
     def __init__(self, get_response):
         self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
 
     def __call__(self, request):
-        response = self.get_response(request)
+        if iscoroutinefunction(self):
+            return self._acall(request)
+        return self.handle(request)
+
+
+class SecurityHeadersMiddleware(BothModes):
+    """A strict Content-Security-Policy (no inline scripts or styles anywhere) and a Permissions-Policy."""
+
+    @staticmethod
+    def _headers(response):
         response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         response.headers.setdefault("Permissions-Policy", PERMISSIONS_POLICY)
         return response
 
+    def handle(self, request):
+        return self._headers(self.get_response(request))
 
-class LoginThrottleMiddleware:
+    async def _acall(self, request):
+        return self._headers(await self.get_response(request))
+
+
+class LoginThrottleMiddleware(BothModes):
     """Answers 429 (or 503: counts unreachable) when the login throttle refused an attempt; settles attempts.
 
     A login page (a template response with a form: the site's and the admin's)
@@ -51,14 +72,23 @@ class LoginThrottleMiddleware:
     (conferences/auth_backends.py).
     """
 
-    def __init__(self, get_response):
-        self.get_response = get_response
-
-    def __call__(self, request):
+    def handle(self, request):
         try:
             response = self.get_response(request)
         finally:
             auth_backends.settle_request(request)
+        return self._answer(request, response)
+
+    async def _acall(self, request):
+        try:
+            response = await self.get_response(request)
+        finally:
+            if auth_backends.has_pending(request):  # a login attempt (cache I/O): off the loop
+                await sync_to_async(auth_backends.settle_request)(request)
+        return self._answer(request, response)
+
+    @staticmethod
+    def _answer(request, response):
         refusal = _refusal(request)
         if refusal is not None and response.status_code != refusal[0]:
             status, message = refusal

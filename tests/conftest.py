@@ -182,3 +182,22 @@ def _close_connections_of_async_tests(django_db_setup):
     from django.db import connections
 
     SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)
+
+
+# Debian's Chromium, driven by Playwright (its own browser download does not work here).
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture
+async def browser():
+    from playwright.async_api import async_playwright
+
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: scripts/setup --dev installs Debian's chromium")
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"],
+        )
+        yield browser
+        await browser.close()

@@ -6,7 +6,6 @@ restarted under them.
 """
 
 import asyncio
-import os
 
 import pytest
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
@@ -20,7 +19,6 @@ from tests.stack import ROOT, Processes, base_env, database_url
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
-CHROMIUM = "/usr/bin/chromium"
 # Screenshots land in var/ (ignored); docs/screenshots holds the ones chosen for the README.
 SCREENSHOTS = ROOT / "var" / "screenshots"
 
@@ -44,21 +42,6 @@ async def stack_ears(sandbox):
     """The test's own ARI application (tests/sandbox.py, Ears): holds the far ends of callers who type keys."""
     async with Ears(sandbox) as ears:
         yield ears
-
-
-@pytest.fixture
-async def browser():
-    from playwright.async_api import async_playwright
-
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"{CHROMIUM} is missing: scripts/setup --dev installs Debian's chromium")
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"],
-        )
-        yield browser
-        await browser.close()
 
 
 async def logged_in_page(browser, base, username, password="pw-Tr0ub4dor"):
