@@ -199,17 +199,7 @@ def _moderation_check(session_key, user_id, conference_id, action, participant_i
         return "no such room"
     if not access.can_moderate(user, conference):
         return "you may not moderate this room"
-    if action in moderation.PARTICIPANT_ACTIONS:
-        if participant_id is None:
-            return "participant missing or invalid"
-        if action in moderation.WAITING_ACTIONS:
-            if not Participant.objects.waiting().filter(pk=participant_id, conference_id=conference_id).exists():
-                return "no such waiting caller in this room"
-        elif not Participant.objects.present().filter(pk=participant_id, conference_id=conference_id).exists():
-            return "no such participant in this room"
-    if not conference.server.connected:
-        return "the link to Asterisk is down"
-    return None
+    return moderation.refusal(conference, action, participant_id)
 
 
 def _visible_rooms(user):

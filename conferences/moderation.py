@@ -25,6 +25,27 @@ REQUEST_TTL = 10.0
 WORKER_DOWN = "the Asterisk worker did not answer; try again when the link is up"
 
 
+def refusal(conference, action, participant_id):
+    """What the sender checks once the actor may moderate ``conference``: the refusal's text, or None.
+
+    The caller the action names is in this room (present, or waiting for ``admit`` / ``deny``), and the
+    room's Asterisk link is up. The page's socket and the REST API both ask here; the worker checks again.
+    """
+    from conferences.models import Participant
+
+    if action in PARTICIPANT_ACTIONS:
+        if participant_id is None:
+            return "participant missing or invalid"
+        if action in WAITING_ACTIONS:
+            if not Participant.objects.waiting().filter(pk=participant_id, conference_id=conference.pk).exists():
+                return "no such waiting caller in this room"
+        elif not Participant.objects.present().filter(pk=participant_id, conference_id=conference.pk).exists():
+            return "no such participant in this room"
+    if not conference.server.connected:
+        return "the link to Asterisk is down"
+    return None
+
+
 def worker_channel(server_id):
     """The channel-layer channel the worker of one Asterisk server listens on."""
     return f"ari-worker.{server_id}"

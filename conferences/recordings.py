@@ -122,6 +122,15 @@ def recording_download(request, slug, pk):
     if not may_download(request.user, conference):
         raise PermissionDenied
     recording = get_object_or_404(Recording, pk=pk, conference=conference, state=Recording.State.STORED)
+    return file_response(request, conference, recording)
+
+
+def file_response(request, conference, recording):
+    """The stored file of ``recording`` (whole, or the one range asked for): access is the caller's to check.
+
+    Asks the storage for the file's size (blocking: an async caller runs this in a thread); 404 when the
+    file is gone, 503 when the storage does not answer (the REST API's download shares this, issue 18).
+    """
     if not recording.file:
         raise Http404
     try:
