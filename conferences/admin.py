@@ -1,14 +1,20 @@
+import json
+import secrets
+from urllib.parse import urlsplit
+
 from asgiref.sync import async_to_sync
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.db.models import Count
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import format_html
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
-from conferences import access, moderation, services, tokens
+from conferences import access, moderation, services, tokens, twofactor, webhooks
 from conferences.models import (
     ApiToken,
     AsteriskServer,
@@ -19,6 +25,8 @@ from conferences.models import (
     Participant,
     Recording,
     Sound,
+    Webhook,
+    WebhookDelivery,
     present_filter,
 )
 
@@ -191,6 +199,12 @@ class ApiTokenForm(forms.ModelForm):
         model = ApiToken
         fields = ["user", "name", "scope", "conferences", "expires_at", "revoked"]
 
+    def clean_user(self):
+        user = self.cleaned_data["user"]
+        if not self.instance.pk and not twofactor.may_own_token(user):
+            raise forms.ValidationError(twofactor.OWNER_REFUSED_MESSAGE)
+        return user
+
     def clean_expires_at(self):
         expires_at = self.cleaned_data["expires_at"]
         if not self.instance.pk or "expires_at" in self.changed_data:
@@ -236,7 +250,11 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     @admin.action(description=_("Revoke the selected tokens"))
     def revoke(self, request, queryset):
-        count = queryset.filter(revoked=False).update(revoked=True)
+        count = 0
+        for token in queryset.filter(revoked=False):  # saved one by one: their streams hear of it (signals.py)
+            token.revoked = True
+            token.save(update_fields=["revoked"])
+            count += 1
         messages.success(request, gettext("%(count)s token(s) revoked.") % {"count": count})
 
 
@@ -318,3 +336,182 @@ class ConferenceEventAdmin(ReadOnlyAdmin):
     search_fields = ["conference__name", "participant__caller_name", "participant__caller_number", "actor__username"]
     list_select_related = ["conference", "participant", "actor"]
     date_hierarchy = "created_at"
+
+
+# --- webhooks (conferences/webhooks.py) ------------------------------------------------------------
+
+# The labels of the event types a webhook may choose (the admin's checkboxes).
+WEBHOOK_EVENT_LABELS = {
+    "participant.joined": _("a caller joined (or started waiting)"),
+    "participant.updated": _("a caller changed: muted, hand, admitted, music"),
+    "participant.left": _("a caller left"),
+    "participant.talking": _("a caller started or stopped talking (many; never sent unless chosen)"),
+    "conference.updated": _("the room changed: counts, lock, lobby, recording"),
+    "invite.updated": _("an invitation by number changed"),
+    "recording.finished": _("a recording is stored"),
+    "asterisk.status": _("the link to Asterisk went down or came back"),
+}
+
+
+def _http_url(value):
+    if urlsplit(value).scheme not in ("http", "https"):
+        raise forms.ValidationError(_("Enter an http:// or https:// URL."))
+
+
+class WebhookForm(forms.ModelForm):
+    """The events as checkboxes; the secret write-only (empty keeps it, or makes one for a new webhook)."""
+
+    url = forms.URLField(
+        label=_("URL"),
+        max_length=500,
+        assume_scheme="https",
+        validators=[_http_url],
+        help_text=_("Where events are posted (http or https)."),
+    )
+    events = forms.MultipleChoiceField(
+        label=_("events"),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text=_("None chosen: every event but talking."),
+    )
+    secret = forms.CharField(
+        label=_("secret"),
+        required=False,
+        strip=False,
+        max_length=128,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text=_(
+            "Signs every body (HMAC-SHA256, docs/webhooks.md). Write-only: leave empty to keep the current "
+            "one; for a new webhook, empty makes a random secret, shown once."
+        ),
+    )
+
+    class Meta:
+        model = Webhook
+        fields = ["name", "url", "enabled", "events", "conferences", "secret"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["events"].choices = [
+            (kind, f"{kind}: {WEBHOOK_EVENT_LABELS[kind]}") for kind in webhooks.EVENT_TYPES
+        ]
+        self.generated_secret = None
+
+    def clean_secret(self):
+        secret = self.cleaned_data.get("secret")
+        if secret:
+            if len(secret) < 16:
+                raise forms.ValidationError(_("Use at least 16 characters."))
+            return secret
+        if self.instance.pk and self.instance.secret:
+            return self.instance.secret
+        self.generated_secret = secrets.token_urlsafe(32)
+        return self.generated_secret
+
+
+@admin.register(Webhook)
+class WebhookAdmin(admin.ModelAdmin):
+    form = WebhookForm
+    change_form_template = "admin/conferences/webhook/change_form.html"
+    list_display = ["name", "url", "enabled", "event_list", "room_list", "secret_hint", "log"]
+    list_filter = ["enabled"]
+    search_fields = ["name", "url"]
+    filter_horizontal = ["conferences"]
+    readonly_fields = ["secret_hint", "created_at"]
+    actions = ["send_test"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("conferences")
+
+    @admin.display(description=_("events"))
+    def event_list(self, obj):
+        return ", ".join(obj.events) if obj.events else gettext("every event but talking")
+
+    @admin.display(description=_("rooms"))
+    def room_list(self, obj):
+        return ", ".join(str(room) for room in obj.conferences.all()) or gettext("every room")
+
+    @admin.display(description=_("secret"))
+    def secret_hint(self, obj):
+        return f"{obj.secret[:4]}…" if obj.secret else "—"
+
+    @admin.display(description=_("deliveries"))
+    def log(self, obj):
+        # A link, not counts: counting a week of deliveries per webhook on every list would cost more than it tells.
+        url = reverse("admin:conferences_webhookdelivery_changelist")
+        return format_html('<a href="{}?webhook__id__exact={}">{}</a>', url, obj.pk, gettext("delivery log"))
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if form.generated_secret:
+            messages.warning(
+                request,
+                gettext("The secret of %(webhook)s is %(secret)s. It is shown only now: give it to the receiver.")
+                % {"webhook": obj.name, "secret": form.generated_secret},
+            )
+
+    def response_change(self, request, obj):
+        if "_send_test" in request.POST:
+            webhooks.send_test(obj)
+            messages.success(request, gettext("%(webhook)s: a test event is on its way.") % {"webhook": obj.name})
+        return super().response_change(request, obj)
+
+    @admin.action(description=_("Send a test event to the selected webhooks"))
+    def send_test(self, request, queryset):
+        for webhook in queryset:
+            webhooks.send_test(webhook)
+        messages.success(request, gettext("%(count)s test event(s) on their way.") % {"count": len(queryset)})
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(ReadOnlyAdmin):
+    """The delivery log: what was sent where, how often, and the last answer."""
+
+    list_display = [
+        "created_at",
+        "webhook",
+        "event_type",
+        "conference",
+        "status",
+        "attempts",
+        "last_status_code",
+        "short_error",
+        "next_attempt_at",
+        "delivered_at",
+    ]
+    list_filter = ["status", "event_type", "webhook"]
+    search_fields = ["event_id", "webhook__name"]
+    list_select_related = ["webhook", "conference"]
+    date_hierarchy = "created_at"
+    fields = [
+        "event_id",
+        "webhook",
+        "event_type",
+        "conference",
+        "status",
+        "attempts",
+        "created_at",
+        "next_attempt_at",
+        "delivered_at",
+        "last_status_code",
+        "last_error",
+        "body",
+    ]
+    readonly_fields = fields
+    actions = ["retry"]
+
+    @admin.display(description=_("last error"))
+    def short_error(self, obj):
+        return obj.last_error[:80] + ("…" if len(obj.last_error) > 80 else "")
+
+    @admin.display(description=_("body"))
+    def body(self, obj):
+        return format_html("<pre>{}</pre>", json.dumps(obj.payload, indent=2, ensure_ascii=False))
+
+    def has_retry_permission(self, request):
+        return request.user.has_perm("conferences.change_webhook")
+
+    @admin.action(description=_("Retry the selected deliveries now"), permissions=["retry"])
+    def retry(self, request, queryset):
+        count = webhooks.retry_now(queryset)
+        messages.success(request, gettext("%(count)s delivery(ies) will be sent again now.") % {"count": count})

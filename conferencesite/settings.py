@@ -62,6 +62,28 @@ MAX_SOCKETS_PER_USER = env.env_int("MAX_SOCKETS_PER_USER", 20, minimum=1)
 # conferencesite/daphne_limits.py); 0 turns the limit off.
 WEBSOCKET_MAX_QUEUED_BYTES = env.env_int("WEBSOCKET_MAX_QUEUED_BYTES", 1024 * 1024, minimum=0)
 
+# The REST API (conferences/api/auth.py): requests one token (or one logged-in user) may make per window,
+# all web processes together.
+API_RATE_LIMIT = env.env_int("API_RATE_LIMIT", 120, minimum=1)
+API_RATE_WINDOW = env.env_int("API_RATE_WINDOW", 60, minimum=1)
+
+# Webhooks (conferences/webhooks.py): a receiver's answer is awaited this long; a failed delivery is
+# tried again after WEBHOOK_RETRY_SECONDS, doubling (up to an hour, with jitter), until
+# WEBHOOK_MAX_ATTEMPTS attempts or WEBHOOK_RETRY_HOURS after the event; the delivery log keeps
+# delivered and failed rows WEBHOOK_RETENTION_DAYS.
+WEBHOOK_TIMEOUT_SECONDS = env.env_int("WEBHOOK_TIMEOUT_SECONDS", 5, minimum=1)
+WEBHOOK_RETRY_SECONDS = env.env_int("WEBHOOK_RETRY_SECONDS", 10, minimum=1)
+WEBHOOK_MAX_ATTEMPTS = env.env_int("WEBHOOK_MAX_ATTEMPTS", 20, minimum=1)
+WEBHOOK_RETRY_HOURS = env.env_int("WEBHOOK_RETRY_HOURS", 24, minimum=1)
+WEBHOOK_RETENTION_DAYS = env.env_int("WEBHOOK_RETENTION_DAYS", 7, minimum=1)
+
+# Staff must set up and use a second factor (TOTP) before the admin or any page is reachable
+# (conferences/twofactor.py); off: staff may still set one up, and are then always asked for a code.
+REQUIRE_STAFF_2FA = env.env_bool("REQUIRE_STAFF_2FA", False)
+# The name an authenticator app shows beside the account; the TOTP admin never shows a device's secret.
+OTP_TOTP_ISSUER = "Conferences"
+OTP_ADMIN_HIDE_SENSITIVE_DATA = True
+
 INSTALLED_APPS = [
     "daphne",
     "django.contrib.admin",
@@ -71,6 +93,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "ninja",  # the API's docs page from its own static files, not a CDN (the CSP allows 'self' only)
+    "django_otp",
+    "django_otp.plugins.otp_totp",
     "conferences",
 ]
 
@@ -84,6 +109,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
+    "conferences.twofactor.TwoFactorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -112,6 +139,16 @@ AUTHENTICATION_BACKENDS = [
     "conferences.auth_backends.LoginThrottleBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
+
+# LDAP / Active Directory (django-auth-ldap; conferences/directory.py; docs/operations.md, "LDAP and
+# Active Directory"): off while LDAP_SERVER_URI is unset. On, the LDAP_* variables become
+# django-auth-ldap's AUTH_LDAP_* settings (and LDAP_SYNC_MINUTES, the period of manage.py ldap_sync
+# --loop), and the directory is the last way in: after the throttle and the local accounts.
+_ldap = env.ldap_settings()
+LDAP_ENABLED = _ldap is not None
+if LDAP_ENABLED:
+    globals().update(_ldap)
+    AUTHENTICATION_BACKENDS.append("conferences.directory.DirectoryBackend")
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -150,6 +187,9 @@ SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"
+# Messages wait in the session (the database), not in a cookie: one shows a webhook's new secret once
+# (conferences/admin.py), which a cookie would carry through proxies and browser storage.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 
 if HTTPS:
     # Served behind a TLS-terminating reverse proxy that sets X-Forwarded-Proto.

@@ -6,6 +6,7 @@ import pytest
 from django.contrib import admin
 from django.urls import reverse
 from django.utils import timezone
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from conferences import tokens
 from conferences.models import (
@@ -47,6 +48,8 @@ def populated(conference, make_participant, superuser, group, grant, make_user):
         created_at=timezone.now(),
         next_attempt_at=timezone.now(),
     )
+    # Another staff member's authenticator (the superuser of admin_client has none: no code step).
+    TOTPDevice.objects.create(user=make_user(is_staff=True), name="phone")
     return conference
 
 

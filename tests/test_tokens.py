@@ -114,7 +114,9 @@ def test_a_user_makes_a_token_sees_it_once_and_revokes_it(client, make_user, mak
     assert raw not in client.get(reverse("api-tokens")).content.decode()  # shown once
 
     # A room she may not see cannot be put on her token.
-    refused = client.post(reverse("api-tokens"), {"name": "x", "scope": "read", "days": "30", "conferences": [theirs.pk]})
+    refused = client.post(
+        reverse("api-tokens"), {"name": "x", "scope": "read", "days": "30", "conferences": [theirs.pk]}
+    )
     assert refused.status_code == 200 and ApiToken.objects.count() == 1 and not TOKEN.findall(refused.content.decode())
 
     # Someone else cannot revoke it, she can.

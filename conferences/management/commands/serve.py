@@ -24,6 +24,9 @@ With no REDIS_URL the channel layer lives in this process's memory, so the
 worker must live here too: this command runs one worker per enabled Asterisk
 server on the server's event loop, following the admin live
 (conferences/ari/supervisor.py), and stops them cleanly before the server.
+It runs the webhook sender (conferences/webhooks.py) there as well, so the
+one-process start sends webhooks with no further step, and, with LDAP_SERVER_URI
+set, the directory sync (conferences/directory.py).
 """
 
 import asyncio
@@ -37,7 +40,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
-from conferences import checks
+from conferences import checks, directory, webhooks
 from conferences.ari.supervisor import WorkerSupervisor
 from conferences.models import AsteriskServer
 from conferencesite import uvicorn_limits
@@ -111,18 +114,29 @@ class EmbeddedWorkerServer(uvicorn.Server):
         self.embedded = embedded
         self._stopping = None
         self._supervisor = None
+        self._webhooks = None
+        self._directory = None
 
     async def startup(self, sockets=None):
         await super().startup(sockets=sockets)
         if self.embedded:
             self._stopping = asyncio.Event()
             self._supervisor = asyncio.ensure_future(WorkerSupervisor(stopping=self._stopping).run())
+            # The webhook sender too (its own unit in production): its database work on a thread of its own.
+            self._webhooks = asyncio.ensure_future(webhooks.Sender(stopping=self._stopping).run())
+            if settings.LDAP_ENABLED:
+                # The directory sync too (its own unit in production): groups and disabled accounts
+                # followed every LDAP_SYNC_MINUTES (conferences/directory.py).
+                self._directory = asyncio.ensure_future(
+                    directory.run_sync_loop_async(minutes=settings.LDAP_SYNC_MINUTES, stopping=self._stopping)
+                )
 
     async def shutdown(self, sockets=None):
         # The workers first: they say goodbye to Asterisk while the channel layer is still there.
         if self._stopping is not None:
             self._stopping.set()
-            done, _ = await asyncio.wait([self._supervisor], timeout=WORKER_STOP_SECONDS + 2)
+            tasks = [task for task in (self._supervisor, self._webhooks, self._directory) if task is not None]
+            done, _ = await asyncio.wait(tasks, timeout=WORKER_STOP_SECONDS + 2)
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
                     logger.error("embedded workers ended: %r", task.exception())
