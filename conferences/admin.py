@@ -1,6 +1,5 @@
 import json
 import secrets
-from urllib.parse import urlsplit
 
 from asgiref.sync import async_to_sync
 from django import forms
@@ -28,6 +27,7 @@ from conferences.models import (
     Webhook,
     WebhookDelivery,
     present_filter,
+    room_scope_problem,
 )
 
 
@@ -197,10 +197,23 @@ class ConferenceAdmin(admin.ModelAdmin):
 class ApiTokenForm(forms.ModelForm):
     class Meta:
         model = ApiToken
-        fields = ["user", "name", "scope", "conferences", "expires_at", "revoked"]
+        fields = ["user", "name", "scope", "every_room", "conferences", "expires_at", "revoked"]
+
+    def clean(self):
+        data = super().clean()
+        problem = room_scope_problem(data.get("every_room"), data.get("conferences"))
+        if problem:
+            self.add_error("conferences", problem)
+        return data
+
+    requester = None  # the admin's user, set by ApiTokenAdmin.get_form
 
     def clean_user(self):
         user = self.cleaned_data["user"]
+        # A token acts as its owner: only a superuser may make one for someone else (a staff member with
+        # the add permission would otherwise act as anyone, a superuser included).
+        if self.requester is not None and not self.requester.is_superuser and user != self.requester:
+            raise forms.ValidationError(_("Only a superuser makes tokens for other users."))
         if not self.instance.pk and not twofactor.may_own_token(user):
             raise forms.ValidationError(twofactor.OWNER_REFUSED_MESSAGE)
         return user
@@ -232,7 +245,21 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         # The owner is fixed once made: moving a token to another user would hand over what it was made for.
-        return (*self.readonly_fields, "user") if obj is not None else self.readonly_fields
+        # A revoked token stays revoked (one leaked, or revoked by the directory sync, must not come back).
+        if obj is None:
+            return self.readonly_fields
+        return (*self.readonly_fields, "user", *(("revoked",) if obj.revoked else ()))
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        form.requester = request.user
+        return form
+
+    def get_queryset(self, request):
+        # Staff who are not superusers see and change their own tokens only (a scope widened or an expiry
+        # pushed back on someone else's token would act as that user).
+        tokens_ = super().get_queryset(request)
+        return tokens_ if request.user.is_superuser else tokens_.filter(user=request.user)
 
     def save_model(self, request, obj, form, change):
         if not change:
@@ -354,8 +381,13 @@ WEBHOOK_EVENT_LABELS = {
 
 
 def _http_url(value):
-    if urlsplit(value).scheme not in ("http", "https"):
+    problem = webhooks.url_problem(value)
+    if problem == webhooks.NOT_HTTP:
         raise forms.ValidationError(_("Enter an http:// or https:// URL."))
+    if problem is not None:
+        raise forms.ValidationError(
+            _("Not this address: the host itself, a link-local (cloud metadata) address or no host at all.")
+        )
 
 
 class WebhookForm(forms.ModelForm):
@@ -388,7 +420,7 @@ class WebhookForm(forms.ModelForm):
 
     class Meta:
         model = Webhook
-        fields = ["name", "url", "enabled", "events", "conferences", "secret"]
+        fields = ["name", "url", "enabled", "events", "every_room", "conferences", "secret"]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -396,6 +428,13 @@ class WebhookForm(forms.ModelForm):
             (kind, f"{kind}: {WEBHOOK_EVENT_LABELS[kind]}") for kind in webhooks.EVENT_TYPES
         ]
         self.generated_secret = None
+
+    def clean(self):
+        data = super().clean()
+        problem = room_scope_problem(data.get("every_room"), data.get("conferences"))
+        if problem:
+            self.add_error("conferences", problem)
+        return data
 
     def clean_secret(self):
         secret = self.cleaned_data.get("secret")
@@ -429,11 +468,11 @@ class WebhookAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("rooms"))
     def room_list(self, obj):
-        return ", ".join(str(room) for room in obj.conferences.all()) or gettext("every room")
+        return gettext("every room") if obj.every_room else ", ".join(str(room) for room in obj.conferences.all())
 
     @admin.display(description=_("secret"))
     def secret_hint(self, obj):
-        return f"{obj.secret[:4]}…" if obj.secret else "—"
+        return webhooks.secret_fingerprint(obj.secret) if obj.secret else "—"
 
     @admin.display(description=_("deliveries"))
     def log(self, obj):
@@ -456,7 +495,7 @@ class WebhookAdmin(admin.ModelAdmin):
             messages.success(request, gettext("%(webhook)s: a test event is on its way.") % {"webhook": obj.name})
         return super().response_change(request, obj)
 
-    @admin.action(description=_("Send a test event to the selected webhooks"))
+    @admin.action(description=_("Send a test event to the selected webhooks"), permissions=["change"])
     def send_test(self, request, queryset):
         for webhook in queryset:
             webhooks.send_test(webhook)

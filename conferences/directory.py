@@ -41,7 +41,7 @@ from django.conf import settings
 from django.contrib.auth import SESSION_KEY, get_user_model
 from django.contrib.auth.models import Group
 from django.contrib.sessions.models import Session
-from django.db import close_old_connections, connection, transaction
+from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.dispatch import receiver
 from django.utils import timezone
 from django.utils.crypto import get_random_string
@@ -55,6 +55,9 @@ logger = logging.getLogger(__name__)
 DIRECTORY_PASSWORD_PREFIX = "!directory$"
 # Active Directory's userAccountControl: ACCOUNTDISABLE.
 AD_ACCOUNT_DISABLED = 0x2
+
+
+GROUP_NAME_LENGTH = Group._meta.get_field("name").max_length
 
 
 class DirectoryUnavailable(Exception):
@@ -97,7 +100,12 @@ class DirectoryBackend(LDAPBackend):
     """django-auth-ldap's backend with the rules above; last in AUTHENTICATION_BACKENDS."""
 
     def authenticate_ldap_user(self, ldap_user, password):
-        user = super().authenticate_ldap_user(ldap_user, password)
+        try:
+            with transaction.atomic():
+                user = super().authenticate_ldap_user(ldap_user, password)
+        except DatabaseError as exc:  # a directory value the database cannot hold: refused, not a 500
+            logger.error("directory: %s could not be stored (%s); login refused", ldap_user.dn, exc.__class__.__name__)
+            return None
         if user is None:
             return None
         if not user.is_active:
@@ -127,6 +135,12 @@ def _mark_new_account(sender, user, ldap_user, **kwargs):
     # Sent before the save of a new account, after django-auth-ldap made its password unusable.
     if user._state.adding:
         user.password = DIRECTORY_PASSWORD_PREFIX + get_random_string(32)
+    # A directory's names and addresses may be longer than the user model's fields hold.
+    for name in ("first_name", "last_name", "email"):
+        limit = user._meta.get_field(name).max_length
+        value = getattr(user, name, "") or ""
+        if limit and len(value) > limit:
+            setattr(user, name, value[:limit])
 
 
 # django-auth-ldap's names for where an error happened.
@@ -184,10 +198,13 @@ def sync_directory(*, allow_mass_disable=False):
                 if not results or account_disabled(results[0][1]):
                     gone.append((user, "disabled" if results else "not found"))
                     continue
-                if _update(backend, connection, user, *results[0]):
-                    report.changed.append(user.get_username())
+                with transaction.atomic():
+                    if _update(backend, connection, user, *results[0]):
+                        report.changed.append(user.get_username())
             except ldap.LDAPError as exc:
                 raise DirectoryUnavailable(f"reading {user.get_username()}: {describe(exc)}") from exc
+            except DatabaseError as exc:  # one account's values the database refuses: the others go on
+                logger.error("directory: %s not updated: %s", user.get_username(), exc.__class__.__name__)
         if len(gone) >= MASS_DISABLE_MINIMUM and len(gone) * 2 > report.checked and not allow_mass_disable:
             raise DirectoryUnavailable(
                 f"{len(gone)} of {report.checked} accounts would be disabled; if LDAP_USER_SEARCH_BASE and "
@@ -235,7 +252,12 @@ def _update(backend, connection, user, dn, attrs):
             changed = True
     mirror = backend.settings.MIRROR_GROUPS
     if mirror:
-        names = set(filter(None, ldap_user._get_groups().get_group_names()))
+        names = set()
+        for name in filter(None, ldap_user._get_groups().get_group_names()):
+            if len(name) <= GROUP_NAME_LENGTH:
+                names.add(name)
+            else:  # no Django group can have that name
+                logger.warning("directory: %s: a group name of %d characters skipped", user.get_username(), len(name))
         current = set(user.groups.values_list("name", flat=True))
         if mirror is True:
             target = names

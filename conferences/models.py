@@ -814,6 +814,15 @@ class Invite(models.Model):
 # --- integrations: API tokens and webhooks (issue 18) ---------------------------------------
 
 
+def room_scope_problem(every_room, rooms):
+    """Why a token's or a webhook's rooms cannot be so (a message for the form), or ``None``."""
+    if every_room and rooms:
+        return _("Either every room or the rooms ticked, not both.")
+    if not every_room and not rooms:
+        return _("Tick the rooms, or every room.")
+    return None
+
+
 class ApiToken(models.Model):
     """A key a program uses instead of a login: shown once, kept only as its SHA-256.
 
@@ -835,12 +844,18 @@ class ApiToken(models.Model):
     key_hash = models.CharField(_("key hash"), max_length=64, unique=True, editable=False)
     key_hint = models.CharField(_("key starts with"), max_length=16, editable=False)
     scope = models.CharField(_("scope"), max_length=16, choices=Scope.choices, default=Scope.READ)
+    every_room = models.BooleanField(
+        _("every room"),
+        default=True,
+        help_text=_("Every room the owner may see, now and later, instead of the rooms listed."),
+    )
+    # Not "none listed means every room": a listed room deleted would widen the token to all of them.
     conferences = models.ManyToManyField(
         Conference,
         blank=True,
         related_name="+",
         verbose_name=_("rooms"),
-        help_text=_("Leave empty for every room the owner may see."),
+        help_text=_("The rooms it may reach (of those the owner may see), unless every room is ticked."),
     )
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     expires_at = models.DateTimeField(_("expires"))
@@ -867,8 +882,15 @@ class Webhook(models.Model):
     events = models.JSONField(
         _("events"), default=list, blank=True, help_text=_("The event types to send; empty for every type.")
     )
+    every_room = models.BooleanField(
+        _("every room"), default=True, help_text=_("Every room, now and later, instead of the rooms listed.")
+    )
     conferences = models.ManyToManyField(
-        Conference, blank=True, related_name="+", verbose_name=_("rooms"), help_text=_("Leave empty for every room.")
+        Conference,
+        blank=True,
+        related_name="+",
+        verbose_name=_("rooms"),
+        help_text=_("The rooms whose events it gets, unless every room is ticked."),
     )
     enabled = models.BooleanField(_("enabled"), default=True)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)

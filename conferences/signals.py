@@ -14,7 +14,7 @@ from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.dispatch import receiver
 
 from conferences import broadcast
-from conferences.models import ApiToken, ConferenceAccess
+from conferences.models import ApiToken, ConferenceAccess, Webhook
 
 User = get_user_model()
 
@@ -73,4 +73,20 @@ def _token_changed(sender, instance, update_fields=None, **kwargs):
 def _token_rooms_changed(sender, instance, action, reverse, pk_set, **kwargs):
     if action not in ("post_add", "post_remove", "post_clear") or reverse:
         return  # a room's side (reverse) changes only when a room is deleted: its sockets close anyway
+    if action == "post_add":
+        _limited_to_its_rooms(instance)
     transaction.on_commit(partial(broadcast.send_user_access_changed, instance.user_id))
+
+
+@receiver(m2m_changed, sender=Webhook.conferences.through)
+def _webhook_rooms_changed(sender, instance, action, reverse, **kwargs):
+    if action == "post_add" and not reverse:
+        _limited_to_its_rooms(instance)
+
+
+def _limited_to_its_rooms(instance):
+    # Rooms listed mean only those rooms (and, once all of them are deleted, none): never "every room" beside
+    # a list, which a deleted room would turn into every room.
+    if instance.every_room:
+        type(instance).objects.filter(pk=instance.pk).update(every_room=False)
+        instance.every_room = False

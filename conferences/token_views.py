@@ -13,7 +13,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from conferences import access, tokens, twofactor
-from conferences.models import ApiToken, Conference
+from conferences.models import ApiToken, Conference, room_scope_problem
 
 LIFETIMES = (7, 30, 90, 365)  # days a user may choose
 
@@ -27,12 +27,14 @@ class TokenForm(forms.Form):
         initial=90,
         choices=[(days, days) for days in LIFETIMES],  # labelled per request (__init__)
     )
+    every_room = forms.BooleanField(
+        label=gettext_lazy("Every room you may see, now and later"), required=False, initial=True
+    )
     conferences = forms.ModelMultipleChoiceField(
-        label=gettext_lazy("Rooms"),
+        label=gettext_lazy("Or only these rooms"),
         queryset=Conference.objects.none(),
         required=False,
         widget=forms.CheckboxSelectMultiple,
-        help_text=gettext_lazy("None ticked: every room you may see, now and later."),
     )
 
     def __init__(self, *args, user, **kwargs):
@@ -40,6 +42,13 @@ class TokenForm(forms.Form):
         self.fields["days"].choices = [(days, _("%(days)s days") % {"days": days}) for days in LIFETIMES]
         # Only rooms the user may see: a token never widens its owner's rights.
         self.fields["conferences"].queryset = access.conferences_visible_to(user).order_by("name")
+
+    def clean(self):
+        data = super().clean()
+        problem = room_scope_problem(data.get("every_room"), data.get("conferences"))
+        if problem:
+            self.add_error("conferences", problem)
+        return data
 
     def clean_name(self):
         name = self.cleaned_data["name"].strip()
@@ -65,6 +74,7 @@ def token_list(request):
                 scope=data["scope"],
                 expires_at=timezone.now() + timedelta(days=data["days"]),
                 conferences=data["conferences"],
+                every_room=data["every_room"],
             )
             form = TokenForm(user=request.user)
     else:

@@ -7,8 +7,9 @@ The plain token is shown once, when it is made.
 
 What a token may do is its owner's rights narrowed, never widened:
 
-- its rooms: the rooms listed on the token (none listed: every room), and of
-  those only the ones the owner may see (conferences/access.py);
+- its rooms: the rooms listed on the token (or every room, ``every_room``), and
+  of those only the ones the owner may see (conferences/access.py); a token
+  whose listed rooms are all deleted reaches none;
 - its scope: ``read`` gives at most the viewer role, ``moderate`` the owner's
   role (a viewer's token with ``moderate`` still only views).
 
@@ -58,9 +59,18 @@ def expiry_problem(expires_at, now=None):
     return None
 
 
-def create(*, user, name, scope=ApiToken.Scope.READ, expires_at=None, conferences=()):
-    """Make a token: ``(ApiToken, the plain token)``. The plain token is not kept anywhere."""
-    token = ApiToken(user=user, name=name, scope=scope, expires_at=expires_at or timezone.now() + DEFAULT_LIFETIME)
+def create(*, user, name, scope=ApiToken.Scope.READ, expires_at=None, conferences=(), every_room=None):
+    """Make a token: ``(ApiToken, the plain token)``. The plain token is not kept anywhere.
+
+    ``every_room``: by default, when no rooms are given.
+    """
+    token = ApiToken(
+        user=user,
+        name=name,
+        scope=scope,
+        expires_at=expires_at or timezone.now() + DEFAULT_LIFETIME,
+        every_room=not conferences if every_room is None else every_room,
+    )
     raw = new_key(token)
     token.save()
     if conferences:
@@ -83,6 +93,10 @@ def authenticate(raw):
     )
     if token is None:
         return None
+    from conferences import twofactor  # (it imports the login modules; this one is imported by them)
+
+    if not twofactor.may_own_token(token.user):
+        return None  # its owner was made staff since, and has no second factor yet (REQUIRE_STAFF_2FA)
     if token.last_used_at is None or now - token.last_used_at >= LAST_USED_EVERY:
         ApiToken.objects.filter(pk=token.pk).filter(
             Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - LAST_USED_EVERY)
@@ -104,11 +118,13 @@ def bearer(header):
 
 
 def _room_ids(token):
-    """The rooms listed on the token, or ``None`` for every room."""
+    """The rooms listed on the token, or ``None`` for every room (``every_room``: none listed is none)."""
+    if token.every_room:
+        return None
     cached = getattr(token, "_room_ids", None)
     if cached is None:
         cached = token._room_ids = frozenset(token.conferences.values_list("pk", flat=True))
-    return cached or None
+    return cached
 
 
 def conference_role(token, conference):

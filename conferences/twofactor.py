@@ -75,9 +75,14 @@ def is_verified(user):
     return bool(check and check())
 
 
+def needs_factor(user):
+    """Who a second factor is for: staff, and superusers (one need not be staff to moderate every room)."""
+    return bool(user.is_staff or user.is_superuser)
+
+
 def pending_step(user):
     """The URL name of the step ``user``'s session still owes (ENROL or VERIFY), or None."""
-    if not (user.is_authenticated and user.is_staff) or is_verified(user):
+    if not (user.is_authenticated and needs_factor(user)) or is_verified(user):
         return None
     if user_has_device(user):
         return VERIFY
@@ -86,7 +91,7 @@ def pending_step(user):
 
 def session_is_pending(user, session_data):
     """The same question for a socket: its user and its session's data, without a request."""
-    if not user.is_staff:
+    if not needs_factor(user):
         return False
     device_id = session_data.get(DEVICE_ID_SESSION_KEY)
     if device_id:
@@ -101,7 +106,7 @@ def may_own_token(user, *, request=None):
     Then the owner needs a confirmed device, and when the owner makes it
     themselves (``request`` given), a session that passed the code step.
     """
-    if not (required() and user.is_staff):
+    if not (required() and needs_factor(user)):
         return True
     if request is not None:
         return is_verified(request.user)
@@ -123,7 +128,7 @@ class TwoFactorMiddleware(BothModes):
         # session_user refuses it), and a token request has no second step.
         if not request.path_info.startswith(API_PREFIX):
             user = await request.auser()
-            if user.is_authenticated and user.is_staff:
+            if user.is_authenticated and needs_factor(user):
                 redirect_to = self._redirect(request, await sync_to_async(pending_step)(user))
                 if redirect_to is not None:
                     return redirect_to
@@ -167,7 +172,7 @@ def verify(request):
         return redirect(settings.LOGIN_URL)
     devices = list(devices_for_user(user))
     if not devices:
-        if user.is_staff and required():
+        if needs_factor(user) and required():
             return redirect(f"{reverse(ENROL)}?{request.GET.urlencode()}")
         return _next(request)
     if is_verified(user):
@@ -188,7 +193,7 @@ def enrol(request):
     user = request.user
     if not user.is_authenticated:
         return redirect(settings.LOGIN_URL)
-    if not user.is_staff:
+    if not needs_factor(user):
         raise Http404
     if user_has_device(user):
         return _next(request) if is_verified(user) else redirect(f"{reverse(VERIFY)}?{request.GET.urlencode()}")

@@ -50,9 +50,11 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import random
+import socket
 import time
 import uuid
 from collections import Counter
@@ -63,6 +65,7 @@ from functools import partial
 from urllib.parse import urlsplit
 
 import aiohttp
+import aiohttp.abc
 from django.conf import settings
 from django.db import DatabaseError, connection, connections, transaction
 from django.db.models import F
@@ -107,6 +110,68 @@ PRUNE_BATCH = 5000
 USER_AGENT = "conference-webhooks/1"
 BODY_KEYS = ("type", "time", "room", "data")
 NOT_HTTP = "not an http or https URL"
+REFUSED_ADDRESS = "the address is this host's own, link-local or not a host (refused)"
+
+
+# --- where a webhook may post --------------------------------------------------------------------
+#
+# A receiver's URL is staff's to set, but a URL at the host itself (Asterisk's ARI on loopback takes its
+# credentials in the query string: a POST there can originate calls), at a cloud's metadata service
+# (link-local) or at no host at all is refused, in the admin's form and again at connect time, after DNS
+# (a name may resolve to such an address). Private (RFC 1918) addresses stay allowed: intranet CRMs are
+# the common receiver. WEBHOOK_ALLOW_LOOPBACK lets development and the tests post to receivers on loopback.
+
+
+def address_refused(address):
+    """Whether the sender may not connect to ``address`` (an IP address string)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return True
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return not settings.WEBHOOK_ALLOW_LOOPBACK
+    return ip.is_link_local or ip.is_unspecified or ip.is_multicast or ip.is_reserved
+
+
+def url_problem(url):
+    """Why the sender will not post to ``url`` (the text for the form and the log), or ``None``."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return NOT_HTTP
+    host = (parts.hostname or "").rstrip(".").lower()
+    if not host:
+        return REFUSED_ADDRESS
+    if host == "localhost" or host.endswith(".localhost"):
+        return None if settings.WEBHOOK_ALLOW_LOOPBACK else REFUSED_ADDRESS
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None  # a name: its addresses are checked when connecting (GuardedResolver)
+    return REFUSED_ADDRESS if address_refused(host) else None
+
+
+class GuardedResolver(aiohttp.abc.AbstractResolver):
+    """aiohttp's resolver with the refused addresses taken out: a name that resolves to none left fails."""
+
+    def __init__(self):
+        self._inner = aiohttp.ThreadedResolver()
+
+    async def resolve(self, host, port=0, family=socket.AF_INET):
+        found = await self._inner.resolve(host, port, family)
+        kept = [info for info in found if not address_refused(info["host"])]
+        if not kept:
+            raise OSError(f"{host}: {REFUSED_ADDRESS}")
+        return kept
+
+    async def close(self):
+        await self._inner.close()
+
+
+def secret_fingerprint(secret):
+    """What the admin shows of a secret: which one it is (compare with the receiver's), no part of it."""
+    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:8]
 
 
 # --- enqueue (inside the service's transaction) -------------------------------------------------
@@ -116,10 +181,10 @@ NOT_HTTP = "not an http or https URL"
 class _Hook:
     id: int
     events: frozenset  # empty: DEFAULT_TYPES
-    rooms: frozenset  # empty: every room
+    rooms: frozenset | None  # None: every room
 
     def wants(self, conference_id, event_type):
-        if self.rooms and conference_id not in self.rooms:
+        if self.rooms is not None and conference_id not in self.rooms:
             return False
         return event_type in self.events if self.events else event_type in DEFAULT_TYPES
 
@@ -150,8 +215,8 @@ def _current():
         ):
             rooms.setdefault(webhook_id, set()).add(conference_id)
         hooks = tuple(
-            _Hook(pk, frozenset(events or ()), frozenset(rooms.get(pk, ())))
-            for pk, events in Webhook.objects.filter(enabled=True).values_list("pk", "events")
+            _Hook(pk, frozenset(events or ()), None if every_room else frozenset(rooms.get(pk, ())))
+            for pk, events, every_room in Webhook.objects.filter(enabled=True).values_list("pk", "events", "every_room")
         )
         cache = _cache = _Cache(time.monotonic(), hooks, {})
     return cache
@@ -406,8 +471,9 @@ def prune(*, now=None):
 async def post(session, claimed, *, timeout=None):
     """POST one delivery; ``(status code or None, error text)`` with an empty error on a 2xx."""
     timeout = timeout_seconds() if timeout is None else timeout
-    if urlsplit(claimed.url).scheme not in ("http", "https"):
-        return None, NOT_HTTP
+    problem = url_problem(claimed.url)
+    if problem is not None:
+        return None, problem
     timestamp = str(int(time.time()))
     headers = {
         "Content-Type": "application/json",
@@ -471,7 +537,7 @@ class Sender:
         self._listener = (asyncio.get_running_loop(), self.wake)
         _listeners.add(self._listener)
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.max_in_flight, limit_per_host=0),
+            connector=aiohttp.TCPConnector(limit=self.max_in_flight, limit_per_host=0, resolver=GuardedResolver()),
             cookie_jar=aiohttp.DummyCookieJar(),
             headers={"User-Agent": USER_AGENT},
             trust_env=False,

@@ -76,6 +76,8 @@ WEBHOOK_RETRY_SECONDS = env.env_int("WEBHOOK_RETRY_SECONDS", 10, minimum=1)
 WEBHOOK_MAX_ATTEMPTS = env.env_int("WEBHOOK_MAX_ATTEMPTS", 20, minimum=1)
 WEBHOOK_RETRY_HOURS = env.env_int("WEBHOOK_RETRY_HOURS", 24, minimum=1)
 WEBHOOK_RETENTION_DAYS = env.env_int("WEBHOOK_RETENTION_DAYS", 7, minimum=1)
+# Webhooks may post to receivers on loopback (development, the tests); never to link-local addresses.
+WEBHOOK_ALLOW_LOOPBACK = env.env_bool("WEBHOOK_ALLOW_LOOPBACK", False)
 
 # Staff must set up and use a second factor (TOTP) before the admin or any page is reachable
 # (conferences/twofactor.py); off: staff may still set one up, and are then always asked for a code.

@@ -104,6 +104,16 @@ def _fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+# The tests' webhook receivers listen on loopback, which production refuses (conferences/webhooks.py);
+# the processes the tests start inherit it from the environment.
+os.environ["WEBHOOK_ALLOW_LOOPBACK"] = "True"
+
+
+@pytest.fixture(autouse=True)
+def _webhooks_to_loopback(settings):
+    settings.WEBHOOK_ALLOW_LOOPBACK = True
+
+
 # --- The real services: the Asterisk sandbox and Redis. Missing ones fail the
 # --- tests that need them; they are never skipped.
 

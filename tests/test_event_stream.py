@@ -276,7 +276,9 @@ async def test_a_token_revoked_or_narrowed_by_a_save_is_heard_at_once(stream, ma
     communicator = await stream(raw)
     await snapshots(communicator, 2)
     token = await db(ApiToken.objects.get)()
-    await db(token.conferences.set)([sales])  # narrowed to one room
+    await db(token.conferences.set)([sales])
+    token.every_room = False
+    await db(token.save)(update_fields=["every_room"])  # narrowed to the one room listed
     assert await frame(communicator, timeout=3) == {"type": "room.removed", "room": "support"}
     token.revoked = True
     await db(token.save)(update_fields=["revoked"])

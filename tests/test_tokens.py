@@ -139,7 +139,13 @@ def test_staff_make_a_token_in_the_admin_shown_once_and_the_expiry_bounded(admin
     alice = make_user("alice")
     add = reverse("admin:conferences_apitoken_add")
     too_long = (timezone.now() + timedelta(days=400)).strftime("%Y-%m-%d")
-    fields = {"user": alice.pk, "name": "ticket-bot", "scope": "moderate", "expires_at_1": "12:00:00"}
+    fields = {
+        "user": alice.pk,
+        "name": "ticket-bot",
+        "scope": "moderate",
+        "every_room": "on",
+        "expires_at_1": "12:00:00",
+    }
     refused = admin_client.post(add, {**fields, "expires_at_0": too_long})
     assert refused.status_code == 200 and ApiToken.objects.count() == 0 and "366" in refused.content.decode()
 

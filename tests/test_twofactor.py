@@ -244,7 +244,7 @@ def test_not_required_staff_may_enrol_and_are_then_always_asked_for_the_code(sta
 
 # --- API tokens for staff ------------------------------------------------------------------------
 
-TOKEN_FIELDS = {"name": "bot", "scope": "read", "days": "30"}
+TOKEN_FIELDS = {"name": "bot", "scope": "read", "days": "30", "every_room": "on"}
 
 
 def test_required_staff_without_the_code_step_get_no_api_token(required, staffer, settings):
@@ -273,7 +273,13 @@ def test_in_the_admin_no_token_is_made_for_a_staff_owner_without_a_device(requir
     admin = verified_client(superuser, enrolled(superuser))
     add = reverse("admin:conferences_apitoken_add")
     soon = (timezone.now() + timedelta(days=10)).strftime("%Y-%m-%d")
-    fields = {"name": "ticket-bot", "scope": "read", "expires_at_0": soon, "expires_at_1": "12:00:00"}
+    fields = {
+        "name": "ticket-bot",
+        "scope": "read",
+        "every_room": "on",
+        "expires_at_0": soon,
+        "expires_at_1": "12:00:00",
+    }
     refused = admin.post(add, {**fields, "user": staffer.pk})
     assert refused.status_code == 200
     assert "This staff account has no second factor yet" in refused.content.decode()

@@ -83,6 +83,7 @@ class Receiver:
 
 def make_webhook(url="http://127.0.0.1:9/hook", **fields):
     rooms = fields.pop("conferences", ())
+    fields.setdefault("every_room", not rooms)
     webhook = Webhook.objects.create(name=fields.pop("name", "crm"), url=url, secret=SECRET, **fields)
     webhook.conferences.set(rooms)
     return webhook
@@ -599,7 +600,13 @@ def test_admin_events_as_checkboxes_secret_write_only_and_send_test(client, supe
     assert b'type="checkbox" name="events" value="participant.talking"' in add.content
     response = client.post(
         reverse("admin:conferences_webhook_add"),
-        {"name": "crm", "url": "https://crm.example.com/hook", "enabled": "on", "events": ["participant.joined"]},
+        {
+            "name": "crm",
+            "url": "https://crm.example.com/hook",
+            "enabled": "on",
+            "every_room": "on",
+            "events": ["participant.joined"],
+        },
         follow=True,
     )
     assert response.redirect_chain
@@ -610,12 +617,20 @@ def test_admin_events_as_checkboxes_secret_write_only_and_send_test(client, supe
     assert f"?webhook__id__exact={hook.pk}".encode() in listing.content and hook.secret.encode() not in listing.content
     change = reverse("admin:conferences_webhook_change", args=[hook.pk])
     page = client.get(change)
-    assert hook.secret.encode() not in page.content and hook.secret[:4].encode() in page.content
+    assert hook.secret.encode() not in page.content and hook.secret[:4].encode() not in page.content
+    assert webhooks.secret_fingerprint(hook.secret).encode() in page.content  # which secret, without a part of it
     assert b'name="_send_test"' in page.content
     secret = hook.secret
     client.post(
         change,
-        {"name": "crm", "url": "https://crm.example.com/hook", "enabled": "on", "events": [], "_send_test": "1"},
+        {
+            "name": "crm",
+            "url": "https://crm.example.com/hook",
+            "enabled": "on",
+            "every_room": "on",
+            "events": [],
+            "_send_test": "1",
+        },
     )
     hook.refresh_from_db()
     assert hook.secret == secret and hook.events == []  # empty secret field: kept

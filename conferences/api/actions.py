@@ -21,8 +21,8 @@ from ninja import Body, Router
 
 from conferences import access, dbthreads, moderation, protocol
 from conferences.api import errors
+from conferences.api.rooms import room_of
 from conferences.api.schemas import ActionIn, ActionOut, Error
-from conferences.models import Conference
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +38,7 @@ def _check(caller, slug, action, participant_id):
 
     A room the caller may not see is a 404 (as for every read); a room it may only see is a 403.
     """
-    conference = Conference.objects.select_related("server").filter(slug=slug).first()
-    role = caller.role(conference) if conference is not None else None
-    if role is None:
-        raise errors.ApiError(404, errors.NO_SUCH_ROOM)
+    conference, role = room_of(caller, slug)
     if role != access.MODERATOR:
         return conference, "you may not moderate this room"
     return conference, moderation.refusal(conference, action, participant_id)

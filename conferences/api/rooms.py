@@ -10,6 +10,7 @@ conferences/history.py's.
 """
 
 import asyncio
+import re
 
 from django.db.models import Count
 from django.http import Http404
@@ -51,9 +52,16 @@ async def db_call(func, /, *args):
     return await dbthreads.web().call(func, *args)
 
 
+# What a room's slug can be (models.Conference.slug, a SlugField): anything else is no room, without a query
+# (a NUL in the path made PostgreSQL's driver raise, a 500 and a logged traceback).
+SLUG = re.compile(r"[-\w]{1,64}")
+
+
 def room_of(caller, slug):
     """``(conference, role)`` of a room the caller may see; 404 for any other (no such room, or no access)."""
-    conference = Conference.objects.select_related("server").filter(slug=slug).first()
+    conference = None
+    if SLUG.fullmatch(slug):
+        conference = Conference.objects.select_related("server").filter(slug=slug).first()
     role = caller.role(conference) if conference is not None else None
     if role is None:
         raise errors.ApiError(404, errors.NO_SUCH_ROOM)
