@@ -563,3 +563,83 @@ def ldap_settings(environ=None):
             flags[flag] = dn
     result["AUTH_LDAP_USER_FLAGS_BY_GROUP"] = flags
     return result
+
+
+# Single sign-on with OpenID Connect (conferences/oidc.py; docs/operations.md, "Single sign-on (OpenID Connect)").
+OIDC_VARIABLES = (
+    "OIDC_PROVIDER_URL",
+    "OIDC_CLIENT_ID",
+    "OIDC_CLIENT_SECRET",
+    "OIDC_SCOPES",
+    "OIDC_USERNAME_CLAIM",
+    "OIDC_GROUPS_CLAIM",
+    "OIDC_MIRROR_GROUPS",
+    "OIDC_STAFF_GROUP",
+    "OIDC_SUPERUSER_GROUP",
+    "OIDC_PROVIDER_NAME",
+    "OIDC_TIMEOUT",
+)
+OIDC_CLAIM_NAME = re.compile(r"^[A-Za-z0-9_.:/-]+$")
+
+
+def _oidc_claim(name, value):
+    if not OIDC_CLAIM_NAME.match(value):
+        raise ImproperlyConfigured(f"{name} must be a claim name such as preferred_username or groups, got {value!r}.")
+    return value
+
+
+def oidc_settings(environ=None):
+    """mozilla-django-oidc's settings from the ``OIDC_*`` variables; None without OIDC_PROVIDER_URL.
+
+    The provider's endpoints are not settings: conferences/oidc.py reads them from its discovery
+    document when first needed (a provider that is down never stops start-up). ID tokens must be
+    RS256-signed, checked against the provider's JWKS; every call to the provider waits at most
+    OIDC_TIMEOUT seconds.
+    """
+    issuer = env_str("OIDC_PROVIDER_URL", environ=environ)
+    if issuer is None:
+        others = [name for name in OIDC_VARIABLES if env_str(name, environ=environ) is not None]
+        if others:
+            raise ImproperlyConfigured(
+                f"{others[0]} is set but OIDC_PROVIDER_URL is not: set OIDC_PROVIDER_URL or unset the OIDC_*."
+            )
+        return None
+    parts = urlsplit(issuer)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ImproperlyConfigured(
+            f"OIDC_PROVIDER_URL must be the provider's issuer, an https:// URL such as "
+            f"https://sso.example.com/realms/company, got {issuer!r}."
+        )
+    _check_port("OIDC_PROVIDER_URL", issuer, parts)
+    client_id = env_str("OIDC_CLIENT_ID", environ=environ)
+    client_secret = env_str("OIDC_CLIENT_SECRET", environ=environ)
+    if client_id is None or client_secret is None:
+        raise ImproperlyConfigured(
+            "OIDC_CLIENT_ID and OIDC_CLIENT_SECRET must be set with OIDC_PROVIDER_URL: the site's confidential client."
+        )
+    scopes = env_str("OIDC_SCOPES", "openid email profile", environ=environ).split()
+    if "openid" not in scopes:
+        raise ImproperlyConfigured(f"OIDC_SCOPES must include openid, got {' '.join(scopes)!r}.")
+    staff = env_str("OIDC_STAFF_GROUP", environ=environ)
+    superuser = env_str("OIDC_SUPERUSER_GROUP", environ=environ)
+    return {
+        "OIDC_PROVIDER_URL": issuer.rstrip("/"),
+        "OIDC_RP_CLIENT_ID": client_id,
+        "OIDC_RP_CLIENT_SECRET": client_secret,
+        "OIDC_RP_SCOPES": " ".join(scopes),
+        # Signed by the provider's key (its JWKS), never HS256 with the client's secret.
+        "OIDC_RP_SIGN_ALGO": "RS256",
+        "OIDC_USE_NONCE": True,
+        "OIDC_USE_PKCE": True,
+        "OIDC_STORE_ID_TOKEN": True,  # for the provider's logout (id_token_hint)
+        "OIDC_TIMEOUT": env_int("OIDC_TIMEOUT", 5, minimum=1, environ=environ),
+        "OIDC_USERNAME_CLAIM": _oidc_claim(
+            "OIDC_USERNAME_CLAIM", env_str("OIDC_USERNAME_CLAIM", "preferred_username", environ=environ)
+        ),
+        "OIDC_GROUPS_CLAIM": _oidc_claim("OIDC_GROUPS_CLAIM", env_str("OIDC_GROUPS_CLAIM", "groups", environ=environ)),
+        "OIDC_MIRROR_GROUPS": _ldap_mirror("OIDC_MIRROR_GROUPS", env_str("OIDC_MIRROR_GROUPS", environ=environ)),
+        "OIDC_USER_FLAGS_BY_GROUP": {
+            flag: group for flag, group in (("is_staff", staff), ("is_superuser", superuser)) if group is not None
+        },
+        "OIDC_PROVIDER_NAME": env_str("OIDC_PROVIDER_NAME", environ=environ),
+    }

@@ -131,6 +131,7 @@ TEMPLATES = [
                 "django.template.context_processors.i18n",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "conferences.oidc.login_context",
             ],
         },
     },
@@ -151,6 +152,16 @@ LDAP_ENABLED = _ldap is not None
 if LDAP_ENABLED:
     globals().update(_ldap)
     AUTHENTICATION_BACKENDS.append("conferences.directory.DirectoryBackend")
+
+# Single sign-on with OpenID Connect (mozilla-django-oidc; conferences/oidc.py; docs/operations.md, "Single
+# sign-on (OpenID Connect)"): off while OIDC_PROVIDER_URL is unset. On, the OIDC_* variables become the
+# library's settings (the provider's endpoints come from its discovery document, when first needed), and the
+# provider is the last way in, after the throttle; the login page shows "Sign in with OIDC_PROVIDER_NAME".
+_oidc = env.oidc_settings()
+OIDC_ENABLED = _oidc is not None
+if OIDC_ENABLED:
+    globals().update(_oidc)
+    AUTHENTICATION_BACKENDS.append("conferences.oidc.OIDCBackend")
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
