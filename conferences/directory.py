@@ -129,6 +129,12 @@ class DirectoryBackend(LDAPBackend):
         user = super().get_user(user_id)
         return user if user is not None and user.is_active else None
 
+    async def aget_user(self, user_id):
+        # django-auth-ldap 5.4.0's backend is not a BaseBackend and has no aget_user, which Django 5.2's
+        # request.auser() calls for the backend a session logged in with: every page of a directory user
+        # served under ASGI raised (the async middlewares ask for the user that way).
+        return await sync_to_async(self.get_user)(user_id)
+
 
 @receiver(populate_user, sender=DirectoryBackend)
 def _mark_new_account(sender, user, ldap_user, **kwargs):

@@ -222,6 +222,22 @@ def test_a_directory_user_in_a_moderator_group_moderates_the_room(use_directory,
     assert client.get(f"/conferences/{sales.slug}/").status_code == 200
 
 
+@pytest.mark.django_db(transaction=True)
+async def test_a_directory_user_s_pages_under_asgi(use_directory, sales):
+    """The ASGI handler asks the session's backend for the user asynchronously (request.auser()): django-auth-ldap
+    has no aget_user of its own, and every page of a directory user was a 500 under the real server."""
+    from asgiref.sync import sync_to_async
+    from django.test import AsyncClient
+
+    login = await sync_to_async(site_login)(Client(), "alice", "alice-pw")  # makes the directory account
+    assert login.status_code == 302
+    alice = await User.objects.aget(username="alice")
+    client = AsyncClient()
+    await client.aforce_login(alice, backend=BACKEND)
+    assert (await client.get(f"/conferences/{sales.slug}/")).status_code == 200
+    assert (await client.get("/")).status_code == 200
+
+
 @pytest.mark.django_db
 def test_removed_from_the_group_between_two_logins_loses_it_at_the_next(use_directory, slapd, sales):
     client = Client()
