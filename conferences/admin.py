@@ -5,6 +5,8 @@ from asgiref.sync import async_to_sync
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.admin.widgets import AutocompleteSelect
+from django.core.exceptions import ValidationError
 from django.db.models import Count
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -148,7 +150,36 @@ class AsteriskServerAdmin(admin.ModelAdmin):
     ]
 
 
-class ConferenceAccessInline(admin.TabularInline):
+class SafeAutocompleteSelect(AutocompleteSelect):
+    """Django's autocomplete widget, rendering a submitted value that is no id of its model as no choice.
+
+    Django 5.2's AutocompleteMixin.optgroups filters the model by the submitted values as they are: a user
+    id that is not a number raised while the form with its error was rendered, a 500 instead of the
+    form's "select a valid choice" (tests/test_hardening_admin_tokens.py shows both).
+    """
+
+    def optgroups(self, name, value, attr=None):
+        target = self.field.remote_field.model._meta.pk
+        ids = []
+        for item in value:
+            try:
+                target.to_python(item)
+            except ValidationError:
+                continue
+            ids.append(item)
+        return super().optgroups(name, ids, attr)
+
+
+class SafeAutocompleteMixin:
+    """autocomplete_fields with SafeAutocompleteSelect."""
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if "widget" not in kwargs and db_field.name in self.get_autocomplete_fields(request):
+            kwargs["widget"] = SafeAutocompleteSelect(db_field, self.admin_site, using=kwargs.get("using"))
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+
+class ConferenceAccessInline(SafeAutocompleteMixin, admin.TabularInline):
     model = ConferenceAccess
     extra = 1
     autocomplete_fields = ["user", "group"]
@@ -228,7 +259,7 @@ class ApiTokenForm(forms.ModelForm):
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
+class ApiTokenAdmin(SafeAutocompleteMixin, admin.ModelAdmin):
     """Tokens of any user: made here, the plain token is shown once, on the page after saving."""
 
     form = ApiTokenForm

@@ -68,3 +68,32 @@ def test_a_revoked_token_cannot_be_unrevoked_in_the_admin(admin_client, make_use
         },
     )
     assert tokens.authenticate(raw) is None  # a leaked token, once revoked, must stay dead
+
+
+def test_a_user_id_that_is_not_a_number_is_a_form_error_not_a_500(admin_client):
+    soon = (timezone.now() + timedelta(days=10)).strftime("%Y-%m-%d")
+    fields = {"name": "x", "scope": "read", "every_room": "on", "expires_at_0": soon, "expires_at_1": "12:00:00"}
+    for user in ("1 objects imported\n\n1", "<script>", "-1", "99999999999999999999"):
+        response = admin_client.post(reverse("admin:conferences_apitoken_add"), {**fields, "user": user})
+        assert response.status_code == 200, user
+    assert not ApiToken.objects.exists()
+
+
+def test_a_grant_whose_user_id_is_not_a_number_is_a_form_error_not_a_500(admin_client, conference):
+    """The room's access inline (autocomplete of users and groups)."""
+    change = reverse("admin:conferences_conference_change", args=[conference.pk])
+    page = admin_client.get(change)
+    assert page.status_code == 200
+    form = page.context["adminform"].form
+    data = {name: value for name, value in form.initial.items() if value is not None and not isinstance(value, list)}
+    data.update(
+        {
+            "access-TOTAL_FORMS": "1",
+            "access-INITIAL_FORMS": "0",
+            "access-0-user": "nope",
+            "access-0-group": "1 objects\n\n2",
+            "access-0-role": "viewer",
+        }
+    )
+    response = admin_client.post(change, data)
+    assert response.status_code == 200
