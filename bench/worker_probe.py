@@ -185,9 +185,10 @@ def _wrap_db():
 
     effects.Effects.db = db
     probes.append("Effects.db")
-    from conferences import dbthreads
-
-    run = dbthreads.DatabaseThreads.run
+    found = _method("conferences.dbthreads", "DatabaseThreads", "run")
+    if found is None:  # a baseline from before the worker had database threads of its own
+        return
+    dbthreads, run = found
 
     async def timed_run(self, func):
         steps = [_hop_name.get(), time.time(), None, None, None]
