@@ -139,7 +139,7 @@ class EventStreamConsumer(consumers.GuardedConsumer):
         """Accept, check the token and read its rooms in one hop, then a snapshot per room.
 
         Refusals: 4401 no token or not a live one (a cookie does not count),
-        4403 the token sees no room, 4429 too many sockets of the owner.
+        4403 the token sees no room, 4429 too many streams of this token.
         """
         await self.accept()
         raw = tokens.bearer(dict(self.scope.get("headers") or ()).get(b"authorization"))
@@ -161,6 +161,11 @@ class EventStreamConsumer(consumers.GuardedConsumer):
         self.start_task(self._watch(), name="event-stream-check")
         async with self.rooms_lock:
             await self._follow(visible)
+
+    def cap_owner(self):
+        # A token's streams have a cap of their own (MAX_SOCKETS_PER_USER, like a user's pages): a leaked read
+        # token must not be able to fill its owner's places and lock the owner's own pages out (4429).
+        return f"token-{self.token_id}"
 
     async def release_more(self):
         hub, self.hub = self.hub, None

@@ -535,14 +535,19 @@ class GuardedConsumer(FanOutConsumer):
         await asyncio.gather(*(self.join_group(group) for group in groups))
         return True
 
+    def cap_owner(self):
+        """Whose places under the socket cap this socket takes: its user's (a program's stream: its token's)."""
+        return self.user_id
+
     async def _claim_place(self):
+        owner = self.cap_owner()
         try:
-            claimed = await socketcap.claim(self.user_id, self.channel_name)
+            claimed = await socketcap.claim(owner, self.channel_name)
         except Exception as exc:  # noqa: BLE001 (Redis unreachable: do not lock everybody out for it)
             logger.warning("user %s: the socket cap could not be checked (%s); allowing the socket", self.user_id, exc)
             return True
         if claimed:
-            self.cap_user_id = self.user_id
+            self.cap_user_id = owner
         return claimed
 
     async def confirm_place(self):

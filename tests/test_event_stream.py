@@ -285,6 +285,22 @@ async def test_a_token_revoked_or_narrowed_by_a_save_is_heard_at_once(stream, ma
     assert await closed_with(communicator) == 4401
 
 
+async def test_a_tokens_streams_have_a_cap_of_their_own_and_never_take_the_owners_pages(
+    stream, make_token, rooms, owner, connect, settings
+):
+    """A leaked read token opening streams in a loop is refused at the cap; its owner's pages still open."""
+    settings.MAX_SOCKETS_PER_USER = 2
+    raw = await db(make_token)()
+    for _ in range(2):
+        await snapshots(await stream(raw), 2)
+    assert await closed_with(await stream(raw)) == consumers.CLOSE_TOO_MANY_SOCKETS
+    for _ in range(2):  # the owner's own two places are untouched
+        page, connected = await connect(owner)
+        assert connected and (await frame(page))["type"] == "snapshot"
+    page, _connected = await connect(owner)
+    assert await closed_with(page) == consumers.CLOSE_TOO_MANY_SOCKETS  # and the owner's cap still holds
+
+
 async def test_a_grant_removed_drops_the_room_and_one_added_brings_its_snapshot(
     stream, make_token, rooms, owner, make_conference, grant, short_check
 ):
