@@ -39,7 +39,6 @@ import ldap
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY, get_user_model
-from django.contrib.auth.models import Group
 from django.contrib.sessions.models import Session
 from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.dispatch import receiver
@@ -47,7 +46,7 @@ from django.utils import timezone
 from django.utils.crypto import get_random_string
 from django_auth_ldap.backend import LDAPBackend, _LDAPUser, ldap_error, populate_user
 
-from conferences import broadcast, tokens
+from conferences import broadcast, groupsync, tokens
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +54,6 @@ logger = logging.getLogger(__name__)
 DIRECTORY_PASSWORD_PREFIX = "!directory$"
 # Active Directory's userAccountControl: ACCOUNTDISABLE.
 AD_ACCOUNT_DISABLED = 0x2
-
-
-GROUP_NAME_LENGTH = Group._meta.get_field("name").max_length
 
 
 class DirectoryUnavailable(Exception):
@@ -256,33 +252,10 @@ def _update(backend, connection, user, dn, attrs):
                 "directory: %s: %s", user.get_username(), ", ".join(f"{flag}={getattr(user, flag)}" for flag in fields)
             )
             changed = True
-    mirror = backend.settings.MIRROR_GROUPS
-    if mirror:
-        names = set()
-        for name in filter(None, ldap_user._get_groups().get_group_names()):
-            if len(name) <= GROUP_NAME_LENGTH:
-                names.add(name)
-            else:  # no Django group can have that name
-                logger.warning("directory: %s: a group name of %d characters skipped", user.get_username(), len(name))
-        current = set(user.groups.values_list("name", flat=True))
-        if mirror is True:
-            target = names
-        else:  # a list: only these groups follow the directory, the others stay as staff set them
-            managed = set(mirror)
-            target = (names & managed) | (current - managed)
-        removed, added = current - target, target - current
-        if removed:
-            user.groups.remove(*Group.objects.filter(name__in=removed))
-        if added:
-            user.groups.add(*(Group.objects.get_or_create(name=name)[0] for name in sorted(added)))
-        if removed or added:
-            logger.info(
-                "directory: %s: groups %s added, %s removed",
-                user.get_username(),
-                sorted(added) or "none",
-                sorted(removed) or "none",
-            )
-            changed = True
+    if groupsync.mirror_groups(
+        user, ldap_user._get_groups().get_group_names(), backend.settings.MIRROR_GROUPS, source="directory"
+    ):
+        changed = True
     return changed
 
 

@@ -44,7 +44,6 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import REDIRECT_FIELD_NAME, get_user_model
 from django.contrib.auth import views as auth_views
-from django.contrib.auth.models import Group
 from django.contrib.auth.validators import UnicodeUsernameValidator
 from django.core.exceptions import SuspiciousOperation, ValidationError
 from django.db import IntegrityError, transaction
@@ -56,6 +55,8 @@ from django.utils.translation import gettext_lazy as _
 from django.views.decorators.cache import never_cache
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthenticationRequestView
+
+from conferences import groupsync
 
 logger = logging.getLogger(__name__)
 
@@ -175,29 +176,7 @@ def is_sso_account(user):
 
 def mirror_groups(user, names):
     """Make ``user``'s groups follow the provider's ``names`` (OIDC_MIRROR_GROUPS); return whether they changed."""
-    mirror = settings.OIDC_MIRROR_GROUPS
-    if not mirror:
-        return False
-    current = set(user.groups.values_list("name", flat=True))
-    if mirror is True:
-        target = set(names)
-    else:  # a list: only these groups follow the provider, the others stay as staff set them
-        managed = set(mirror)
-        target = (set(names) & managed) | (current - managed)
-    removed, added = current - target, target - current
-    # m2m changes (not a rewrite of the table): conferences/signals.py tells the open sockets.
-    if removed:
-        user.groups.remove(*Group.objects.filter(name__in=removed))
-    if added:
-        user.groups.add(*(Group.objects.get_or_create(name=name)[0] for name in sorted(added)))
-    if removed or added:
-        logger.info(
-            "single sign-on: %s: groups %s added, %s removed",
-            user.get_username(),
-            sorted(added) or "none",
-            sorted(removed) or "none",
-        )
-    return bool(removed or added)
+    return groupsync.mirror_groups(user, names, settings.OIDC_MIRROR_GROUPS, source="single sign-on")
 
 
 def _group_names(claims):
@@ -208,8 +187,8 @@ def _group_names(claims):
         value = [value]
     if not isinstance(value, list):
         raise SuspiciousOperation(f"the {settings.OIDC_GROUPS_CLAIM} claim is not a list")
-    # Group names are at most 150 characters; a longer one could never be granted anything.
-    return sorted({str(name) for name in value if str(name).strip() and len(str(name)) <= 150})
+    # A name longer than a Django group's could never be granted anything.
+    return sorted({str(name) for name in value if str(name).strip() and len(str(name)) <= groupsync.GROUP_NAME_LENGTH})
 
 
 class OIDCBackend(OIDCAuthenticationBackend):
