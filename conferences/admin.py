@@ -16,6 +16,7 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from conferences import access, moderation, services, tokens, twofactor, webhooks
+from conferences.forms import RoomScopeForm
 from conferences.models import (
     ApiToken,
     AsteriskServer,
@@ -29,7 +30,6 @@ from conferences.models import (
     Webhook,
     WebhookDelivery,
     present_filter,
-    room_scope_problem,
 )
 
 
@@ -225,17 +225,10 @@ class ConferenceAdmin(admin.ModelAdmin):
         return obj._present_count
 
 
-class ApiTokenForm(forms.ModelForm):
+class ApiTokenForm(RoomScopeForm, forms.ModelForm):
     class Meta:
         model = ApiToken
         fields = ["user", "name", "scope", "every_room", "conferences", "expires_at", "revoked"]
-
-    def clean(self):
-        data = super().clean()
-        problem = room_scope_problem(data.get("every_room"), data.get("conferences"))
-        if problem:
-            self.add_error("conferences", problem)
-        return data
 
     requester = None  # the admin's user, set by ApiTokenAdmin.get_form
 
@@ -421,7 +414,7 @@ def _http_url(value):
         )
 
 
-class WebhookForm(forms.ModelForm):
+class WebhookForm(RoomScopeForm, forms.ModelForm):
     """The events as checkboxes; the secret write-only (empty keeps it, or makes one for a new webhook)."""
 
     url = forms.URLField(
@@ -459,13 +452,6 @@ class WebhookForm(forms.ModelForm):
             (kind, f"{kind}: {WEBHOOK_EVENT_LABELS[kind]}") for kind in webhooks.EVENT_TYPES
         ]
         self.generated_secret = None
-
-    def clean(self):
-        data = super().clean()
-        problem = room_scope_problem(data.get("every_room"), data.get("conferences"))
-        if problem:
-            self.add_error("conferences", problem)
-        return data
 
     def clean_secret(self):
         secret = self.cleaned_data.get("secret")

@@ -13,12 +13,13 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from conferences import access, tokens, twofactor
-from conferences.models import ApiToken, Conference, room_scope_problem
+from conferences.forms import RoomScopeForm
+from conferences.models import ApiToken, Conference
 
 LIFETIMES = (7, 30, 90, 365)  # days a user may choose
 
 
-class TokenForm(forms.Form):
+class TokenForm(RoomScopeForm, forms.Form):
     name = forms.CharField(label=gettext_lazy("Name"), max_length=64, help_text=gettext_lazy("What it is for."))
     scope = forms.ChoiceField(label=gettext_lazy("Scope"), choices=ApiToken.Scope.choices)
     days = forms.TypedChoiceField(
@@ -42,13 +43,6 @@ class TokenForm(forms.Form):
         self.fields["days"].choices = [(days, _("%(days)s days") % {"days": days}) for days in LIFETIMES]
         # Only rooms the user may see: a token never widens its owner's rights.
         self.fields["conferences"].queryset = access.conferences_visible_to(user).order_by("name")
-
-    def clean(self):
-        data = super().clean()
-        problem = room_scope_problem(data.get("every_room"), data.get("conferences"))
-        if problem:
-            self.add_error("conferences", problem)
-        return data
 
     def clean_name(self):
         name = self.cleaned_data["name"].strip()
