@@ -36,7 +36,6 @@ import json
 import logging
 from dataclasses import dataclass, field
 
-from channels.exceptions import ChannelFull
 from django.db import DatabaseError
 from django.db.models import Q
 from django.utils import timezone, translation
@@ -124,7 +123,7 @@ class StreamRoom:
     seq_at_last_check: int | None = None
 
 
-class EventStreamConsumer(consumers.GuardedConsumer):
+class EventStreamConsumer(consumers.RequestsConsumer):
     metrics_kind = "stream"
 
     def __init__(self, *args, **kwargs):
@@ -322,32 +321,11 @@ class EventStreamConsumer(consumers.GuardedConsumer):
 
     # --- from the program -------------------------------------------------------------
 
-    async def receive(self, text_data=None, bytes_data=None):
-        if self.hub is None:
-            return
-        # The rate limit first: a flood costs no database hop and no parsing.
-        if not self.bucket.take():
-            await self.send_error("too many messages; slow down")
-            return
-        if bytes_data is not None or text_data is None:
-            await self.send_error("send JSON text frames")
-            return
-        try:
-            request = frames.parse_request(text_data)
-        except frames.FrameError as exc:
-            await self.send_error(str(exc))
-            return
-        try:
-            await self.handle_request(request)
-        except DatabaseError as exc:
-            logger.warning("token %s: request failed: database: %s", self.token_id, exc)
-            await self.reply(request.request_id, False, consumers.DATABASE_DOWN)
-        except ChannelFull:
-            logger.warning("token %s: request refused: the channel layer is full", self.token_id)
-            await self.reply(request.request_id, False, consumers.LAYER_BUSY)
-        except Exception:
-            logger.exception("token %s: request failed", self.token_id)
-            await self.reply(request.request_id, False, consumers.INTERNAL_ERROR)
+    def takes_requests(self):
+        return self.hub is not None
+
+    def log_name(self):
+        return f"token {self.token_id}"
 
     async def handle_request(self, request):
         if request.action == protocol.RESYNC:

@@ -632,7 +632,49 @@ class GuardedConsumer(FanOutConsumer):
         await self.close(CLOSE_NOT_LOGGED_IN)
 
 
-class ConferenceConsumer(GuardedConsumer):
+class RequestsConsumer(GuardedConsumer):
+    """A socket that takes requests (the room page's, a program's stream): the rate limit, the frame checks, and
+    an answer for every request whatever fails while handling it. Subclasses give ``handle_request``."""
+
+    def takes_requests(self):
+        """Whether the socket is far enough in its connect to take requests."""
+        raise NotImplementedError
+
+    def log_name(self):
+        raise NotImplementedError
+
+    async def request_failed(self, request, error):
+        await self.reply(request.request_id, False, error)
+
+    async def receive(self, text_data=None, bytes_data=None):
+        if not self.takes_requests():
+            return
+        # The rate limit first: a flood costs no database hop and no parsing.
+        if not self.bucket.take():
+            await self.send_error("too many messages; slow down")
+            return
+        if bytes_data is not None or text_data is None:
+            await self.send_error("send JSON text frames")
+            return
+        try:
+            request = frames.parse_request(text_data)
+        except frames.FrameError as exc:
+            await self.send_error(str(exc))
+            return
+        try:
+            await self.handle_request(request)
+        except DatabaseError as exc:
+            logger.warning("%s: request failed: database: %s", self.log_name(), exc)
+            await self.request_failed(request, DATABASE_DOWN)
+        except ChannelFull:
+            logger.warning("%s: request refused: the channel layer is full", self.log_name())
+            await self.request_failed(request, LAYER_BUSY)
+        except Exception:
+            logger.exception("%s: request failed", self.log_name())
+            await self.request_failed(request, INTERNAL_ERROR)
+
+
+class ConferenceConsumer(RequestsConsumer):
     """Streams a room's events to one browser and carries its moderator actions to the worker."""
 
     def __init__(self, *args, **kwargs):
@@ -778,32 +820,14 @@ class ConferenceConsumer(GuardedConsumer):
 
     # --- from the browser -----------------------------------------------------------
 
-    async def receive(self, text_data=None, bytes_data=None):
-        if self.conference is None:
-            return
-        # The rate limit first: a flood costs no database hop and no parsing.
-        if not self.bucket.take():
-            await self.send_error("too many messages; slow down")
-            return
-        if bytes_data is not None or text_data is None:
-            await self.send_error("send JSON text frames")
-            return
-        try:
-            request = frames.parse_request(text_data)
-        except frames.FrameError as exc:
-            await self.send_error(str(exc))
-            return
-        try:
-            await self.handle_request(request)
-        except DatabaseError as exc:
-            logger.warning("room %s: request failed: database: %s", self.conference.pk, exc)
-            await self._fail(request, DATABASE_DOWN)
-        except ChannelFull:
-            logger.warning("room %s: request refused: the channel layer is full", self.conference.pk)
-            await self._fail(request, LAYER_BUSY)
-        except Exception:
-            logger.exception("room %s: request failed", self.conference.pk)
-            await self._fail(request, INTERNAL_ERROR)
+    def takes_requests(self):
+        return self.conference is not None
+
+    def log_name(self):
+        return f"room {self.conference.pk}"
+
+    async def request_failed(self, request, error):
+        await self._fail(request, error)
 
     async def _fail(self, request, error):
         pending = self.pending.pop(str(request.request_id), None)
