@@ -9,6 +9,7 @@ worker) and admin actions are thin callers of these functions; a raw
 
 import contextvars
 import logging
+import re
 from contextlib import contextmanager
 from datetime import UTC, timedelta
 from functools import partial
@@ -29,6 +30,16 @@ Kind = ConferenceEvent.Kind
 
 class ServiceError(Exception):
     """A request that cannot be carried out; its message is fit to show to a moderator."""
+
+
+# Control characters a caller ID can carry (a SIP display name may hold escaped ones, NUL included): PostgreSQL
+# refuses a NUL in text and in jsonb, so one hostile caller's join failed, and none belongs on a page.
+_CALLER_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def caller_text(value, limit=80):
+    """A caller's name or number as stored: control characters out, at most ``limit`` characters."""
+    return _CALLER_CONTROL.sub("", str(value or ""))[:limit]
 
 
 def _next_seq(conference_id, count=1):
@@ -201,8 +212,8 @@ def participant_join(
             conference=conference,
             server_id=conference.server_id,
             channel_id=channel_id,
-            caller_number=(caller_number or "")[:80],
-            caller_name=(caller_name or "")[:80],
+            caller_number=caller_text(caller_number),
+            caller_name=caller_text(caller_name),
             role=role,
             joined_at=now,
             status=Participant.Status.WAITING if waiting_for else Participant.Status.PRESENT,

@@ -72,7 +72,7 @@ def record_refusal(conference_id, reason, caller_number):
     services.conference_record(
         conference_id=conference_id,
         kind=ConferenceEvent.Kind.REFUSED,
-        details={"reason": reason, "caller_number": (caller_number or "")[:80]},
+        details={"reason": reason, "caller_number": services.caller_text(caller_number)},
     )
 
 
