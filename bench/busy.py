@@ -265,8 +265,10 @@ def busy_figures(phase, t0, t_moderation, held, final, moderation):
     all_in = None if None in on_page.values() or not on_page else max(on_page.values())
     clicks = defaultdict(list)
     failed = []
+    click_times = {}  # request id -> [sent, reply received]
     for viewer in phase["project"]:
         for request_id, (action, sent, received, ok, error) in viewer.get("actions", {}).items():
+            click_times[request_id] = [sent, received]
             if received is None:
                 failed.append(f"{request_id}: no reply")
                 continue
@@ -284,6 +286,7 @@ def busy_figures(phase, t0, t_moderation, held, final, moderation):
         "moderation_failed": failed[:10],
         "moderation_unanswered": moderation["unanswered"],
         "moderation_started": t_moderation,
+        "click_times": click_times,
         "held": [r["exact"] for r in held["rooms"]],
         "final": [r["exact"] for r in final["rooms"]],
         "held_rooms": held["rooms"],
@@ -296,10 +299,38 @@ def busy_figures(phase, t0, t_moderation, held, final, moderation):
 def command_figures(probe, phase_start, phase_end):
     """Moderation requests inside the worker (bench/worker_probe.py): service time by action."""
     by_action = defaultdict(list)
-    for action, _room, _request, started, seconds in probe.get("commands", []):
+    for action, _room, _request, started, seconds, *_rest in probe.get("commands", []):
         if phase_start <= started <= phase_end:
             by_action[action].append(seconds * 1000)
     return {action: analysis.summary(values) for action, values in sorted(by_action.items())}
+
+
+# A moderation request's time to live (conferences/moderation.py's REQUEST_TTL): the web process sent it to
+# the worker at its expires_at minus this.
+REQUEST_TTL = 10.0
+
+
+def click_steps(probe, click_times):
+    """Where each click's time went: ``{step: summary}`` over every answered click the worker's probe saw.
+
+    *web*: the click sent → the web process handed it to the channel layer (the socket's checks);
+    *to the worker*: → the worker started it (the channel layer, the worker's queue, its room's lane);
+    *in the worker*: its ``handle_command``; *back*: → the reply reached the page.
+    """
+    seen = {}
+    for _action, _room, request_id, started, seconds, *rest in probe.get("commands", []):
+        if rest and rest[0]:
+            seen[request_id] = (rest[0] - REQUEST_TTL, started, started + seconds)
+    steps = defaultdict(list)
+    for request_id, (sent, received) in click_times.items():
+        if received is None or request_id not in seen:
+            continue
+        forwarded, started, ended = seen[request_id]
+        steps["web"].append((forwarded - sent) * 1000)
+        steps["to the worker"].append((started - forwarded) * 1000)
+        steps["in the worker"].append((ended - started) * 1000)
+        steps["back"].append((received - ended) * 1000)
+    return {step: analysis.summary(values) for step, values in steps.items()}
 
 
 # --- one checkout, in this process -----------------------------------------------------------
@@ -321,6 +352,7 @@ def measure(args):
         phase = config["phases"][0]
         probe = json.loads(bench.probe_path.read_text()) if bench.probe_path.exists() else {}
         phase["commands"] = command_figures(probe, phase["busy"]["moderation_started"] - 1, time.time())
+        phase["click_steps"] = click_steps(probe, phase["busy"]["click_times"])
     finally:
         bench.teardown()
     bench.results["log_dir"] = str(bench.log_dir)

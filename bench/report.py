@@ -780,6 +780,11 @@ def render_busy(measured, *, command, seconds, previous="", section="busy-pbx"):
         order = ["worker", "web", "asterisk", "postgresql", "redis", "relay", "clients (project)", "clients (relay)"]
         return ", ".join(f"{name} {used[name]:.1f}" for name in [*order, "other"] if name in used)
 
+    def click_steps(phase):
+        steps = phase.get("click_steps") or {}
+        order = ("web", "to the worker", "in the worker", "back")
+        return " · ".join(pair(steps[step]) for step in order) if all(step in steps for step in order) else None
+
     exact_rooms = f"{rooms:,}/{rooms:,}"
     rows = [
         [
@@ -801,6 +806,12 @@ def render_busy(measured, *, command, seconds, previous="", section="busy-pbx"):
                 ),
             ]
             for action in ("mute_all", "unmute_all")
+        ],
+        [
+            "… a click's time: web (the socket's checks) / to the worker (layer, lane) / in the worker / back, "
+            "p50 / p99 ms",
+            "",
+            *cell(lambda r, p, b: click_steps(p)),
         ],
         [
             "join reaching the page (ChannelEnteredBridge → frame), p50 / p99 ms",

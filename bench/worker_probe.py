@@ -61,7 +61,9 @@ HANDLED = {
 events = []  # [type, channel id, asterisk timestamp, started (epoch s), duration (s), has a handler]
 sends = []  # [conference id, frame type, seq, participant caller number, started (epoch s), duration (s)]
 group_sends = []  # [group, message type, frame type, seq, started (epoch s), duration (s)]
-commands = []  # [action, conference id, request id, started (epoch s), duration (s)]
+# [action, conference id, request id, started (epoch s), duration (s), the request's expires_at (the web
+# process sent it at expires_at - conferences.moderation.REQUEST_TTL)]
+commands = []
 rest = []  # [method, path with ids left out, started (epoch s), duration (s), status or error class]
 hops = []  # [store function, started (epoch s), duration (s): the thread's wait included]
 # [store function, handed to the pool, started in its thread, ended there, back in the loop] (epoch s)
@@ -125,6 +127,7 @@ def _wrap_handle_command():
                     command.get("request_id"),
                     started,
                     time.perf_counter() - clock,
+                    command.get("expires_at"),
                 ]
             )
 
