@@ -34,6 +34,11 @@ class ServiceError(Exception):
 
 # Control characters a caller ID can carry (a SIP display name may hold escaped ones, NUL included): PostgreSQL
 # refuses a NUL in text and in jsonb, so one hostile caller's join failed, and none belongs on a page.
+# A service's writes are one transaction, or part of its caller's (the worker's hop opens one for its
+# lease check: conferences/ari/effects.py). Inside a caller's transaction no savepoint is taken: two round
+# trips fewer on every event's path, and nothing needs one, as nobody catches a service's error to go on in
+# the same transaction (a failed hop, or request, is rolled back whole).
+_atomic = partial(transaction.atomic, savepoint=False)
 _CALLER_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -192,7 +197,7 @@ def participant_join(
     with ``status: present``; ``admitted_by``: the moderator who let it in
     from the lobby). ``(None, False)`` when the room no longer exists.
     """
-    with transaction.atomic():
+    with _atomic():
         # The participant's row before the room's: the order participant_leave takes them in.
         server_id = Conference.objects.filter(pk=conference_id).values_list("server_id", flat=True).first()
         existing = (
@@ -263,7 +268,7 @@ def participant_admit_to_leader_wait(*, participant_id, actor_id=None):
 
     Returns the participant, or None when it is not waiting in the lobby.
     """
-    with transaction.atomic():
+    with _atomic():
         participant = (
             Participant.objects.waiting()
             .select_for_update()
@@ -290,7 +295,7 @@ def participants_wait_for_leader(*, conference_id, participant_ids):
     the meeting go on (``_end_meeting_if_empty``). Returns the participants
     that went back to waiting.
     """
-    with transaction.atomic():
+    with _atomic():
         moved = list(
             Participant.objects.present()
             .select_for_update()
@@ -320,7 +325,7 @@ def participant_leave(*, participant_id, reason, actor_id=None, talked=0.0):
 
     Returns the participant, or ``None`` when it had left already.
     """
-    with transaction.atomic():
+    with _atomic():
         participant = (
             Participant.objects.select_related("conference")
             .select_for_update(of=("self",))
@@ -444,7 +449,7 @@ def participant_update(*, participant_id, actor_id=None, audit=True, by_self=Fal
     if "hand_raised" in changes:
         changes["hand_raised_at"] = timezone.now() if changes["hand_raised"] else None
     if changes and (set(changes) <= QUICK or not audit):
-        with transaction.atomic():
+        with _atomic():
             for updated in _quick_update([participant_id], changes):
                 _emit(
                     updated.conference_id,
@@ -454,7 +459,7 @@ def participant_update(*, participant_id, actor_id=None, audit=True, by_self=Fal
                 )
                 return updated
         return Participant.objects.present().filter(pk=participant_id).first()
-    with transaction.atomic():
+    with _atomic():
         current = Participant.objects.present().filter(pk=participant_id).first()
         if current is None:
             return None
@@ -482,7 +487,7 @@ def participant_talked(*, participant_id, seconds):
 
     The quick path (one statement); returns the new state, or None when it is not present.
     """
-    with transaction.atomic():
+    with _atomic():
         for updated in _quick_update([participant_id], {"talking": False}, add={"talk_seconds": max(0.0, seconds)}):
             _emit(
                 updated.conference_id,
@@ -507,7 +512,7 @@ def participants_set_muted(*, conference_id, participant_ids, muted, actor_id=No
         changes = {"muted": True, "mute_source": Participant.MuteSource.MODERATOR, "talking": False}
     else:
         changes = {"muted": False, "mute_source": "", "hand_raised": False, "hand_raised_at": None}
-    with transaction.atomic():
+    with _atomic():
         updated = [p for p in _quick_update(list(participant_ids), changes) if p.conference_id == conference_id]
         if updated:
             last = _next_seq(conference_id, len(updated))
@@ -530,7 +535,7 @@ SWITCHES = {"locked": (Kind.LOCKED, Kind.UNLOCKED), "lobby": (Kind.LOBBY_ON, Kin
 
 
 def _set_switch(conference_id, field, value, actor_id):
-    with transaction.atomic():
+    with _atomic():
         conference = _lock_room(conference_id)
         if conference is None or getattr(conference, field) == value:
             return conference
@@ -573,7 +578,7 @@ def recording_started(*, conference_id, name, actor_id=None, started_at=None):
 
     ``started_at``: when it began, for one found after the fact (else now).
     """
-    with transaction.atomic():
+    with _atomic():
         conference = _lock_room(conference_id)
         if conference is None:
             return None
@@ -616,7 +621,7 @@ def recording_stopping(*, name, actor_id):
 
 def recording_finished(*, name, duration=None, error=""):
     """Asterisk finished (or, with ``error``, failed) writing a recording. Returns it, or None if unknown."""
-    with transaction.atomic():
+    with _atomic():
         recording = Recording.objects.select_for_update().filter(name=name).first()
         if recording is None or recording.state != Recording.State.RECORDING:
             return recording
@@ -650,7 +655,7 @@ def recording_stored(*, recording_id, file_name, size, seconds=None):
     """
     from conferences import recordings
 
-    with transaction.atomic():
+    with _atomic():
         updated = Recording.objects.filter(pk=recording_id).update(
             state=Recording.State.STORED, file=file_name, size=size, error=""
         )
@@ -698,7 +703,7 @@ def purge_recordings(*, now=None, server_id=None):
             except Exception:  # the store is down (S3): kept stored, tried again at the next purge
                 logger.exception("recording %s: its file could not be deleted", recording.pk)
                 continue
-        with transaction.atomic():
+        with _atomic():
             changed = Recording.objects.filter(pk=recording.pk, state=Recording.State.STORED).update(
                 state=Recording.State.PURGED, file=""
             )
@@ -749,7 +754,7 @@ def invite_created(*, conference_id, number, actor_id, channel_id, actor_limit=N
     """
     from django.contrib.auth import get_user_model
 
-    with transaction.atomic():
+    with _atomic():
         conference = _lock_room(conference_id)
         if conference is None:
             return None
@@ -772,7 +777,7 @@ def invite_created(*, conference_id, number, actor_id, channel_id, actor_limit=N
 def invite_updated(*, invite_id, status, cause=None, participant_id=None):
     """An invite's call moved on. Only forward: an open invite may ring or end; an ended one stays as it
     ended (a late event changes nothing). Returns the invite, or None when it did not change."""
-    with transaction.atomic():
+    with _atomic():
         invite = Invite.objects.select_for_update().filter(pk=invite_id).first()
         if invite is None or invite.status not in Invite.OPEN or status in (invite.status, Invite.Status.DIALING):
             return None
@@ -808,7 +813,7 @@ def sound_played(*, conference_id, name, actor_id):
 def server_set_link_status(*, server_id, connected, error=""):
     """Record the worker's link to Asterisk and tell every room of that server when it changed."""
     now = timezone.now()
-    with transaction.atomic():
+    with _atomic():
         current = AsteriskServer.objects.select_for_update().get(pk=server_id)
         changed = current.connected != connected
         current.connected = connected
@@ -849,7 +854,7 @@ def conference_update(*, conference_id, actor_id=None, **changes):
     unknown = set(changes) - configurable_fields()
     if unknown:
         raise ValueError(f"cannot update {', '.join(sorted(unknown))}")
-    with transaction.atomic():
+    with _atomic():
         conference = Conference.objects.select_for_update().filter(pk=conference_id).first()
         if conference is None:
             return None
