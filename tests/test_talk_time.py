@@ -164,3 +164,64 @@ async def test_without_asterisks_duration_a_stretch_is_timed_by_when_its_events_
     await app.process_event({**talking("A", True), RECEIVED_AT: read + 5.0})
     await leave(app, room, "A", [])  # the leave, read now: the open stretch ran 5 s
     assert await seconds("A") == pytest.approx(8.0, abs=0.5)
+
+
+async def test_mute_all_closes_the_talkers_stretches_and_restarts_their_detectors_beside_its_write(
+    server, make_conference
+):
+    """Mute all writes the cut-short stretches with the mutes, and restarts each talker's detector (remove,
+    then set, in that order) while that write runs; a caller whose restart fails is muted all the same."""
+    from conferences.ari.client import AriNotFound
+
+    app = new_app(server)
+    room = await sync_to_async(make_conference)("323")
+    for channel_id in ("A", "B", "C"):
+        await app.process_event(start(channel_id, "323"))
+    await enter(app, room, "A", ["A"])
+    await enter(app, room, "B", ["A", "B"])
+    await enter(app, room, "C", ["A", "B", "C"])
+    for channel_id in ("A", "B"):
+        await app.process_event(talking(channel_id, True))
+        app.state.call(channel_id).talking_since -= 2.0
+    app.ari.calls.clear()
+    assert await app.handle_command({"action": "mute_all", "conference_id": room.pk}) == (True, None)
+    restarts = [(c, v) for c, v, _value in app.ari.called("set_variable")]
+    for channel_id in ("A", "B"):
+        assert [v for c, v in restarts if c == channel_id] == ["TALK_DETECT(remove)", "TALK_DETECT(set)"]
+        assert await seconds(channel_id) == pytest.approx(2.0, abs=0.5)
+    assert not [c for c, _v in restarts if c == "C"]  # silent: its detector is left alone
+    rows = await sync_to_async(lambda: set(Participant.objects.values_list("channel_id", "muted", "talking")))()
+    assert rows == {("A", True, False), ("B", True, False), ("C", True, False)}
+
+    assert await app.handle_command({"action": "unmute_all", "conference_id": room.pk}) == (True, None)
+    await app.process_event(talking("A", True))
+    app.state.call("A").talking_since -= 1.0
+    app.ari.fail["set_variable"] = AriNotFound("gone", status=404)
+    assert await app.handle_command({"action": "mute_all", "conference_id": room.pk}) == (True, None)
+    assert await seconds("A") == pytest.approx(3.0, abs=0.5)
+    assert await sync_to_async(lambda: Participant.objects.get(channel_id="A").muted)() is True
+
+
+async def test_a_stay_ended_at_the_bridge_is_not_written_again_at_stasis_end(server, make_conference, monkeypatch):
+    """ChannelLeftBridge writes the end of the stay; the StasisEnd (and ChannelDestroyed) that follow make
+    no database hop of their own. A caller that leaves the application without a bridge event first still
+    has its stay ended by the StasisEnd."""
+    from conferences.ari import store
+
+    writes = []
+    real = store.record_leave
+    monkeypatch.setattr(store, "record_leave", lambda *a, **k: writes.append(a[1]) or real(*a, **k))
+    app = new_app(server)
+    room = await sync_to_async(make_conference)("324")
+    for channel_id in ("A", "B"):
+        await app.process_event(start(channel_id, "324"))
+    await enter(app, room, "A", ["A"])
+    await enter(app, room, "B", ["A", "B"])
+    await leave(app, room, "A", ["B"])
+    await app.process_event({"type": "StasisEnd", "channel": channel("A")})
+    await app.process_event({"type": "ChannelDestroyed", "channel": channel("A")})
+    assert writes == ["A"]
+    await app.process_event({"type": "StasisEnd", "channel": channel("B")})  # no ChannelLeftBridge first
+    assert writes == ["A", "B"]
+    left = await sync_to_async(lambda: dict(Participant.objects.values_list("channel_id", "left_reason")))()
+    assert left == {"A": "hangup", "B": "hangup"}

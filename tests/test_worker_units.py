@@ -414,3 +414,30 @@ def test_the_event_filter_takes_dial_for_invites_but_not_every_channels_state_ch
     types = ConferenceApp.event_types()
     assert {"Dial", "ChannelDestroyed", "StasisStart", "PlaybackFinished"} <= types
     assert "ChannelStateChange" not in types and "ChannelVarset" not in types
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_mute_all_checks_its_room_in_its_own_hop(server, make_server, make_conference, make_participant):
+    """Mute all reads its targets and checks the room in one hop: another server's room, or an id that is
+    no room, is refused before anything reaches Asterisk; the right room's callers are muted."""
+    from conferences.ari.handlers import ConferenceApp
+    from conferences.models import Participant
+    from tests.recorded import FakeAri
+
+    other = await db(make_server)("other-pbx")
+    theirs = await db(make_conference)("200", server=other)
+    ours = await db(make_conference)("100")
+    await db(make_participant)(theirs, "chan-theirs", server_id=other.pk)
+    mine = await db(make_participant)(ours, "chan-ours", server_id=server.pk)
+    ari = FakeAri()
+    app = ConferenceApp(server_id=server.pk, app_name="conference", ari=ari, schedule=lambda d, e: None)
+    for action in ("mute_all", "unmute_all"):
+        for conference_id in (theirs.pk, "1", None, True, 10**9):
+            command = {"action": action, "conference_id": conference_id, "actor_id": None}
+            assert await app.handle_command(command) == (False, "no such room"), (action, conference_id)
+    assert ari.calls == []
+    assert await app.handle_command({"action": "mute_all", "conference_id": ours.pk, "actor_id": None}) == (True, None)
+    assert ari.called("mute") == [("chan-ours", "in")]
+    muted = await db(lambda: dict(Participant.objects.values_list("channel_id", "muted")))()
+    assert muted == {"chan-ours": True, "chan-theirs": False}
+    assert (await db(type(ours).objects.get)(pk=ours.pk)).seq == 1 and mine.pk

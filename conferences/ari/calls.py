@@ -64,6 +64,9 @@ class Call:
     talking: bool = False  # as talk detection last said
     talking_since: float | None = None  # time.monotonic() of the ChannelTalkingStarted of an open stretch
     stretch_closed: bool = False  # a mute closed (and counted) the stretch: its finish adds nothing
+    # Its stay's end is in the database (the hop committed): a later StasisEnd or ChannelDestroyed of the
+    # same call has nothing left to write.
+    left_recorded: bool = False
     kicked: bool = False
     kicked_by: int | None = None
     kicked_via: str | None = None  # the API token's name the kick came with

@@ -59,6 +59,18 @@ def event_clock():
     return received if received is not None else time.monotonic()
 
 
+# Commands whose handler's first hop checks that the room is this server's (with what it reads anyway):
+# handle_command gives them a RoomRef instead of a hop of its own.
+ROOM_CHECKED_BY_HANDLER = frozenset({"mute_all", "unmute_all"})
+
+
+@dataclasses.dataclass(frozen=True)
+class RoomRef:
+    """A command's room by id alone, not checked yet (see ROOM_CHECKED_BY_HANDLER)."""
+
+    pk: int
+
+
 PIN_TRIES = 3  # per call; across calls, see pin_throttle
 PIN_FIRST_TIMEOUT = 12.0  # seconds to start typing after the prompt began
 PIN_DIGIT_TIMEOUT = 6.0  # seconds between digits
@@ -775,7 +787,7 @@ class ConferenceApp(InviteHandlers, AnnouncementHandlers):
             return
         participant_id, _present, moh = joined
         call.conference_id, call.phase, call.waiting_for = conference_id, Phase.PRESENT, ""
-        call.participant_id, call.moh = participant_id, moh
+        call.participant_id, call.moh, call.left_recorded = participant_id, moh, False
         self.state.calls[channel_id] = call
         await self.invite_joined(call)
         call.invite_id = None  # answered: from here on an ordinary participant
@@ -802,10 +814,13 @@ class ConferenceApp(InviteHandlers, AnnouncementHandlers):
             reason, actor_id, via = Participant.LeftReason.KICKED, call.kicked_by, call.kicked_via
         leader = call is not None and call.phase == Phase.PRESENT and call.role == rules.ADMIN
         was_present = call is not None and call.phase == Phase.PRESENT
+        if call is not None and call.left_recorded and not was_present:
+            return  # ChannelLeftBridge wrote the end of this stay already: its StasisEnd has nothing to add
         talked = self.open_stretch(call)
         with services.acting_via(via):
             await self.effects.db(store.record_leave, self.server_id, channel_id, reason, actor_id, talked)
         if call is not None:
+            call.left_recorded = True
             call.talking, call.talking_since = False, None
         if leader:
             await self.leader_left(call.conference_id)  # a failed hop repeats the event: the call is still PRESENT
@@ -913,7 +928,12 @@ class ConferenceApp(InviteHandlers, AnnouncementHandlers):
             return False, "unknown action"
         conference_id = command.get("conference_id")
         try:
-            conference = await self.effects.db(store.room_of_server, self.server_id, conference_id)
+            if action in ROOM_CHECKED_BY_HANDLER:  # its first hop checks the room too: one hop less
+                if not isinstance(conference_id, int) or isinstance(conference_id, bool):
+                    return False, "no such room"
+                conference = RoomRef(conference_id)
+            else:
+                conference = await self.effects.db(store.room_of_server, self.server_id, conference_id)
             if conference is None:
                 return False, "no such room"
             with services.acting_via(command.get("via")):
@@ -972,11 +992,14 @@ class ConferenceApp(InviteHandlers, AnnouncementHandlers):
         await self.effects.prompt_then_hangup(call, "conf-kicked")
 
     async def _set_all_muted(self, conference, actor_id, muted):
-        targets = await self.effects.db(store.mute_all_targets, conference.pk, muted)
+        targets = await self.effects.db(store.mute_all_targets, conference.pk, muted, self.server_id)
+        if targets is None:
+            raise Refusal("no such room")
         # Independent channels: Asterisk needs no order among them, so all at once.
         talked = {}  # participant id -> seconds of the stretch a mute cut short, written with the rest
+        afresh = []  # channels whose talk detection starts again: beside the database hop, not before it
         if muted:
-            changes = (self._mute(channel_id, talked=talked) for _pk, channel_id in targets)
+            changes = (self._mute(channel_id, talked=talked, afresh=afresh) for _pk, channel_id in targets)
         else:
             changes = (self._unmute(channel_id) for _pk, channel_id in targets)
         outcomes = await asyncio.gather(*changes, return_exceptions=True)
@@ -989,13 +1012,24 @@ class ConferenceApp(InviteHandlers, AnnouncementHandlers):
                 raise outcome
             else:
                 done.append(participant_id)
-        await self.effects.db(store.record_mute_all, conference.pk, muted, done, actor_id, talked)
+        restarts = [self.effects.talk_detect_afresh(channel_id) for channel_id in afresh]
+        outcomes = await asyncio.gather(
+            self.effects.db(store.record_mute_all, conference.pk, muted, done, actor_id, talked),
+            *restarts,
+            return_exceptions=True,
+        )
+        for outcome in outcomes[1:]:  # a caller gone meanwhile has no detector to restart
+            if isinstance(outcome, BaseException) and not isinstance(outcome, AriError):
+                raise outcome
+        if isinstance(outcomes[0], BaseException):
+            raise outcomes[0]
         if failed:
             raise Refusal(protocol.callers_not_changed(failed))
 
-    async def _mute(self, channel_id, *, talked=None):
+    async def _mute(self, channel_id, *, talked=None, afresh=None):
         """Mute a caller's voice to the room (``talked``: where to leave a cut-short stretch's seconds for
-        the caller to write, instead of a database hop of its own).
+        the caller to write, instead of a database hop of its own; ``afresh``: where to leave the channel
+        whose talk detection the caller restarts, instead of restarting it here).
 
         ``POST /channels/{id}/mute`` drops the audio before talk detection, so
         a caller muted while talking gets no ChannelTalkingFinished, and its
@@ -1010,7 +1044,10 @@ class ConferenceApp(InviteHandlers, AnnouncementHandlers):
             # and a finish already on its way is not counted again (Call.stretch_closed).
             seconds = self.open_stretch(call)
             call.talking, call.talking_since, call.stretch_closed = False, None, True
-            await self.effects.talk_detect_afresh(channel_id)
+            if afresh is not None:
+                afresh.append(channel_id)
+            else:
+                await self.effects.talk_detect_afresh(channel_id)
             if call.participant_id is not None and talked is not None:
                 talked[call.participant_id] = seconds
             elif call.participant_id is not None:

@@ -368,12 +368,16 @@ def target(conference_id, participant_id):
     return channel_id, role, left_at is not None
 
 
-def mute_all_targets(conference_id, muted):
+def mute_all_targets(conference_id, muted, server_id=None):
     """``[(participant id, channel id)]`` of the present callers whose mute would change (admins are spared).
 
     Mute all is a moderator's mute: it takes callers who muted themselves too
-    (they could otherwise unmute themselves).
+    (they could otherwise unmute themselves). With ``server_id``: None when
+    the room is not one of that server's (the command's room check and its
+    read in one hop).
     """
+    if server_id is not None and room_of_server(server_id, conference_id) is None:
+        return None
     if muted:
         changing = Q(muted=False) | Q(mute_source=Participant.MuteSource.SELF)
     else:
