@@ -190,3 +190,75 @@ async def test_a_receive_rides_out_a_short_redis_restart_and_gives_up_on_a_long_
     finally:
         await layer.close_pools()
         redis.close()
+
+
+async def _send_all(layer, channel, messages):
+    for message in messages:
+        await layer.send(channel, message)
+    await layer.close_pools()
+
+
+async def test_the_workers_requests_are_received_beside_its_busy_event_loop(redis_layer, redis_url):
+    """conferences/ari/inbox.py: while the worker's event loop is busy (here: blocked outright), the
+    requests sent to it are taken off Redis by the inbox's own thread, and handed over in order the moment
+    the loop is free; stopped, the inbox takes nothing more, and what comes later waits for the next one."""
+    import time
+    import uuid
+
+    import redis
+
+    from conferences.ari import inbox
+
+    assert inbox.needs_own_loop(redis_layer)
+    channel = f"ari-worker.test-{uuid.uuid4().hex[:8]}"
+    received = []
+    counted = {30: asyncio.Event(), 31: asyncio.Event()}
+
+    def deliver(message):
+        received.append(message)
+        if len(received) in counted:
+            counted[len(received)].set()
+
+    loop = asyncio.get_running_loop()
+    receiver = inbox.CommandInbox(channel, deliver, loop)
+    await asyncio.to_thread(receiver.start)
+    raw = redis.Redis.from_url(redis_url)
+    key = redis_layer.prefix + channel
+    try:
+        # Sent from another thread (another process's means) while this loop is blocked.
+        import threading
+
+        sender = inbox.channel_layers.make_backend("default")
+        messages = [{"type": "moderation.request", "n": n} for n in range(30)]
+        sending = threading.Thread(target=lambda: asyncio.run(_send_all(sender, channel, messages)))
+        sending.start()
+        before = len(received)
+        time.sleep(1.5)  # noqa: ASYNC251 (the point: the worker's loop busy, nothing runs in it meanwhile)
+        sending.join(5)
+        assert raw.zcard(key) == 0  # all taken off Redis by the inbox's thread
+        assert len(received) == before == 0  # and none handed over behind the loop's back
+        await asyncio.wait_for(counted[30].wait(), 5)
+        assert [message["n"] for message in received] == list(range(30))
+    finally:
+        await asyncio.to_thread(receiver.stop)
+    assert not receiver.thread.is_alive()
+    await redis_layer.send(channel, {"type": "moderation.request", "n": 30})
+    await asyncio.sleep(0.3)
+    assert len(received) == 30 and raw.zcard(key) == 1  # kept for the next worker
+    again = inbox.CommandInbox(channel, deliver, loop)
+    await asyncio.to_thread(again.start)
+    try:
+        await asyncio.wait_for(counted[31].wait(), 5)
+        assert received[-1]["n"] == 30
+    finally:
+        await asyncio.to_thread(again.stop)
+        raw.close()
+    await redis_layer.flush()
+
+
+def test_an_in_memory_layer_is_read_in_its_own_loop():
+    from channels.layers import InMemoryChannelLayer
+
+    from conferences.ari import inbox
+
+    assert not inbox.needs_own_loop(InMemoryChannelLayer()) and not inbox.needs_own_loop(None)

@@ -25,7 +25,7 @@ from channels.layers import get_channel_layer
 from django.db import connections
 
 from conferences import broadcast, metrics, moderation, services
-from conferences.ari import lease, rules, store
+from conferences.ari import inbox, lease, rules, store
 from conferences.ari.client import AriClient, AriError
 from conferences.ari.effects import DatabaseUnavailable
 from conferences.ari.handlers import ConferenceApp
@@ -518,9 +518,21 @@ class AriWorker:
             except Exception:
                 logger.exception("server %s: could not send a moderation reply", self.server.name)
 
+    def _command_in(self, message):
+        if isinstance(message, dict) and message.get("type") == moderation.REQUEST_TYPE:
+            self.queue.put_nowait(("command", message))
+
     async def _commands(self):
         layer = get_channel_layer()
         channel = moderation.worker_channel(self.server.pk)
+        if inbox.needs_own_loop(layer):  # received beside this loop (conferences/ari/inbox.py)
+            receiver = inbox.CommandInbox(channel, self._command_in, asyncio.get_running_loop())
+            await asyncio.to_thread(receiver.start)
+            try:
+                await asyncio.Future()  # until the worker stops
+            finally:
+                await asyncio.shield(asyncio.to_thread(receiver.stop))
+        # A layer of this process only (in memory): read here, in its own loop.
         while True:
             try:
                 message = await layer.receive(channel)
@@ -530,8 +542,7 @@ class AriWorker:
                 logger.warning("server %s: channel layer receive failed (%s); retrying", self.server.name, exc)
                 await asyncio.sleep(1)
                 continue
-            if message.get("type") == moderation.REQUEST_TYPE:
-                self.queue.put_nowait(("command", message))
+            self._command_in(message)
 
     async def _heartbeat(self):
         while True:
