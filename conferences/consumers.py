@@ -859,7 +859,7 @@ class ConferenceConsumer(RequestsConsumer):
             return
         arrived = time.monotonic()
         # Login, permission and target are checked on every action, from fresh rows.
-        error = await db_call(
+        error = await dbthreads.web("actions").call(
             _moderation_check, self.session_key, self.user_id, self.conference.pk, action, participant_id
         )
         if error is not None:

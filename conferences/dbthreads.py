@@ -91,14 +91,17 @@ class DatabaseThreads:
 # The web process's pools: "sockets" for each socket's own hops (its handshake check, its
 # periodic checks, moderator actions), "snapshots" for the room hub's reads of room state,
 # which many sockets wait for: they do not queue behind a storm of handshake checks.
-# "health": /readyz's check (a database that hangs holds that thread, not a socket's).
-WEB_POOLS = {"sockets": 2, "snapshots": 1, "health": 1}
+# "health": /readyz's check (a database that hangs holds that thread, not a socket's). "actions": the checks
+# of moderators' clicks, which a reconnect storm's handshake checks must not hold up, and which come in
+# bursts of their own (every moderator of a busy PBX at once; bench/busy.py).
+WEB_POOLS = {"sockets": 2, "snapshots": 1, "health": 1, "actions": 4}
 _web = {}
 _web_lock = threading.Lock()
 
 
 def web(purpose="sockets"):
-    """A pool of the web process (created on first use): ``"sockets"``, ``"snapshots"`` or ``"health"``."""
+    """A pool of the web process (created on first use): ``"sockets"``, ``"snapshots"``, ``"health"`` or
+    ``"actions"``."""
     pool = _web.get(purpose)
     if pool is None:
         with _web_lock:
