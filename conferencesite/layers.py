@@ -77,6 +77,32 @@ def redis_down(exc):
     return isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith(DOWN_REPLIES)
 
 
+# group_send's scripts (RedisChannelLayer.group_send): the group's live members, expired ones dropped; then,
+# per channel key, its expired messages dropped and the message added unless the key is at its capacity
+# (channels_redis 4.3's steps, the same commands).
+_GROUP_MEMBERS = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, ARGV[1])
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+_GROUP_DELIVER = """
+local n = #KEYS
+local expired_before = ARGV[2 * n + 1]
+local current_time = ARGV[2 * n + 2]
+local expiry = ARGV[2 * n + 3]
+local over_capacity = 0
+for i = 1, n do
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, expired_before)
+    if redis.call('ZCOUNT', KEYS[i], '-inf', '+inf') < tonumber(ARGV[n + i]) then
+        redis.call('ZADD', KEYS[i], current_time, ARGV[i])
+        redis.call('EXPIRE', KEYS[i], expiry)
+    else
+        over_capacity = over_capacity + 1
+    end
+end
+return over_capacity
+"""
+
+
 class RedisChannelLayer(BaseRedisChannelLayer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -237,6 +263,42 @@ class RedisChannelLayer(BaseRedisChannelLayer):
             pipe.zadd(group_key, {channel: time.time()})
             pipe.expire(group_key, self.group_expiry)
             await pipe.execute()
+
+    async def group_send(self, group, message):
+        """channels_redis's group_send in two round trips instead of four.
+
+        channels_redis sends a ZREMRANGEBYSCORE for the group's expired
+        members, a ZRANGE for the others, a pipeline that drops their expired
+        messages, then the script that adds the message. Every event of every
+        room goes through here (the worker's broadcasts), so the first two go
+        in one script and the third into the last one; what is sent, to whom,
+        with which expiry and capacity is channels_redis's own (its message
+        per channel key, its ``__asgi_channel__``). With more than one Redis
+        (sharding), channels_redis's own.
+        """
+        if len(self.hosts) != 1:
+            return await super().group_send(group, message)
+        assert self.require_valid_group_name(group), "Group name not valid"
+        connection = self.connection(0)
+        now = time.time()
+        names = await connection.eval(_GROUP_MEMBERS, 1, self._group_key(group), int(now) - self.group_expiry)
+        channel_names = [name.decode("utf8") for name in names]
+        if not channel_names:
+            return
+        _by_connection, messages, capacities = self._map_channel_keys_to_connection(channel_names, message)
+        keys = list(messages)
+        over = await connection.eval(
+            _GROUP_DELIVER,
+            len(keys),
+            *keys,
+            *(messages[key] for key in keys),
+            *(capacities[key] for key in keys),
+            int(now) - int(self.expiry),
+            now,
+            self.expiry,
+        )
+        if over:
+            logger.info("%s of %s channels over capacity in group %s", over, len(channel_names), group)
 
     async def close_pools(self):
         loop = asyncio.get_running_loop()

@@ -262,3 +262,53 @@ def test_an_in_memory_layer_is_read_in_its_own_loop():
     from conferences.ari import inbox
 
     assert not inbox.needs_own_loop(InMemoryChannelLayer()) and not inbox.needs_own_loop(None)
+
+
+async def test_group_send_takes_two_round_trips_and_keeps_channels_redis_rules(redis_layer, redis_url):
+    """conferencesite/layers.py's group_send: every live member gets the message (a plain channel and a
+    process's own, whose message names it), a member past group_expiry is dropped from the group and gets
+    nothing, a channel at its capacity gets nothing more, a message past its expiry is dropped on the way;
+    two commands reach Redis (channels_redis sends four)."""
+    import redis
+
+    layer = redis_layer
+    raw = redis.Redis.from_url(redis_url)
+    group = "conference.77001"
+    plain = "ari-worker.test-group"
+    local = await layer.new_channel()
+    stale = "ari-worker.test-stale"
+    try:
+        for channel in (plain, local, stale):
+            await layer.group_add(group, channel)
+        raw.zadd(layer._group_key(group), {stale: time.time() - layer.group_expiry - 10})
+        # An old message on the plain channel's key, past the layer's expiry: dropped when the next comes.
+        raw.zadd(layer.prefix + plain, {b"old": time.time() - layer.expiry - 10})
+        commands = []
+        client = layer.connection(0)
+        original = client.execute_command
+
+        async def counting(*args, **kwargs):
+            commands.append(args[0])
+            return await original(*args, **kwargs)
+
+        client.execute_command = counting
+        try:
+            await layer.group_send(group, {"type": "room.event", "n": 1})
+        finally:
+            client.execute_command = original
+        assert len(commands) == 2, commands
+        assert raw.zscore(layer._group_key(group), stale) is None  # gone from the group
+        assert raw.zcard(layer.prefix + stale) == 0
+        assert raw.zcard(layer.prefix + plain) == 1  # the old message dropped, the new one in
+        assert (await layer.receive(plain))["n"] == 1
+        assert (await layer.receive(local))["n"] == 1
+        # At capacity: no more for that channel, the others still get theirs.
+        for n in range(layer.get_capacity(plain)):
+            await layer.send(plain, {"type": "filler", "n": n})
+        await layer.group_send(group, {"type": "room.event", "n": 2})
+        assert raw.zcard(layer.prefix + plain) == layer.get_capacity(plain)
+        assert (await layer.receive(local))["n"] == 2
+    finally:
+        raw.delete(layer._group_key(group), layer.prefix + plain, layer.prefix + stale)
+        raw.close()
+        await layer.flush()
