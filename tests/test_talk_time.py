@@ -50,6 +50,14 @@ def seconds(channel_id):
     return Participant.objects.get(channel_id=channel_id).talk_seconds
 
 
+async def room_of(app, room, number, channel_ids):
+    """Callers ``channel_ids`` admitted to room ``number`` and in its bridge, one after the other."""
+    for channel_id in channel_ids:
+        await app.process_event(start(channel_id, number))
+    for i, channel_id in enumerate(channel_ids):
+        await enter(app, room, channel_id, list(channel_ids[: i + 1]))
+
+
 async def test_stretches_add_up_in_the_stay_and_on_the_pages(server, make_conference, monkeypatch):
     frames = []
     monkeypatch.setattr(broadcast, "send_to_room", lambda conference_id, frame: frames.append(frame))
@@ -73,10 +81,7 @@ async def test_stretches_add_up_in_the_stay_and_on_the_pages(server, make_confer
 async def test_a_stretch_still_open_is_closed_at_the_leave_and_at_a_moderators_mute(server, make_conference):
     app = new_app(server)
     room = await sync_to_async(make_conference)("321")
-    for channel_id in ("A", "B"):
-        await app.process_event(start(channel_id, "321"))
-    await enter(app, room, "A", ["A"])
-    await enter(app, room, "B", ["A", "B"])
+    await room_of(app, room, "321", ["A", "B"])
     await app.process_event(talking("A", True))
     app.state.call("A").talking_since -= 4.0  # talking for four seconds now
     await leave(app, room, "A", ["B"])
@@ -175,11 +180,7 @@ async def test_mute_all_closes_the_talkers_stretches_and_restarts_their_detector
 
     app = new_app(server)
     room = await sync_to_async(make_conference)("323")
-    for channel_id in ("A", "B", "C"):
-        await app.process_event(start(channel_id, "323"))
-    await enter(app, room, "A", ["A"])
-    await enter(app, room, "B", ["A", "B"])
-    await enter(app, room, "C", ["A", "B", "C"])
+    await room_of(app, room, "323", ["A", "B", "C"])
     for channel_id in ("A", "B"):
         await app.process_event(talking(channel_id, True))
         app.state.call(channel_id).talking_since -= 2.0
@@ -213,10 +214,7 @@ async def test_a_stay_ended_at_the_bridge_is_not_written_again_at_stasis_end(ser
     monkeypatch.setattr(store, "record_leave", lambda *a, **k: writes.append(a[1]) or real(*a, **k))
     app = new_app(server)
     room = await sync_to_async(make_conference)("324")
-    for channel_id in ("A", "B"):
-        await app.process_event(start(channel_id, "324"))
-    await enter(app, room, "A", ["A"])
-    await enter(app, room, "B", ["A", "B"])
+    await room_of(app, room, "324", ["A", "B"])
     await leave(app, room, "A", ["B"])
     await app.process_event({"type": "StasisEnd", "channel": channel("A")})
     await app.process_event({"type": "ChannelDestroyed", "channel": channel("A")})
