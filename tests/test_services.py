@@ -8,10 +8,12 @@ its own way.
 from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from conferences import broadcast, services
-from conferences.models import Conference, ConferenceEvent, Participant
+from conferences.models import Conference, ConferenceEvent, Meeting, Participant
 
 pytestmark = pytest.mark.django_db(transaction=True)  # real commits: broadcasts go out after each
 
@@ -148,3 +150,68 @@ def test_mute_all_is_a_moderators_mute_even_for_callers_muted_by_themselves(conf
     assert set(rows) == {(False, "", False)}
     last = {f["participant"]["id"]: f["participant"] for f in sent}
     assert last[erin.pk]["hand_raised"] is False and last[erin.pk]["hand_raised_at"] is None
+
+
+# --- a join's and a leave's round trips ---------------------------------------------------------
+
+
+def statements(captured):
+    """The statements of a block, without its transaction's own (BEGIN, COMMIT): what costs a round trip."""
+    return [query["sql"] for query in captured if not query["sql"].upper().startswith(("BEGIN", "COMMIT", "ROLLBACK"))]
+
+
+def test_a_join_and_a_leave_take_six_statements_each_and_count_the_room_right(
+    conference, make_conference, make_participant, sent
+):
+    """Every caller's join and leave is on the way of the page's frame: the room's server read with the
+    participant's lock, the seq with the room's counts. The counts are the room's own callers in it."""
+    make_participant(conference, "chan-present")
+    make_participant(conference, "chan-waiting", status=Participant.Status.WAITING, waiting_for="lobby")
+    make_participant(conference, "chan-gone", left_at=timezone.now(), left_reason="hangup")
+    make_participant(make_conference(number="4321", slug="other"), "chan-other-room")
+    services.participant_join(conference_id=conference.pk, channel_id="chan-first")  # the meeting opens
+    sent.clear()
+    with CaptureQueriesContext(connection) as join:
+        joined, created = services.participant_join(conference_id=conference.pk, channel_id="chan-b", caller_number="9")
+    assert created
+    assert len(statements(join.captured_queries)) == 6, statements(join.captured_queries)
+    participant_frame, room_frame = sent
+    assert participant_frame["type"] == "participant.joined" and participant_frame["participant"]["id"] == joined.pk
+    assert room_frame["type"] == "conference.updated" and room_frame["seq"] == participant_frame["seq"] + 1
+    assert (room_frame["conference"]["participant_count"], room_frame["conference"]["waiting_count"]) == (3, 1)
+    assert room_frame["seq"] == Conference.objects.get(pk=conference.pk).seq
+
+    sent.clear()
+    with CaptureQueriesContext(connection) as leave:
+        left = services.channel_leave(
+            server_id=conference.server_id, channel_id="chan-b", reason=Participant.LeftReason.HANGUP
+        )
+    assert left.pk == joined.pk and left.left_at is not None
+    assert len(statements(leave.captured_queries)) == 6, statements(leave.captured_queries)
+    participant_frame, room_frame = sent
+    assert participant_frame["type"] == "participant.left"
+    assert (room_frame["conference"]["participant_count"], room_frame["conference"]["waiting_count"]) == (2, 1)
+    # Gone already, another server's channel, a channel nobody knows: nothing, and nothing sent.
+    sent.clear()
+    for server_id, channel_id in (
+        (conference.server_id, "chan-b"),
+        (conference.server_id + 1, "chan-present"),
+        (conference.server_id, "nope"),
+    ):
+        assert services.channel_leave(server_id=server_id, channel_id=channel_id, reason="hangup") is None
+    assert sent == []
+    # A caller waiting in the lobby who hangs up leaves by its channel too.
+    assert services.channel_leave(server_id=conference.server_id, channel_id="chan-waiting", reason="hangup")
+    assert sent[-1]["conference"]["waiting_count"] == 0
+
+
+def test_the_last_leave_ends_the_meeting_in_one_statement_and_a_remaining_caller_keeps_it(conference, sent):
+    first, _ = services.participant_join(conference_id=conference.pk, channel_id="chan-1")
+    second, _ = services.participant_join(conference_id=conference.pk, channel_id="chan-2")
+    meeting = Meeting.objects.get(conference=conference)
+    services.participant_leave(participant_id=first.pk, reason="hangup")
+    meeting.refresh_from_db()
+    assert meeting.ended_at is None  # chan-2 is still in it
+    services.participant_leave(participant_id=second.pk, reason="hangup")
+    meeting.refresh_from_db()
+    assert meeting.ended_at == Participant.objects.get(pk=second.pk).left_at

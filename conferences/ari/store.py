@@ -127,11 +127,7 @@ def record_entry(conference_id, channel, role, admitted_by=None):
 def record_leave(server_id, channel_id, reason, actor_id=None, talked=0.0):
     """End the stay of the participant of ``channel_id``, if it is present or waiting (``talked``: the
     seconds of a talking stretch still open)."""
-    participant_id = (
-        Participant.objects.in_room().filter(server_id=server_id, channel_id=channel_id).values_list("pk", flat=True)
-    ).first()
-    if participant_id is not None:
-        services.participant_leave(participant_id=participant_id, reason=reason, actor_id=actor_id, talked=talked)
+    services.channel_leave(server_id=server_id, channel_id=channel_id, reason=reason, actor_id=actor_id, talked=talked)
 
 
 def talked(participant_id, seconds):
