@@ -327,7 +327,7 @@ class EventStreamConsumer(consumers.RequestsConsumer):
     def log_name(self):
         return f"token {self.token_id}"
 
-    async def handle_request(self, request):
+    async def handle_request(self, request, prepared=None):
         if request.action == protocol.RESYNC:
             slug = frames.clean_text(request.fields.get("room"), MAX_SLUG_LENGTH)
             if slug is None:

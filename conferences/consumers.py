@@ -244,6 +244,12 @@ def event_text(message, role):
     return text
 
 
+def _retrieved(task):
+    """A task whose failure its awaiter reports, when there is one still: not 'never retrieved' otherwise."""
+    if not task.cancelled():
+        task.exception()
+
+
 def start_eagerly(coroutine):
     """Run ``coroutine`` at once until it first has to wait: None if it finished, else the Task carrying it on.
 
@@ -634,7 +640,17 @@ class GuardedConsumer(FanOutConsumer):
 
 class RequestsConsumer(GuardedConsumer):
     """A socket that takes requests (the room page's, a program's stream): the rate limit, the frame checks, and
-    an answer for every request whatever fails while handling it. Subclasses give ``handle_request``."""
+    an answer for every request whatever fails while handling it. Subclasses give ``handle_request``.
+
+    A socket's requests are handled in the order they came, by a task of the
+    socket's own, not in its consumer's dispatch: meanwhile the socket goes on
+    taking what the channel layer brings it, so the worker's reply to one
+    click does not wait for the checks of the click after it (Channels
+    dispatches one message of a consumer at a time). ``prepare`` starts the
+    part of a request that may run beside the earlier ones.
+    """
+
+    request_queue = None
 
     def takes_requests(self):
         """Whether the socket is far enough in its connect to take requests."""
@@ -661,8 +677,27 @@ class RequestsConsumer(GuardedConsumer):
         except frames.FrameError as exc:
             await self.send_error(str(exc))
             return
+        prepared = self.prepare(request, time.monotonic())
+        if prepared is not None:
+            prepared.add_done_callback(_retrieved)  # awaited in turn, unless the socket closes first
+        if self.request_queue is None:
+            self.request_queue = asyncio.Queue()  # as long as the rate limit's bucket lets it be
+            self.start_task(self._take_requests(self.request_queue), name="socket-requests")
+        self.request_queue.put_nowait((request, prepared))
+
+    def prepare(self, request, arrived):
+        """A task doing the part of ``request`` that need not wait for the socket's earlier requests, or None;
+        ``handle_request`` is given it. ``arrived``: when the request came (``time.monotonic()``)."""
+        return None
+
+    async def _take_requests(self, queue):
+        while True:
+            request, prepared = await queue.get()
+            await self._handle(request, prepared)
+
+    async def _handle(self, request, prepared):
         try:
-            await self.handle_request(request)
+            await self.handle_request(request, prepared)
         except DatabaseError as exc:
             logger.warning("%s: request failed: database: %s", self.log_name(), exc)
             await self.request_failed(request, DATABASE_DOWN)
@@ -842,7 +877,19 @@ class ConferenceConsumer(RequestsConsumer):
             started, action = since
             metrics.MODERATION_REPLY.labels(action, outcome).observe(time.monotonic() - started)
 
-    async def handle_request(self, request):
+    def prepare(self, request, arrived):
+        if request.action not in moderation.ACTIONS:
+            return None
+        # Login, permission and target are checked on every action, from fresh rows; the checks of a
+        # socket's clicks run side by side (the "actions" threads), the clicks go to the worker in order.
+        check = dbthreads.web("actions").call(
+            _moderation_check, self.session_key, self.user_id, self.conference.pk, request.action, request.participant
+        )
+        task = self.start_task(check, name="room-socket-check")
+        task.arrived = arrived
+        return task
+
+    async def handle_request(self, request, prepared=None):
         if request.action == protocol.RESYNC:
             await self.resync()
             await self.reply(request.request_id, True)
@@ -850,18 +897,18 @@ class ConferenceConsumer(RequestsConsumer):
         if request.action not in moderation.ACTIONS:
             await self.reply(request.request_id, False, "unknown action")
             return
-        await self.moderate(request.action, request.request_id, request.participant, request_arguments(request))
+        await self.moderate(
+            request.action, request.request_id, request.participant, request_arguments(request), check=prepared
+        )
 
-    async def moderate(self, action, request_id, participant_id, arguments=None):
+    async def moderate(self, action, request_id, participant_id, arguments, check):
+        """Carry a moderator's action to the worker (``check``: the task checking it, begun when it came)."""
         key = str(request_id)
         if key in self.pending:
             await self.reply(request_id, False, "request_id already in use")
             return
-        arrived = time.monotonic()
-        # Login, permission and target are checked on every action, from fresh rows.
-        error = await dbthreads.web("actions").call(
-            _moderation_check, self.session_key, self.user_id, self.conference.pk, action, participant_id
-        )
+        arrived = check.arrived
+        error = await check
         if error is not None:
             await self.reply(request_id, False, error)
             return

@@ -190,6 +190,51 @@ async def test_moderator_action_goes_to_the_worker_and_the_reply_comes_back(conn
         task.cancel()
 
 
+async def test_a_reply_does_not_wait_for_the_next_clicks_checks_and_clicks_reach_the_worker_in_order(
+    connect, moderator, room, monkeypatch
+):
+    """Two clicks in a row: the first's check is slow, the second's fast, yet the worker gets them in the
+    order they were clicked; then the first's reply reaches the page while the next click's check still runs
+    (Channels dispatches a consumer's messages one at a time: a check awaited there held the reply back)."""
+    checked = consumers._moderation_check
+    release = {"lock": asyncio.Event(), "unlock": asyncio.Event()}
+    loop = asyncio.get_running_loop()
+
+    def held_check(session_key, user_id, conference_id, action, participant_id):
+        gate = release.get(action)
+        if gate is not None:
+            asyncio.run_coroutine_threadsafe(gate.wait(), loop).result(timeout=10)
+        return checked(session_key, user_id, conference_id, action, participant_id)
+
+    monkeypatch.setattr(consumers, "_moderation_check", held_check)
+    worker = FakeWorker(room.server_id)
+    task = asyncio.create_task(worker.run())
+    try:
+        communicator, _ = await connect(moderator)
+        await frame(communicator)
+        await communicator.send_json_to({"action": "lock", "request_id": "first"})
+        await communicator.send_json_to({"action": "unlock", "request_id": "second"})
+        release["unlock"].set()  # the second click's check is done first ...
+        await asyncio.sleep(0.3)
+        assert worker.requests == []  # ... but it waits for the first click
+        release["lock"].set()
+        assert await frame(communicator) == {"type": "reply", "request_id": "first", "ok": True}
+        assert await frame(communicator) == {"type": "reply", "request_id": "second", "ok": True}
+        assert [request["action"] for request in worker.requests] == ["lock", "unlock"]
+
+        release["lock"].clear()
+        await communicator.send_json_to({"action": "unlock", "request_id": "third"})  # its check is quick
+        await communicator.send_json_to({"action": "lock", "request_id": "fourth"})  # held
+        assert await frame(communicator, timeout=5) == {"type": "reply", "request_id": "third", "ok": True}
+        assert [request["action"] for request in worker.requests] == ["lock", "unlock", "unlock"]
+        release["lock"].set()
+        assert await frame(communicator) == {"type": "reply", "request_id": "fourth", "ok": True}
+    finally:
+        for gate in release.values():
+            gate.set()
+        task.cancel()
+
+
 async def test_no_worker_answer_gives_a_clear_reply(connect, moderator, room, monkeypatch):
     monkeypatch.setattr(consumers, "REPLY_TIMEOUT", 0.3)
     communicator, _ = await connect(moderator)
