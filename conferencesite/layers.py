@@ -18,6 +18,15 @@ Two more leftovers of channels_redis are cleared here: the empty queue of a
 receive cancelled while it was reading (``receive``) and messages that reached
 the process for a socket that had just closed (``sweep``).
 
+A message that waits is received in one round trip to Redis instead of
+four (``_receive``): channels_redis sends a script that puts back what a cut
+receive left in its backup, a BZPOPMIN, a ZADD of the message into the
+backup, and after it a ZPOPMIN that takes it out again, the next receive of
+the process waiting for that last one. All of a web process's channels are
+read through one inbox, one message at a time, so in a burst (every
+moderator at once, bench/busy.py) the replies queued behind the room events
+at four round trips each, 100-200 ms on this machine.
+
 And ``group_add`` takes one round trip to Redis instead of two (channels_redis
 awaits its ZADD, then its EXPIRE): every socket joins two groups at its
 handshake (its user's and its session's), so in a connect storm that was four
@@ -41,6 +50,7 @@ meanwhile: conferences/consumers.py).
 """
 
 import asyncio
+import importlib.metadata
 import logging
 import time
 
@@ -103,9 +113,49 @@ return over_capacity
 """
 
 
+# channels_redis's receive (receive_single, _brpop_with_clean, _clean_receive_backup of 4.3.0) in one
+# script: the backup's message the last receive was given is taken out (ARGV[3] = "1": that clean-up,
+# which channels_redis does after each receive with a ZPOPMIN of its own), whatever else the backup holds
+# (a receive cut short) goes back into the queue in front, then the oldest message is popped and kept
+# in the backup until the next receive. Returns it, or nothing when the queue is empty.
+_RECEIVE = """
+local queue, backup = ARGV[1], ARGV[2]
+if ARGV[3] == '1' then
+    redis.call('ZPOPMIN', backup)
+end
+local backed_up = redis.call('ZRANGE', backup, 0, -1, 'WITHSCORES')
+for i = #backed_up, 1, -2 do
+    redis.call('ZADD', queue, backed_up[i], backed_up[i - 1])
+end
+redis.call('DEL', backup)
+local popped = redis.call('ZPOPMIN', queue)
+if popped[1] == nil then
+    return false
+end
+redis.call('ZADD', backup, popped[2], popped[1])
+return popped[1]
+"""
+# The channels_redis whose receive ``_receive`` replaces (its backup queue's name and rules, its
+# serialisation, its round robin over the shards of a plain channel).
+PINNED_CHANNELS_REDIS = "4.3.0"
+
+
+def check_channels_redis():
+    """Refuse a channels_redis other than the one ``_receive`` was written for."""
+    found = importlib.metadata.version("channels-redis")
+    if found != PINNED_CHANNELS_REDIS:
+        raise RuntimeError(
+            f"conferencesite/layers.py replaces the receive of channels_redis {PINNED_CHANNELS_REDIS}, found {found}: "
+            "compare RedisChannelLayer.receive_single and _brpop_with_clean with _receive, then update "
+            "PINNED_CHANNELS_REDIS"
+        )
+
+
 class RedisChannelLayer(BaseRedisChannelLayer):
     def __init__(self, *args, **kwargs):
+        check_channels_redis()
         super().__init__(*args, **kwargs)
+        self._given = set()  # channel keys whose backup holds the message the last receive was given
         self._reads = {}  # the process's inbox -> the read under way (a task of the loop that started it)
         self._unread = {}  # channel -> its queue in the receive buffer, holding messages at the last sweep
         self._listeners = []  # called when Redis answers again after an outage (on_recovery)
@@ -173,7 +223,7 @@ class RedisChannelLayer(BaseRedisChannelLayer):
                     await self.connection(self.consistent_hash(channel)).ping()
                     self._back()
                     failed = False
-                return await super().receive_single(channel)
+                return await self._receive(channel)
             except Exception as exc:
                 if not redis_down(exc):
                     raise
@@ -194,6 +244,41 @@ class RedisChannelLayer(BaseRedisChannelLayer):
                     raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+
+    async def _receive(self, channel):
+        """channels_redis's ``receive_single`` of a process's inbox in one round trip when a message waits
+        (three when it has to wait for one: the script, a BZPOPMIN, the ZADD into the backup).
+
+        Only this process reads its inbox, so the clean-up of the message given last can wait for the next
+        receive. A plain channel (the worker's) may have more than one reader for a moment (two workers at
+        a lease's hand-over): there each receive cleans up at once, channels_redis's own way.
+        """
+        if "!" not in channel:
+            return await super().receive_single(channel)
+        assert self.require_valid_channel_name(channel, receive=True), "Channel name invalid"
+        assert channel.endswith("!")
+        index = self.consistent_hash(channel)
+        channel_key = self.prefix + channel
+        backup = self._backup_channel_name(channel_key)
+        connection = self.connection(index)
+        content = None
+        while content is None:
+            # Forgotten before the script is sent: a script cut short may leave the message given last in
+            # the backup, to come again (channels_redis: "Duplicate messages will be received eventually if
+            # any of these cleaners are cancelled"), never take the next one out unread.
+            given = channel_key in self._given
+            self._given.discard(channel_key)
+            content = await connection.eval(_RECEIVE, 0, channel_key, backup, "1" if given else "0")
+            if content is None:
+                popped = await connection.bzpopmin(channel_key, timeout=self.brpop_timeout)
+                if popped is not None:
+                    _key, content, score = popped
+                    await connection.zadd(backup, {content: float(score)})
+        self._given.add(channel_key)
+        message = self.deserialize(content)
+        if "__asgi_channel__" in message:
+            channel = message.pop("__asgi_channel__")
+        return channel, message
 
     def on_recovery(self, listener):
         """Call ``listener(seconds down)`` each time Redis answers again after a read failed."""

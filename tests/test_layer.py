@@ -7,6 +7,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from conferencesite import layers as conferencesite_layers
+
 pytestmark = pytest.mark.integration
 
 ATTEMPTS = 10
@@ -312,3 +314,77 @@ async def test_group_send_takes_two_round_trips_and_keeps_channels_redis_rules(r
         raw.delete(layer._group_key(group), layer.prefix + plain, layer.prefix + stale)
         raw.close()
         await layer.flush()
+
+
+async def test_a_waiting_message_is_received_in_one_round_trip_once_and_a_cut_receive_loses_nothing(
+    redis_layer, redis_url
+):
+    """conferencesite/layers.py's receive of a process's inbox: one command to Redis per message that waits
+    (channels_redis sends four, and its next receive waits for the fourth), in the order sent, none given
+    twice; the backup keeps only the message given last, and what a receive cut short took out of the queue
+    comes again with the next one. channels_redis's own receive of a plain channel is left as it is."""
+    import redis
+
+    layer = redis_layer
+    raw = redis.Redis.from_url(redis_url)
+    first, second = await layer.new_channel(), await layer.new_channel()
+    inbox = layer.non_local_name(first)
+    queue_key = layer.prefix + inbox
+    backup_key = layer._backup_channel_name(queue_key)
+    try:
+        for n in range(3):
+            await layer.send(first if n != 1 else second, {"type": "test.message", "n": n})
+        commands = []
+        client = layer.connection(layer.consistent_hash(inbox))
+        original = client.execute_command
+
+        async def counting(*args, **kwargs):
+            commands.append(args[0])
+            return await original(*args, **kwargs)
+
+        client.execute_command = counting
+        try:
+            assert (await layer.receive(first))["n"] == 0
+            assert (await layer.receive(second))["n"] == 1
+            assert (await layer.receive(first))["n"] == 2
+        finally:
+            client.execute_command = original
+        assert commands == ["EVAL"] * 3, commands
+        assert raw.zcard(queue_key) == 0 and raw.zcard(backup_key) == 1  # the last one given, until the next receive
+
+        # A receive waiting on an empty queue gets the next message sent, and the one before is not given again.
+        waiting = asyncio.create_task(layer.receive(first))
+        await asyncio.sleep(0.2)
+        await layer.send(first, {"type": "test.message", "n": 3})
+        assert (await asyncio.wait_for(waiting, 5))["n"] == 3
+        assert raw.zcard(backup_key) == 1
+
+        # A receive cut short after Redis popped its message (the script ran, its answer never read): the
+        # message is in the backup, and the next receive gets it; the message given before it does not come again.
+        await layer.send(first, {"type": "test.message", "n": 4})
+        layer._given.discard(queue_key)  # as the script cut short has forgotten it
+        given = raw.zrange(backup_key, 0, -1)
+        raw.eval(conferencesite_layers._RECEIVE, 0, queue_key, backup_key, "1")  # the cut receive's script: n=4 popped
+        assert raw.zcard(queue_key) == 0 and raw.zrange(backup_key, 0, -1) != given
+        assert (await layer.receive(first))["n"] == 4
+        await layer.send(first, {"type": "test.message", "n": 5})
+        assert (await layer.receive(first))["n"] == 5
+        assert raw.zcard(queue_key) == 0 and raw.zcard(backup_key) == 1
+
+        # A plain channel: channels_redis's own receive, its clean-up at once.
+        await layer.send("ari-worker.test-plain", {"type": "test.message", "n": 6})
+        assert (await layer.receive("ari-worker.test-plain"))["n"] == 6
+        await layer.wait_received()
+        assert raw.zcard(layer._backup_channel_name(layer.prefix + "ari-worker.test-plain")) == 0
+    finally:
+        raw.delete(queue_key, backup_key)
+        raw.close()
+        await layer.flush()
+
+
+def test_the_receive_refuses_another_channels_redis(monkeypatch):
+    import importlib.metadata
+
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "4.4.0")
+    with pytest.raises(RuntimeError, match="channels_redis 4.3.0, found 4.4.0"):
+        conferencesite_layers.check_channels_redis()
