@@ -18,8 +18,9 @@ Two more leftovers of channels_redis are cleared here: the empty queue of a
 receive cancelled while it was reading (``receive``) and messages that reached
 the process for a socket that had just closed (``sweep``).
 
-A message that waits is received in one round trip to Redis instead of
-four (``_receive``): channels_redis sends a script that puts back what a cut
+A message that waits in a process's inbox is received in one round trip
+to Redis instead of four (``_receive``; a plain channel's, the worker's, in
+two): channels_redis sends a script that puts back what a cut
 receive left in its backup, a BZPOPMIN, a ZADD of the message into the
 backup, and after it a ZPOPMIN that takes it out again, the next receive of
 the process waiting for that last one. All of a web process's channels are
@@ -246,18 +247,21 @@ class RedisChannelLayer(BaseRedisChannelLayer):
                 delay = min(delay * 2, 1.0)
 
     async def _receive(self, channel):
-        """channels_redis's ``receive_single`` of a process's inbox in one round trip when a message waits
+        """channels_redis's ``receive_single`` in one round trip when a message of a process's inbox waits
         (three when it has to wait for one: the script, a BZPOPMIN, the ZADD into the backup).
 
         Only this process reads its inbox, so the clean-up of the message given last can wait for the next
         receive. A plain channel (the worker's) may have more than one reader for a moment (two workers at
-        a lease's hand-over): there each receive cleans up at once, channels_redis's own way.
+        a lease's hand-over): there each receive cleans up at once, as channels_redis does, in a second
+        round trip (channels_redis: four).
         """
-        if "!" not in channel:
-            return await super().receive_single(channel)
         assert self.require_valid_channel_name(channel, receive=True), "Channel name invalid"
-        assert channel.endswith("!")
-        index = self.consistent_hash(channel)
+        inbox = "!" in channel
+        if inbox:
+            assert channel.endswith("!")
+            index = self.consistent_hash(channel)
+        else:
+            index = next(self._receive_index_generator)
         channel_key = self.prefix + channel
         backup = self._backup_channel_name(channel_key)
         connection = self.connection(index)
@@ -274,7 +278,10 @@ class RedisChannelLayer(BaseRedisChannelLayer):
                 if popped is not None:
                     _key, content, score = popped
                     await connection.zadd(backup, {content: float(score)})
-        self._given.add(channel_key)
+        if inbox:
+            self._given.add(channel_key)
+        else:
+            await connection.zpopmin(backup)
         message = self.deserialize(content)
         if "__asgi_channel__" in message:
             channel = message.pop("__asgi_channel__")

@@ -322,7 +322,7 @@ async def test_a_waiting_message_is_received_in_one_round_trip_once_and_a_cut_re
     """conferencesite/layers.py's receive of a process's inbox: one command to Redis per message that waits
     (channels_redis sends four, and its next receive waits for the fourth), in the order sent, none given
     twice; the backup keeps only the message given last, and what a receive cut short took out of the queue
-    comes again with the next one. channels_redis's own receive of a plain channel is left as it is."""
+    comes again with the next one. A plain channel's: two commands, nothing left in the backup."""
     import redis
 
     layer = redis_layer
@@ -371,13 +371,21 @@ async def test_a_waiting_message_is_received_in_one_round_trip_once_and_a_cut_re
         assert (await layer.receive(first))["n"] == 5
         assert raw.zcard(queue_key) == 0 and raw.zcard(backup_key) == 1
 
-        # A plain channel: channels_redis's own receive, its clean-up at once.
-        await layer.send("ari-worker.test-plain", {"type": "test.message", "n": 6})
-        assert (await layer.receive("ari-worker.test-plain"))["n"] == 6
-        await layer.wait_received()
-        assert raw.zcard(layer._backup_channel_name(layer.prefix + "ari-worker.test-plain")) == 0
+        # A plain channel (another process may read it too): its clean-up at once, in a second command.
+        plain = "ari-worker.test-plain"
+        for n in (6, 7):
+            await layer.send(plain, {"type": "test.message", "n": n})
+        commands.clear()
+        client.execute_command = counting
+        try:
+            assert [(await layer.receive(plain))["n"] for _ in range(2)] == [6, 7]
+        finally:
+            client.execute_command = original
+        assert commands == ["EVAL", "ZPOPMIN"] * 2, commands
+        assert raw.zcard(layer.prefix + plain) == 0
+        assert raw.zcard(layer._backup_channel_name(layer.prefix + plain)) == 0
     finally:
-        raw.delete(queue_key, backup_key)
+        raw.delete(queue_key, backup_key, layer.prefix + "ari-worker.test-plain")
         raw.close()
         await layer.flush()
 

@@ -1,8 +1,9 @@
 """The worker's moderation requests, received on a thread and an event loop of their own.
 
-channels_redis takes four Redis round trips to receive one message (its
+channels_redis took four Redis round trips to receive one message (its
 cleanup script, BZPOPMIN, the backup entry, then a cleaner the next receive
-waits for), and each of them waits its turn in the worker's event loop. When
+waits for; conferencesite/layers.py takes two for this plain channel), and
+each of them waits its turn in the worker's event loop. When
 every moderator of a busy PBX clicks at once, that loop is busy with the
 clicks already received (their REST calls, database hops and broadcasts): the
 tenth room's *mute all* reached its lane 300–450 ms after the web process had
