@@ -785,6 +785,16 @@ def render_busy(measured, *, command, seconds, previous="", section="busy-pbx"):
         order = ("web", "to the worker", "in the worker", "back")
         return " · ".join(pair(steps[step]) for step in order) if all(step in steps for step in order) else None
 
+    def every_run(results):
+        if not results.get("runs"):
+            return None
+        return "; ".join(
+            f"{pair(run['moderation'])} · {fmt((run['join'] or {}).get('p99'))} · "
+            f"{'–' if run['talk_ratio'] is None else format(run['talk_ratio'], '.2f') + '×'} · "
+            f"{fmt(run['after_last_ms'])}{'' if run['exact'] else ' (rosters not exact)'}"
+            for run in results["runs"]
+        )
+
     exact_rooms = f"{rooms:,}/{rooms:,}"
     rows = [
         [
@@ -873,6 +883,19 @@ def render_busy(measured, *, command, seconds, previous="", section="busy-pbx"):
             *cell(lambda r, p, b: pair(worker(p, "wait"))),
         ],
         ["worker: service per handled event, p50 / p99 ms", "", *cell(lambda r, p, b: pair(worker(p, "service"), 1))],
+        *(
+            [
+                [
+                    "every run of the checkout (`--repeat`; the columns above are its median run by moderation "
+                    "p50): moderation p50 / p99 · join p99 · talking ÷ relay p99 · all on the page after the last "
+                    "call, ms",
+                    "",
+                    *cell(lambda r, p, b: every_run(r)),
+                ]
+            ]
+            if any(results.get("runs") for _label, results in measured)
+            else []
+        ),
         ["CPU seconds during the scenario", "", *cell(lambda r, p, b: cpu(p))],
         ["load average at the start", "", *cell(lambda r, p, b: " ".join(r["machine"].get("loadavg") or []))],
         ["the scenario took, s", "", *cell(lambda r, p, b: fmt(p["seconds"], 1))],
