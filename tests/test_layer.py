@@ -352,12 +352,20 @@ async def test_a_waiting_message_is_received_in_one_round_trip_once_and_a_cut_re
         assert commands == ["EVAL"] * 3, commands
         assert raw.zcard(queue_key) == 0 and raw.zcard(backup_key) == 1  # the last one given, until the next receive
 
-        # A receive waiting on an empty queue gets the next message sent, and the one before is not given again.
-        waiting = asyncio.create_task(layer.receive(first))
-        await asyncio.sleep(0.2)
-        await layer.send(first, {"type": "test.message", "n": 3})
-        assert (await asyncio.wait_for(waiting, 5))["n"] == 3
-        assert raw.zcard(backup_key) == 1
+        # A receive waiting on an empty queue gets the next message sent as soon as Redis hands it over (no
+        # backup round trip after the BZPOPMIN), and the one before is not given again.
+        commands.clear()
+        client.execute_command = counting
+        try:
+            waiting = asyncio.create_task(layer.receive(first))
+            await asyncio.sleep(0.2)
+            await layer.send(first, {"type": "test.message", "n": 3})
+            assert (await asyncio.wait_for(waiting, 5))["n"] == 3
+        finally:
+            client.execute_command = original
+        # The receive's script and BZPOPMIN, then the send's own four (channels_redis's send): no ZADD of a backup.
+        assert commands == ["EVAL", "BZPOPMIN", "ZREMRANGEBYSCORE", "ZCOUNT", "ZADD", "EXPIRE"], commands
+        assert raw.zcard(backup_key) == 0 and queue_key not in layer._given
 
         # A receive cut short after Redis popped its message (the script ran, its answer never read): the
         # message is in the backup, and the next receive gets it; the message given before it does not come again.
