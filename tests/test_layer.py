@@ -1,6 +1,7 @@
 """The Redis channel layer the project runs (conferencesite/layers.py), on a real Redis."""
 
 import asyncio
+import contextlib
 import socket
 import time
 from urllib.parse import urlsplit
@@ -20,6 +21,23 @@ def resp(*args):
         data = arg if isinstance(arg, bytes) else str(arg).encode()
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)
+
+
+@contextlib.contextmanager
+def counted(client):
+    """The names of the commands ``client`` (a redis-py asyncio client) sends inside the block."""
+    commands = []
+    original = client.execute_command
+
+    async def counting(*args, **kwargs):
+        commands.append(args[0])
+        return await original(*args, **kwargs)
+
+    client.execute_command = counting
+    try:
+        yield commands
+    finally:
+        client.execute_command = original
 
 
 class RawRedis:
@@ -285,19 +303,8 @@ async def test_group_send_takes_two_round_trips_and_keeps_channels_redis_rules(r
         raw.zadd(layer._group_key(group), {stale: time.time() - layer.group_expiry - 10})
         # An old message on the plain channel's key, past the layer's expiry: dropped when the next comes.
         raw.zadd(layer.prefix + plain, {b"old": time.time() - layer.expiry - 10})
-        commands = []
-        client = layer.connection(0)
-        original = client.execute_command
-
-        async def counting(*args, **kwargs):
-            commands.append(args[0])
-            return await original(*args, **kwargs)
-
-        client.execute_command = counting
-        try:
+        with counted(layer.connection(0)) as commands:
             await layer.group_send(group, {"type": "room.event", "n": 1})
-        finally:
-            client.execute_command = original
         assert len(commands) == 2, commands
         assert raw.zscore(layer._group_key(group), stale) is None  # gone from the group
         assert raw.zcard(layer.prefix + stale) == 0
@@ -334,35 +341,21 @@ async def test_a_waiting_message_is_received_in_one_round_trip_once_and_a_cut_re
     try:
         for n in range(3):
             await layer.send(first if n != 1 else second, {"type": "test.message", "n": n})
-        commands = []
         client = layer.connection(layer.consistent_hash(inbox))
-        original = client.execute_command
-
-        async def counting(*args, **kwargs):
-            commands.append(args[0])
-            return await original(*args, **kwargs)
-
-        client.execute_command = counting
-        try:
+        with counted(client) as commands:
             assert (await layer.receive(first))["n"] == 0
             assert (await layer.receive(second))["n"] == 1
             assert (await layer.receive(first))["n"] == 2
-        finally:
-            client.execute_command = original
         assert commands == ["EVAL"] * 3, commands
         assert raw.zcard(queue_key) == 0 and raw.zcard(backup_key) == 1  # the last one given, until the next receive
 
         # A receive waiting on an empty queue gets the next message sent as soon as Redis hands it over (no
         # backup round trip after the BZPOPMIN), and the one before is not given again.
-        commands.clear()
-        client.execute_command = counting
-        try:
+        with counted(client) as commands:
             waiting = asyncio.create_task(layer.receive(first))
             await asyncio.sleep(0.2)
             await layer.send(first, {"type": "test.message", "n": 3})
             assert (await asyncio.wait_for(waiting, 5))["n"] == 3
-        finally:
-            client.execute_command = original
         # The receive's script and BZPOPMIN, then the send's own four (channels_redis's send): no ZADD of a backup.
         assert commands == ["EVAL", "BZPOPMIN", "ZREMRANGEBYSCORE", "ZCOUNT", "ZADD", "EXPIRE"], commands
         assert raw.zcard(backup_key) == 0 and queue_key not in layer._given
@@ -383,12 +376,8 @@ async def test_a_waiting_message_is_received_in_one_round_trip_once_and_a_cut_re
         plain = "ari-worker.test-plain"
         for n in (6, 7):
             await layer.send(plain, {"type": "test.message", "n": n})
-        commands.clear()
-        client.execute_command = counting
-        try:
+        with counted(client) as commands:
             assert [(await layer.receive(plain))["n"] for _ in range(2)] == [6, 7]
-        finally:
-            client.execute_command = original
         assert commands == ["EVAL", "ZPOPMIN"] * 2, commands
         assert raw.zcard(layer.prefix + plain) == 0
         assert raw.zcard(layer._backup_channel_name(layer.prefix + plain)) == 0
