@@ -77,6 +77,7 @@ CLOSE_INTERNAL_ERROR = protocol.SERVER_ERROR
 MAX_FRAME_BYTES = frames.MAX_FRAME_BYTES
 RATE_PER_SECOND = 5.0  # sustained frames per second a browser may send
 RATE_BURST = 20  # frames it may send at once
+PREPARED_AHEAD = 2  # requests of one socket whose checks may start before their turn
 REPLY_TIMEOUT = moderation.REQUEST_TTL + 2
 # How often an open socket re-checks its login session and its role in the
 # room from fresh rows (changes that send signals are pushed at once; these
@@ -647,10 +648,14 @@ class RequestsConsumer(GuardedConsumer):
     taking what the channel layer brings it, so the worker's reply to one
     click does not wait for the checks of the click after it (Channels
     dispatches one message of a consumer at a time). ``prepare`` starts the
-    part of a request that may run beside the earlier ones.
+    part of a request that may run beside the earlier ones, for at most
+    PREPARED_AHEAD requests at a time; the others' waits for their turn (a
+    burst of the rate limit's twenty does not put twenty database checks of
+    one socket in front of every other socket's).
     """
 
     request_queue = None
+    prepared_ahead = 0
 
     def takes_requests(self):
         """Whether the socket is far enough in its connect to take requests."""
@@ -677,22 +682,34 @@ class RequestsConsumer(GuardedConsumer):
         except frames.FrameError as exc:
             await self.send_error(str(exc))
             return
-        prepared = self.prepare(request, time.monotonic())
-        if prepared is not None:
-            prepared.add_done_callback(_retrieved)  # awaited in turn, unless the socket closes first
+        arrived = time.monotonic()
+        prepared = self._prepare(request, arrived) if self.prepared_ahead < PREPARED_AHEAD else None
         if self.request_queue is None:
             self.request_queue = asyncio.Queue()  # as long as the rate limit's bucket lets it be
             self.start_task(self._take_requests(self.request_queue), name="socket-requests")
-        self.request_queue.put_nowait((request, prepared))
+        self.request_queue.put_nowait((request, arrived, prepared))
 
     def prepare(self, request, arrived):
         """A task doing the part of ``request`` that need not wait for the socket's earlier requests, or None;
         ``handle_request`` is given it. ``arrived``: when the request came (``time.monotonic()``)."""
         return None
 
+    def _prepare(self, request, arrived):
+        prepared = self.prepare(request, arrived)
+        if prepared is not None:
+            self.prepared_ahead += 1
+            prepared.add_done_callback(self._prepared_done)
+        return prepared
+
+    def _prepared_done(self, task):
+        self.prepared_ahead -= 1
+        _retrieved(task)  # awaited in turn, unless the socket closed first
+
     async def _take_requests(self, queue):
         while True:
-            request, prepared = await queue.get()
+            request, arrived, prepared = await queue.get()
+            if prepared is None:  # more came at once than may be prepared ahead: its turn now
+                prepared = self._prepare(request, arrived)
             await self._handle(request, prepared)
 
     async def _handle(self, request, prepared):

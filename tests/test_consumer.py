@@ -235,6 +235,47 @@ async def test_a_reply_does_not_wait_for_the_next_clicks_checks_and_clicks_reach
         task.cancel()
 
 
+async def test_a_burst_of_clicks_starts_only_a_few_checks_ahead_and_all_are_answered_in_order(
+    connect, moderator, room, monkeypatch
+):
+    """A hostile or stuck page sends the rate limit's whole burst at once: only PREPARED_AHEAD of its checks
+    start before their turn (the web process's database threads serve every socket), and every click is still
+    answered and reaches the worker in the order sent."""
+    checked = consumers._moderation_check
+    gate = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    running, most = [0], [0]
+
+    def held_check(*args):
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        try:
+            asyncio.run_coroutine_threadsafe(gate.wait(), loop).result(timeout=10)
+            return checked(*args)
+        finally:
+            running[0] -= 1
+
+    monkeypatch.setattr(consumers, "_moderation_check", held_check)
+    worker = FakeWorker(room.server_id)
+    task = asyncio.create_task(worker.run())
+    try:
+        communicator, _ = await connect(moderator)
+        await frame(communicator)
+        for n in range(10):
+            await communicator.send_json_to({"action": "lock" if n % 2 else "unlock", "request_id": n})
+        await asyncio.sleep(0.3)
+        assert running[0] == consumers.PREPARED_AHEAD and worker.requests == []
+        gate.set()
+        replies = [await frame(communicator, timeout=5) for _ in range(10)]
+        assert [reply["request_id"] for reply in replies] == list(range(10))
+        assert all(reply["ok"] for reply in replies)
+        assert [request["request_id"] for request in worker.requests] == [str(n) for n in range(10)]
+        assert most[0] <= consumers.PREPARED_AHEAD + 1
+    finally:
+        gate.set()
+        task.cancel()
+
+
 async def test_no_worker_answer_gives_a_clear_reply(connect, moderator, room, monkeypatch):
     monkeypatch.setattr(consumers, "REPLY_TIMEOUT", 0.3)
     communicator, _ = await connect(moderator)
