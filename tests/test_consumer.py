@@ -1,6 +1,7 @@
 """The room WebSocket: every protocol rule and refusal, driven with Channels' WebsocketCommunicator."""
 
 import asyncio
+import contextlib
 import json
 
 import pytest
@@ -168,6 +169,19 @@ class FakeWorker:
             await layer.send(request["reply_channel"], reply)
 
 
+@contextlib.asynccontextmanager
+async def moderator_page(connect, moderator, room):
+    """A moderator's page past its snapshot, and a FakeWorker answering its requests: ``(communicator, worker)``."""
+    worker = FakeWorker(room.server_id)
+    task = asyncio.create_task(worker.run())
+    try:
+        communicator, _ = await connect(moderator)
+        await frame(communicator)
+        yield communicator, worker
+    finally:
+        task.cancel()
+
+
 async def test_moderator_action_goes_to_the_worker_and_the_reply_comes_back(connect, moderator, room, make_participant):
     alice = await db(make_participant)(room)
     worker = FakeWorker(room.server_id)
@@ -207,32 +221,28 @@ async def test_a_reply_does_not_wait_for_the_next_clicks_checks_and_clicks_reach
         return checked(session_key, user_id, conference_id, action, participant_id)
 
     monkeypatch.setattr(consumers, "_moderation_check", held_check)
-    worker = FakeWorker(room.server_id)
-    task = asyncio.create_task(worker.run())
     try:
-        communicator, _ = await connect(moderator)
-        await frame(communicator)
-        await communicator.send_json_to({"action": "lock", "request_id": "first"})
-        await communicator.send_json_to({"action": "unlock", "request_id": "second"})
-        release["unlock"].set()  # the second click's check is done first ...
-        await asyncio.sleep(0.3)
-        assert worker.requests == []  # ... but it waits for the first click
-        release["lock"].set()
-        assert await frame(communicator) == {"type": "reply", "request_id": "first", "ok": True}
-        assert await frame(communicator) == {"type": "reply", "request_id": "second", "ok": True}
-        assert [request["action"] for request in worker.requests] == ["lock", "unlock"]
+        async with moderator_page(connect, moderator, room) as (communicator, worker):
+            await communicator.send_json_to({"action": "lock", "request_id": "first"})
+            await communicator.send_json_to({"action": "unlock", "request_id": "second"})
+            release["unlock"].set()  # the second click's check is done first ...
+            await asyncio.sleep(0.3)
+            assert worker.requests == []  # ... but it waits for the first click
+            release["lock"].set()
+            assert await frame(communicator) == {"type": "reply", "request_id": "first", "ok": True}
+            assert await frame(communicator) == {"type": "reply", "request_id": "second", "ok": True}
+            assert [request["action"] for request in worker.requests] == ["lock", "unlock"]
 
-        release["lock"].clear()
-        await communicator.send_json_to({"action": "unlock", "request_id": "third"})  # its check is quick
-        await communicator.send_json_to({"action": "lock", "request_id": "fourth"})  # held
-        assert await frame(communicator, timeout=5) == {"type": "reply", "request_id": "third", "ok": True}
-        assert [request["action"] for request in worker.requests] == ["lock", "unlock", "unlock"]
-        release["lock"].set()
-        assert await frame(communicator) == {"type": "reply", "request_id": "fourth", "ok": True}
+            release["lock"].clear()
+            await communicator.send_json_to({"action": "unlock", "request_id": "third"})  # its check is quick
+            await communicator.send_json_to({"action": "lock", "request_id": "fourth"})  # held
+            assert await frame(communicator, timeout=5) == {"type": "reply", "request_id": "third", "ok": True}
+            assert [request["action"] for request in worker.requests] == ["lock", "unlock", "unlock"]
+            release["lock"].set()
+            assert await frame(communicator) == {"type": "reply", "request_id": "fourth", "ok": True}
     finally:
         for gate in release.values():
             gate.set()
-        task.cancel()
 
 
 async def test_a_burst_of_clicks_starts_only_a_few_checks_ahead_and_all_are_answered_in_order(
@@ -256,24 +266,20 @@ async def test_a_burst_of_clicks_starts_only_a_few_checks_ahead_and_all_are_answ
             running[0] -= 1
 
     monkeypatch.setattr(consumers, "_moderation_check", held_check)
-    worker = FakeWorker(room.server_id)
-    task = asyncio.create_task(worker.run())
     try:
-        communicator, _ = await connect(moderator)
-        await frame(communicator)
-        for n in range(10):
-            await communicator.send_json_to({"action": "lock" if n % 2 else "unlock", "request_id": n})
-        await asyncio.sleep(0.3)
-        assert running[0] == consumers.PREPARED_AHEAD and worker.requests == []
-        gate.set()
-        replies = [await frame(communicator, timeout=5) for _ in range(10)]
-        assert [reply["request_id"] for reply in replies] == list(range(10))
-        assert all(reply["ok"] for reply in replies)
-        assert [request["request_id"] for request in worker.requests] == [str(n) for n in range(10)]
-        assert most[0] <= consumers.PREPARED_AHEAD + 1
+        async with moderator_page(connect, moderator, room) as (communicator, worker):
+            for n in range(10):
+                await communicator.send_json_to({"action": "lock" if n % 2 else "unlock", "request_id": n})
+            await asyncio.sleep(0.3)
+            assert running[0] == consumers.PREPARED_AHEAD and worker.requests == []
+            gate.set()
+            replies = [await frame(communicator, timeout=5) for _ in range(10)]
+            assert [reply["request_id"] for reply in replies] == list(range(10))
+            assert all(reply["ok"] for reply in replies)
+            assert [request["request_id"] for request in worker.requests] == [str(n) for n in range(10)]
+            assert most[0] <= consumers.PREPARED_AHEAD + 1
     finally:
         gate.set()
-        task.cancel()
 
 
 async def test_no_worker_answer_gives_a_clear_reply(connect, moderator, room, monkeypatch):
