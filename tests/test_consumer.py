@@ -712,3 +712,15 @@ async def test_room_list_follows_new_grants(login, room, make_user, grant):
         assert (await frame(communicator))["conference"]["locked"] is True
     finally:
         await communicator.disconnect()
+
+
+async def test_a_request_id_repeated_while_the_first_is_pending_is_refused(connect, moderator, room, monkeypatch):
+    """A page (or a forged frame) reuses a request_id before the worker answered the first: the second is
+    refused with its own reply, the first stays pending; no worker here, so nothing answers the first."""
+    monkeypatch.setattr(consumers, "REPLY_TIMEOUT", 30)
+    communicator, _ = await connect(moderator)
+    await frame(communicator)
+    await communicator.send_json_to({"action": "lock", "request_id": "dup"})
+    await communicator.send_json_to({"action": "unlock", "request_id": "dup"})
+    assert await frame(communicator, timeout=5) == refused("dup", "request_id already in use")
+    assert await communicator.receive_nothing(timeout=0.3)
