@@ -245,12 +245,6 @@ def event_text(message, role):
     return text
 
 
-def _retrieved(task):
-    """A task whose failure its awaiter reports, when there is one still: not 'never retrieved' otherwise."""
-    if not task.cancelled():
-        task.exception()
-
-
 def start_eagerly(coroutine):
     """Run ``coroutine`` at once until it first has to wait: None if it finished, else the Task carrying it on.
 
@@ -703,7 +697,7 @@ class RequestsConsumer(GuardedConsumer):
 
     def _prepared_done(self, task):
         self.prepared_ahead -= 1
-        _retrieved(task)  # awaited in turn, unless the socket closed first
+        fanout.retrieve(task)  # awaited in turn, unless the socket closed first
 
     async def _take_requests(self, queue):
         while True:

@@ -65,8 +65,9 @@ def existing_hub(layer):
     return hub
 
 
-def _retrieve(task):
-    """A read whose sockets all closed meanwhile: its failure is not 'never retrieved'."""
+def retrieve(task):
+    """A done callback for a task whose failure its awaiters report, if any are left (a read whose sockets
+    all closed meanwhile, a socket's check whose socket closed): not 'never retrieved' otherwise."""
     if not task.cancelled():
         task.exception()
 
@@ -181,7 +182,7 @@ class RoomHub:
                 return view.served(can_moderate)
             if view.reading is None:
                 view.reading = self.loop.create_task(self._read(view, read))
-                view.reading.add_done_callback(_retrieve)
+                view.reading.add_done_callback(retrieve)
                 view.read_after = view.asks  # the asks this read answers as fresh
             reading, answers = view.reading, view.read_after
             await asyncio.shield(reading)  # its failure is every waiting socket's

@@ -53,16 +53,7 @@ def _next_seq(conference_id, count=1):
     One statement (UPDATE ... RETURNING, PostgreSQL and SQLite 3.35+): it is on
     the path of every broadcast.
     """
-    table = connection.ops.quote_name(Conference._meta.db_table)
-    with connection.cursor() as cursor:
-        cursor.execute(f"UPDATE {table} SET seq = seq + %s WHERE id = %s RETURNING seq", [count, conference_id])  # noqa: S608
-        return cursor.fetchone()[0]
-
-
-def _count_sql(queryset):
-    """``(SELECT COUNT(*) …)`` of a queryset's rows, as SQL and its parameters, for a statement of ours."""
-    sql, params = queryset.order_by().values("pk").query.sql_with_params()
-    return f"(SELECT COUNT(*) FROM ({sql}) AS counted)", list(params)  # noqa: S608 (the ORM's SQL, values bound)
+    return _take_seq(conference_id, count)[0]
 
 
 def _next_seq_and_counts(conference_id, count):
@@ -74,19 +65,30 @@ def _next_seq_and_counts(conference_id, count):
     moment it numbers the events (no other join or leave of the room can
     commit in between). It saves a join and a leave one round trip each.
     """
-    table = connection.ops.quote_name(Conference._meta.db_table)
     in_room = Participant.objects.in_room().filter(conference_id=conference_id)
-    present_sql, present_params = _count_sql(in_room.filter(status=Participant.Status.PRESENT))
-    waiting_sql, waiting_params = _count_sql(in_room.filter(status=Participant.Status.WAITING))
+    return _take_seq(
+        conference_id,
+        count,
+        in_room.filter(status=Participant.Status.PRESENT),
+        in_room.filter(status=Participant.Status.WAITING),
+    )
+
+
+def _take_seq(conference_id, count, *counted):
+    """The UPDATE of ``_next_seq``, returning the last number taken and how many rows each queryset of
+    ``counted`` has (as a subquery of the same statement): ``(last seq, *counts)``."""
+    table = connection.ops.quote_name(Conference._meta.db_table)
+    returning, params = ["seq"], [count, conference_id]
+    for queryset in counted:
+        sql, sql_params = queryset.order_by().values("pk").query.sql_with_params()
+        returning.append(f"(SELECT COUNT(*) FROM ({sql}) AS counted)")  # noqa: S608 (the ORM's SQL)
+        params += sql_params
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} SET seq = seq + %s WHERE id = %s RETURNING seq, {present_sql}, {waiting_sql}",  # noqa: S608
-            [count, conference_id, *present_params, *waiting_params],
-        )
-        # Every row fetched: on SQLite a statement not stepped to its end keeps its read of the
-        # participants' table, and in a shared cache that locks other connections out.
-        [(last, present, waiting)] = cursor.fetchall()
-    return last, present, waiting
+        cursor.execute(f"UPDATE {table} SET seq = seq + %s WHERE id = %s RETURNING {', '.join(returning)}", params)  # noqa: S608 (names from the model, the ORM's SQL, values bound)
+        # Every row fetched: on SQLite a statement not stepped to its end keeps its reads (a subquery's
+        # of the participants' table), and in a shared cache that locks other connections out.
+        [row] = cursor.fetchall()
+    return row
 
 
 def _send_room_frame(conference_id, frame, webhook_type=None):

@@ -252,8 +252,8 @@ class RedisChannelLayer(BaseRedisChannelLayer):
 
         Only this process reads its inbox, so the clean-up of the message given last can wait for the next
         receive. A plain channel (the worker's) may have more than one reader for a moment (two workers at
-        a lease's hand-over): there each receive cleans up at once, as channels_redis does, in a second
-        round trip (channels_redis: four).
+        a lease's hand-over): there a message the script took is cleaned up at once, as channels_redis
+        does, in a second round trip (channels_redis: four).
         """
         assert self.require_valid_channel_name(channel, receive=True), "Channel name invalid"
         inbox = "!" in channel
@@ -277,19 +277,14 @@ class RedisChannelLayer(BaseRedisChannelLayer):
             if content is None:
                 popped = await connection.bzpopmin(channel_key, timeout=self.brpop_timeout)
                 if popped is not None:
-                    _key, content, score = popped
-                    if inbox:
-                        # Given at once, one round trip sooner (every room event of a quiet room comes this
-                        # way): the read is a task that no receive's cancellation cuts (receive_single), and
-                        # no other process reads this inbox, so a backup would only serve a read stopped
-                        # with the layer's pools, whose process is going away.
-                        backed_up = False
-                    else:
-                        await connection.zadd(backup, {content: float(score)})
-        if not inbox:
-            await connection.zpopmin(backup)
-        elif backed_up:
+                    # Given at once, one round trip sooner (every room event of a quiet room comes this way),
+                    # not backed up: the read is a task that no receive's cancellation cuts (receive_single),
+                    # and a backup channels_redis adds here it takes out again right after.
+                    content, backed_up = popped[1], False
+        if backed_up and inbox:
             self._given.add(channel_key)
+        elif backed_up:
+            await connection.zpopmin(backup)
         message = self.deserialize(content)
         if "__asgi_channel__" in message:
             channel = message.pop("__asgi_channel__")
