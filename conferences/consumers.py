@@ -148,7 +148,10 @@ def _snapshot(conference_id):
     with transaction.atomic():
         # The row lock orders this read with the services, which take the
         # room's next seq on the same row: seq and roster belong together.
-        conference = Conference.objects.select_for_update().select_related("server").get(pk=conference_id)
+        # The room's row only: the server's is read, not locked (every write of
+        # the worker holds it shared, then takes the room's: locking both here
+        # deadlocked with a join, tests/test_consumer.py).
+        conference = Conference.objects.select_for_update(of=("self",)).select_related("server").get(pk=conference_id)
         participants = list(Participant.objects.in_room().filter(conference=conference))
         invites = list(Invite.objects.filter(conference=conference, status__in=Invite.OPEN).order_by("id"))
     waiting = sum(1 for participant in participants if participant.waiting)

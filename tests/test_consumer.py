@@ -724,3 +724,34 @@ async def test_a_request_id_repeated_while_the_first_is_pending_is_refused(conne
     await communicator.send_json_to({"action": "unlock", "request_id": "dup"})
     assert await frame(communicator, timeout=5) == refused("dup", "request_id already in use")
     assert await communicator.receive_nothing(timeout=0.3)
+
+
+def test_a_snapshot_read_locks_the_room_not_its_server(room):
+    """Every write of the worker first holds the server's row shared (the lease fence), then locks the room's.
+    A snapshot read that locked the server's row too (select_related without ``of``) waited for the fence
+    while holding the room, and PostgreSQL broke the deadlock by failing the snapshot: every socket
+    connecting then was closed (seen in the chaos test). The snapshot must go through under a held fence."""
+    import threading
+
+    from django.db import connection, transaction
+
+    from conferences.ari import lease
+
+    AsteriskServer.objects.filter(pk=room.server_id).update(worker_owner="me")
+    done = threading.Event()
+    result = {}
+
+    def read():
+        try:
+            result["snapshot"] = consumers._snapshot(room.pk)
+        finally:
+            connection.close()
+            done.set()
+
+    with transaction.atomic():
+        lease.check(room.server_id, "me")  # the fence of a worker's hop, held
+        reader = threading.Thread(target=read)
+        reader.start()
+        assert done.wait(5), "the snapshot waited for the worker's fence"
+    reader.join()
+    assert result["snapshot"]["seq"] == room.seq
