@@ -378,19 +378,18 @@ def child_main(args):
 # --- the parent: checkouts, report ---------------------------------------------------------
 
 
-def run_child(args, code, label, workdir):
-    """One checkout's measurement; with ``--repeat N``, N of them one after the other, reported by the run
-    whose moderation p50 is the median, every run's headline figures beside it (``results["runs"]``)."""
-    runs = []
-    for attempt in range(1, args.repeat + 1):
-        name = label if args.repeat == 1 else f"{label}-{attempt}"
-        out = Path(workdir) / f"{name}.json"
-        cmd = [infra.VENV_PY, str(Path(__file__).resolve()), "--child", str(out), "--code", str(code)]
-        cmd += ["--rooms", str(args.rooms), "--callers", str(args.callers), "--pace", args.pace]
-        cmd += [flag for flag, on in (("--keep-asterisk", args.keep_asterisk), ("--profile", args.profile)) if on]
-        runs.append(infra.run_measurement(cmd, out, name, args.limit, quiet_load=args.quiet_load))
-    if len(runs) == 1:
-        return runs[0]
+def run_child(args, code, name, workdir):
+    """One measurement of a checkout (``name``: its label, with ``-N`` for the Nth of ``--repeat``)."""
+    out = Path(workdir) / f"{name}.json"
+    cmd = [infra.VENV_PY, str(Path(__file__).resolve()), "--child", str(out), "--code", str(code)]
+    cmd += ["--rooms", str(args.rooms), "--callers", str(args.callers), "--pace", args.pace]
+    cmd += [flag for flag, on in (("--keep-asterisk", args.keep_asterisk), ("--profile", args.profile)) if on]
+    return infra.run_measurement(cmd, out, name, args.limit, quiet_load=args.quiet_load)
+
+
+def median_run(runs):
+    """A checkout's runs of ``--repeat N`` (taken in turns with the other checkout's): the run whose
+    moderation p50 is the median, with every run's headline figures beside it (``results["runs"]``)."""
     ranked = sorted(runs, key=lambda results: _busy(results)["moderation"]["p50"] or 0)
     chosen = ranked[(len(ranked) - 1) // 2]
     chosen["runs"] = [headline(results) for results in runs]
@@ -437,7 +436,8 @@ def main(argv=None):
         type=int,
         default=1,
         metavar="N",
-        help="measure each checkout N times and report its median run by moderation p50 (runs vary a lot)",
+        help="measure each checkout N times, the checkouts taking turns, and report each one's median run by "
+        "moderation p50 (runs vary a lot)",
     )
     parser.add_argument("--quick", action="store_true", help="3 rooms x 4 callers, no report (for CI)")
     parser.add_argument("--code", default=str(ROOT), help="the checkout whose product is measured (default: this)")
@@ -476,6 +476,8 @@ def main(argv=None):
             measure=lambda tree, label, workdir: run_child(args, tree, label, workdir),
             render=report.render_busy,
             prefix="bench-busy-",
+            rounds=args.repeat,
+            combine=median_run,
         )
     except BenchError as exc:
         log(f"FAILED: {exc}")

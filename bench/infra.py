@@ -111,22 +111,35 @@ def run_measurement(cmd, out, label, limit, quiet_load=None):
     return json.loads(Path(out).read_text())
 
 
-def measure_checkouts(refs, measure, prefix):
+def measure_checkouts(refs, measure, prefix, rounds=1, combine=None):
     """``[(label, results)]``: ``measure(folder, label, workdir)`` for each ``(label, ref)`` whose ref is set.
 
     A ref is a checkout folder or a commit (checked out into a temporary
-    worktree, removed at the end).
+    worktree, removed at the end). With ``rounds`` over 1 the checkouts take
+    turns (baseline 1, measured 1, baseline 2, ...), so that a drift of the
+    machine over the run (Asterisk, PostgreSQL and the page cache warming up
+    or filling) falls on every checkout alike instead of on the last one;
+    each run's label ends in ``-N``, and ``combine(runs)`` makes one checkout's
+    results of its runs.
     """
     measured = []
     with tempfile.TemporaryDirectory(prefix=prefix) as workdir:
-        made = []
+        made, trees = [], []
         try:
             for label, ref in refs:
                 if ref is None:
                     continue
                 tree, new = checkout(ref, workdir)
                 made.append(new)
-                measured.append((label, measure(tree, label, workdir)))
+                trees.append((label, tree))
+            runs = {label: [] for label, _tree in trees}
+            for attempt in range(1, rounds + 1):
+                for label, tree in trees:
+                    name = label if rounds == 1 else f"{label}-{attempt}"
+                    runs[label].append(measure(tree, name, workdir))
+            for label, _tree in trees:
+                results = runs[label]
+                measured.append((label, results[0] if rounds == 1 else combine(results)))
         finally:
             for tree in made:
                 if tree is not None:
@@ -159,10 +172,15 @@ def machine_versions(packages, asterisk=None):
 
 
 def code_commit(root=None):
-    """The short commit of a checkout, marked when its work tree has uncommitted changes."""
+    """The short commit of a checkout, marked when its work tree has uncommitted changes.
+
+    Changes under docs/ do not count: they are the reports the benches write (a run of several benches
+    writes one section after the other), not the code measured.
+    """
     root = root or CODE["root"]
     commit = run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], check=False, timeout=10).stdout.strip()
-    dirty = run(["git", "-C", str(root), "status", "--porcelain"], check=False, timeout=10).stdout.strip()
+    status = ["git", "-C", str(root), "status", "--porcelain", "--", ".", ":(exclude)docs"]
+    dirty = run(status, check=False, timeout=10).stdout.strip()
     return (commit or "?") + (" (with uncommitted changes)" if dirty else "")
 
 
