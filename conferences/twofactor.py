@@ -19,8 +19,9 @@ Rules:
   accepted, is never accepted again.
 - A device is reset by deleting it in the admin (django-otp's TOTP device
   admin; its secret is never shown there: ``OTP_ADMIN_HIDE_SENSITIVE_DATA``).
-- Room sockets (conferences/consumers.py) read the session without this
-  check; ``session_is_pending`` is the test they would make.
+- Room sockets (conferences/consumers.py) have no request for the
+  middleware: their session check (conferences/sessions.py) asks
+  ``session_is_pending``, the same test, at the handshake and periodically.
 """
 
 import base64
@@ -32,15 +33,17 @@ from asgiref.sync import sync_to_async
 from django import forms
 from django.conf import settings
 from django.contrib.auth import REDIRECT_FIELD_NAME
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import QuerySet
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import Resolver404, resolve, reverse
 from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.cache import never_cache
-from django_otp import DEVICE_ID_SESSION_KEY, devices_for_user, user_has_device
+from django_otp import DEVICE_ID_SESSION_KEY, device_classes, devices_for_user, user_has_device
 from django_otp import login as otp_login
+from django_otp.models import DeviceManager
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from conferences import auth_backends, throttle
@@ -90,14 +93,46 @@ def pending_step(user):
 
 
 def session_is_pending(user, session_data):
-    """The same question for a socket: its user and its session's data, without a request."""
+    """The same question for a socket: its user and its session's data, without a request.
+
+    django-otp's answer (the session's device among ``devices_for_user(user)``,
+    else ``user_has_device(user)`` or REQUIRE_STAFF_2FA) from one read of the
+    user's confirmed devices (``confirmed_device_ids``).
+    """
     if not needs_factor(user):
         return False
+    device_ids = confirmed_device_ids(user)
     device_id = session_data.get(DEVICE_ID_SESSION_KEY)
-    if device_id:
-        if any(device.persistent_id == device_id for device in devices_for_user(user)):
-            return False
-    return user_has_device(user) or required()
+    if isinstance(device_id, str) and device_id in device_ids:
+        return False
+    return bool(device_ids) or required()
+
+
+def confirmed_device_ids(user):
+    """The persistent ids of ``user``'s confirmed devices: ``{d.persistent_id for d in devices_for_user(user)}``.
+
+    Each device class's rows are read with one plain statement instead of a
+    QuerySet: every staff socket's handshake and periodic check asks this,
+    and in a connect storm of staff pages the QuerySets' building was a third
+    of a handshake's database hop (docs/performance.md, "Connect storm"). A
+    device class with a manager of its own (which may filter) is asked
+    through django-otp as before. tests/test_twofactor.py compares the two.
+    """
+    ids = set()
+    for model in device_classes():
+        if type(model.objects) is not DeviceManager or type(model.objects.get_queryset()) is not QuerySet:
+            ids.update(device.persistent_id for device in model.objects.devices_for_user(user, confirmed=True))
+            continue
+        meta = model._meta
+        quote = connection.ops.quote_name
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT {quote(meta.pk.column)} FROM {quote(meta.db_table)} "  # noqa: S608 (names from the model)
+                f"WHERE {quote(meta.get_field('user').column)} = %s AND {quote(meta.get_field('confirmed').column)}",
+                [user.pk],
+            )
+            ids.update(f"{model.model_label()}/{pk}" for (pk,) in cursor.fetchall())
+    return ids
 
 
 def may_own_token(user, *, request=None):

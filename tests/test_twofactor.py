@@ -10,10 +10,13 @@ from datetime import timedelta
 
 import pytest
 from django.core.cache import cache
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
-from django_otp import DEVICE_ID_SESSION_KEY
+from django_otp import DEVICE_ID_SESSION_KEY, devices_for_user, user_has_device
+from django_otp.models import DeviceManager
 from django_otp.oath import totp
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
@@ -323,6 +326,69 @@ def test_session_is_pending_answers_for_a_socket_as_the_middleware_does_for_a_pa
     assert twofactor.session_is_pending(staffer, {})
     settings.REQUIRE_STAFF_2FA = False
     assert not twofactor.session_is_pending(staffer, {})
+
+
+def _pending_as_django_otp_answers(user, session_data):
+    """session_is_pending as it was written with django-otp's own helpers: the reference for the plain read."""
+    if not twofactor.needs_factor(user):
+        return False
+    device_id = session_data.get(DEVICE_ID_SESSION_KEY)
+    if device_id and any(device.persistent_id == device_id for device in devices_for_user(user)):
+        return False
+    return user_has_device(user) or twofactor.required()
+
+
+@pytest.mark.parametrize("require", [False, True])
+def test_the_sockets_device_check_answers_as_django_otps_own_helpers_in_one_statement(
+    require, staffer, make_user, settings
+):
+    """Every kind of account, device and session device id a socket can come with, hostile ids included."""
+    settings.REQUIRE_STAFF_2FA = require
+    viewer, superuser_only = make_user("viewer"), make_user("root", is_superuser=True)
+    other = make_user("other", is_staff=True)
+    others_device = enrolled(other)
+    gone = enrolled(staffer)
+    gone_id = gone.persistent_id
+    gone.delete()
+    session_ids = [None, "", gone_id, others_device.persistent_id, "otp_totp.totpdevice/x", "nope", "a/b/c", 5, ["x"]]
+    for user in (viewer, superuser_only, staffer):
+        for devices in ("none", "unconfirmed", "confirmed", "two"):
+            TOTPDevice.objects.filter(user=user).delete()
+            own = []
+            if devices != "none":
+                own.append(TOTPDevice.objects.create(user=user, name="phone", confirmed=devices != "unconfirmed"))
+            if devices == "two":
+                own.append(TOTPDevice.objects.create(user=user, name="spare", confirmed=True))
+            for device_id in session_ids + [device.persistent_id for device in own]:
+                data = {} if device_id is None else {DEVICE_ID_SESSION_KEY: device_id}
+                expected = _pending_as_django_otp_answers(user, data)
+                with CaptureQueriesContext(connection) as queries:
+                    answer = twofactor.session_is_pending(user, data)
+                assert answer is expected, (user.username, devices, device_id)
+                assert len(queries) == (1 if twofactor.needs_factor(user) else 0), queries.captured_queries
+    # The cases where the answer turns on the device: a verified session of a confirmed device is not pending.
+    mine = TOTPDevice.objects.filter(user=staffer, confirmed=True).first()
+    assert not twofactor.session_is_pending(staffer, {DEVICE_ID_SESSION_KEY: mine.persistent_id})
+    assert twofactor.session_is_pending(staffer, {DEVICE_ID_SESSION_KEY: others_device.persistent_id})
+
+
+def test_a_device_class_with_a_manager_of_its_own_is_asked_through_django_otp(required, staffer, monkeypatch):
+    """A plugin's manager may leave devices out: those are not read past it (its session stays pending)."""
+
+    class WithoutSpares(DeviceManager):
+        def get_queryset(self):
+            return super().get_queryset().exclude(name="spare")
+
+    manager = WithoutSpares()
+    manager.model, manager.name = TOTPDevice, "objects"
+    spare = TOTPDevice.objects.create(user=staffer, name="spare", confirmed=True)
+    data = {DEVICE_ID_SESSION_KEY: spare.persistent_id}
+    monkeypatch.setattr(TOTPDevice, "objects", manager)
+    assert twofactor.confirmed_device_ids(staffer) == set()
+    assert twofactor.session_is_pending(staffer, data) is _pending_as_django_otp_answers(staffer, data) is True
+    monkeypatch.undo()
+    assert twofactor.confirmed_device_ids(staffer) == {spare.persistent_id}
+    assert twofactor.session_is_pending(staffer, data) is _pending_as_django_otp_answers(staffer, data) is False
 
 
 def test_a_socket_of_a_staff_session_that_owes_its_code_is_not_logged_in(required, staffer, client):
