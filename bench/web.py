@@ -3,6 +3,7 @@
     .venv/bin/python bench/web.py                                  # this checkout, daphne: the full run
     .venv/bin/python bench/web.py --quick                          # 200 pages only, no report (about 2 min)
     .venv/bin/python bench/web.py --baseline 58ddf60               # that commit measured first, same run
+    .venv/bin/python bench/web.py --baseline 58ddf60 --repeat 3    # the two taking turns, three runs each
     .venv/bin/python bench/web.py --server daphne,daphne+persistent,uvicorn,uvicorn-wsproto,hypercorn,granian --profile
     .venv/bin/python bench/web.py --render /tmp/conference-bench-…/web-results.json   # the sections again
 
@@ -732,6 +733,41 @@ def render_again(path, out):
     return 0
 
 
+def _storm_figure(storm):
+    return storm["all_ms"] if storm.get("all_ms") is not None else float("inf")
+
+
+def _fanout_figure(fanout):
+    p50 = (fanout.get("project") or {}).get("p50")
+    return p50 if p50 is not None else float("inf")
+
+
+def median_runs(runs):
+    """A checkout's runs of ``--repeat N`` (taken in turns with the other checkout's): per server and scenario,
+    the run whose headline figure is the median (a storm's time until every page had its snapshot, a fan-out's
+    project p50), with every run's figures beside it (``runs``). A server whose runs differ in shape (one
+    failed) is reported from its first run."""
+    chosen = json.loads(json.dumps(runs[0], default=str))
+    for index, config in enumerate(chosen["configs"]):
+        others = [run["configs"][index] for run in runs]
+        for kind, figure in (("storms", _storm_figure), ("fanouts", _fanout_figure)):
+            if len({len(other.get(kind) or ()) for other in others}) != 1:
+                continue
+            for position in range(len(config.get(kind) or ())):
+                items = [other[kind][position] for other in others]
+                ranked = sorted(items, key=figure)
+                pick = json.loads(json.dumps(ranked[(len(ranked) - 1) // 2], default=str))
+                if kind == "storms":
+                    pick["runs"] = [item.get("all_ms") for item in items]
+                else:
+                    pick["runs"] = [
+                        {"p50": item["project"].get("p50"), "p99": item["project"].get("p99"), "ratio": item["ratio"]}
+                        for item in items
+                    ]
+                config[kind][position] = pick
+    return chosen
+
+
 def numbers(text):
     return [int(x) for x in text.split(",") if x.strip()]
 
@@ -749,6 +785,14 @@ def main(argv=None):
     parser.add_argument("--two-web", action="store_true", help="also 2,000 pages over two web processes")
     parser.add_argument(
         "--profile", action="store_true", help="py-spy on the web process during the largest one-process storm"
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="measure each checkout N times, the checkouts taking turns; each scenario's median run is reported, "
+        "every run's figure beside it",
     )
     parser.add_argument("--quick", action="store_true", help="storm and fan-out of 200 pages, no report")
     parser.add_argument("--code", default=str(ROOT), help="the checkout whose product is measured (default: this)")
@@ -785,6 +829,8 @@ def main(argv=None):
             [("baseline", args.baseline), ("measured", args.code)],
             lambda tree, label, workdir: run_child(args, tree, label, workdir),
             "bench-web-",
+            rounds=args.repeat,
+            combine=median_runs,
         )
     except BenchError as exc:
         log(f"FAILED: {exc}")

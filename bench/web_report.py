@@ -71,6 +71,8 @@ def storm_rows(measured):
             if s.get("dropped_after", {}).get("p50") is not None:
                 codes += f" (dropped after {trio(s['dropped_after'])} ms)"
             all_in = fmt(s["all_ms"]) if s["all_ms"] is not None else f"not all ({s['ready']:,} of {s['pages']:,})"
+            if len(s.get("runs") or ()) > 1:  # --repeat: this is the median run; every run's figure beside it
+                all_in += " (runs " + ", ".join("–" if ms is None else fmt(ms) for ms in s["runs"]) + ")"
             rows.append(
                 [
                     name,
@@ -87,6 +89,18 @@ def storm_rows(measured):
                 ]
             )
     return rows
+
+
+def runs_of(fanout):
+    """``--repeat``: every run's ratios beside the median run's (empty for one run)."""
+    taken = fanout.get("runs") or ()
+    if len(taken) < 2:
+        return ""
+
+    def ratio(value):
+        return "–" if value is None else f"{value:.2f}×"
+
+    return " (runs " + ", ".join(f"{ratio(r['ratio']['p50'])} / {ratio(r['ratio']['p99'])}" for r in taken) + ")"
 
 
 def fanout_rows(measured):
@@ -108,7 +122,8 @@ def fanout_rows(measured):
                     + ("–" if ratio["p50"] is None else f"{ratio['p50']:.2f}×")
                     + " / "
                     + ("" if ok99 is None else mark(ok99))
-                    + ("–" if ratio["p99"] is None else f"{ratio['p99']:.2f}×"),
+                    + ("–" if ratio["p99"] is None else f"{ratio['p99']:.2f}×")
+                    + runs_of(f),
                     f"{pair(r)} ({f['raw_clients']:,})",
                     f"{fmt(p['delivered_pct'], 1)} / {fmt(n['delivered_pct'], 1)}",
                     f"{p['gaps']} / {p['resyncs']}",

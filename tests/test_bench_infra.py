@@ -64,3 +64,27 @@ def test_the_commit_measured_is_marked_for_code_changes_not_for_the_reports_writ
     (tmp_path / "app.py").write_text("x = 1\n")
     (tmp_path / "new.py").write_text("")  # a new file is a change too
     assert infra.code_commit(tmp_path) == f"{clean} (with uncommitted changes)"
+
+
+def test_web_repeats_report_each_scenarios_median_run_with_every_runs_figure():
+    from bench import web, web_report
+
+    def run(storm_ms, fanout_p50, ratio):
+        fanout = {"pages": 200, "project": {"p50": fanout_p50, "p99": 2 * fanout_p50}, "ratio": ratio}
+        return {"configs": [{"server": "serve", "storms": [{"all_ms": storm_ms}], "fanouts": [fanout]}]}
+
+    runs = [
+        run(3000, 30, {"p50": 3.0, "p99": 1.4}),
+        run(None, 20, {"p50": 2.0, "p99": 1.2}),  # a storm that did not complete ranks last
+        run(2500, 40, {"p50": 4.0, "p99": 1.6}),
+    ]
+    combined = web.median_runs(runs)
+    storm, fanout = combined["configs"][0]["storms"][0], combined["configs"][0]["fanouts"][0]
+    assert storm["all_ms"] == 3000 and storm["runs"] == [3000, None, 2500]
+    assert fanout["project"]["p50"] == 30 and [r["p50"] for r in fanout["runs"]] == [30, 20, 40]
+    assert web_report.runs_of(fanout) == " (runs 3.00× / 1.40×, 2.00× / 1.20×, 4.00× / 1.60×)"
+    assert runs[0]["configs"][0]["storms"][0].get("runs") is None  # the runs themselves are left as measured
+    # A server whose runs differ in shape (one failed before its storms) is reported from its first run.
+    failed = {"configs": [{"server": "serve", "storms": [], "fanouts": [], "error": "no port"}]}
+    assert web.median_runs([runs[0], failed])["configs"][0]["storms"][0]["all_ms"] == 3000
+    assert web_report.runs_of({"runs": [{"ratio": {"p50": 1.0, "p99": 1.0}}]}) == ""
