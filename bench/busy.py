@@ -7,7 +7,8 @@
     .venv/bin/python bench/busy.py --baseline 8427346 --code HEAD --quiet-load 0.5   # the report's run
 
 The production layout (PostgreSQL ``conference_bench``, Redis database 13,
-one daphne, one ``manage.py ari_worker`` through bench/worker_probe.py, the
+one web process -- ``manage.py serve``, the product's uvicorn, or daphne with
+``--server daphne`` --, one ``manage.py ari_worker`` through bench/worker_probe.py, the
 sandbox Asterisk of scripts/asterisk-sandbox; set ASTERISK_SANDBOX_DIR and
 ASTERISK_SANDBOX_PORT to use another sandbox than the default one). The
 scenario, one run per checkout measured:
@@ -32,7 +33,7 @@ Latencies against Asterisk's own timestamps (bench/analysis.py): join =
 ChannelEnteredBridge -> ``participant.joined`` on the page, talking =
 ChannelTalkingStarted -> ``participant.updated`` (talking) on the page, the
 relay's the same ARI events on its clients; moderation = click sent -> its
-``reply``. ``--code PATH`` starts the product (daphne, worker, migrations)
+``reply``. ``--code PATH`` starts the product (web, worker, migrations)
 from another checkout; ``--baseline REF`` measures a second checkout (a
 folder, or a commit checked out into a temporary git worktree) first, in the
 same run, and the report shows both (``--quiet-load 0.5`` waits for a quiet
@@ -63,7 +64,9 @@ SPACING = 0.020  # seconds between two calls placed
 HOLD_SECONDS = 4.0  # talking flows between the admission check and the moderation
 MODERATION_TIMEOUT = 60.0
 SECTION = "busy-pbx"
-CONFIG = "core-1"  # RedisChannelLayer, one daphne: the production layout
+# RedisChannelLayer and one web process: the production layout, its web process run by the product's own
+# command (manage.py serve: uvicorn, chosen in docs/performance.md, "ASGI servers"), or by daphne (--server).
+CONFIGS = {"serve": "serve-1", "daphne": "core-1"}
 
 
 class BusyBench(run.Bench):
@@ -72,7 +75,7 @@ class BusyBench(run.Bench):
     def __init__(self, args):
         super().__init__(args)
         self.room_count, self.per_room, self.pace = args.rooms, args.callers, args.pace
-        self.plan = [(CONFIG, ["busy"])]
+        self.plan = [(CONFIGS[args.server], ["busy"])]
         self.results.update(
             plan=self.plan,
             rooms=self.room_count,
@@ -382,7 +385,7 @@ def run_child(args, code, name, workdir):
     """One measurement of a checkout (``name``: its label, with ``-N`` for the Nth of ``--repeat``)."""
     out = Path(workdir) / f"{name}.json"
     cmd = [infra.VENV_PY, str(Path(__file__).resolve()), "--child", str(out), "--code", str(code)]
-    cmd += ["--rooms", str(args.rooms), "--callers", str(args.callers), "--pace", args.pace]
+    cmd += ["--rooms", str(args.rooms), "--callers", str(args.callers), "--pace", args.pace, "--server", args.server]
     cmd += [flag for flag, on in (("--keep-asterisk", args.keep_asterisk), ("--profile", args.profile)) if on]
     return infra.run_measurement(cmd, out, name, args.limit, quiet_load=args.quiet_load)
 
@@ -438,6 +441,12 @@ def main(argv=None):
         metavar="N",
         help="measure each checkout N times, the checkouts taking turns, and report each one's median run by "
         "moderation p50 (runs vary a lot)",
+    )
+    parser.add_argument(
+        "--server",
+        choices=sorted(CONFIGS),
+        default="serve",
+        help="the web process: the product's manage.py serve (uvicorn, the default) or daphne",
     )
     parser.add_argument("--quick", action="store_true", help="3 rooms x 4 callers, no report (for CI)")
     parser.add_argument("--code", default=str(ROOT), help="the checkout whose product is measured (default: this)")

@@ -53,6 +53,13 @@ HOLD_SECONDS = 4.0  # between the last join and the first leave: talking events 
 
 CONFIGS = {
     "core-1": {"settings": "conferencesite.settings", "webs": 1, "label": "RedisChannelLayer, 1 daphne"},
+    # The product's own web command (uvicorn, conferences/management/commands/serve.py): bench/busy.py's default.
+    "serve-1": {
+        "settings": "conferencesite.settings",
+        "webs": 1,
+        "label": "RedisChannelLayer, 1 manage.py serve",
+        "server": "serve",
+    },
     "pubsub-1": {"settings": "bench.settings_pubsub", "webs": 1, "label": "RedisPubSubChannelLayer, 1 daphne"},
     "core-2": {"settings": "conferencesite.settings", "webs": 2, "label": "RedisChannelLayer, 2 daphne"},
     "pubsub-2": {"settings": "bench.settings_pubsub", "webs": 2, "label": "RedisPubSubChannelLayer, 2 daphne"},
@@ -238,6 +245,8 @@ class Bench:
             if infra.port_open(port):
                 raise BenchError(f"port {port} is taken")
             command = [infra.DAPHNE, "-b", "127.0.0.1", "-p", str(port), "conferencesite.asgi:application"]
+            if config.get("server") == "serve":
+                command = [infra.VENV_PY, "manage.py", "serve", "--no-worker", "--nostatic", f"127.0.0.1:{port}"]
             if config.get("profile"):
                 self.profile_path = self.log_dir / f"web{i + 1}-{name}.prof"
                 command = [infra.VENV_PY, "-m", "cProfile", "-o", str(self.profile_path), "-m", "daphne", *command[1:]]
