@@ -64,6 +64,7 @@ SPACING = 0.020  # seconds between two calls placed
 HOLD_SECONDS = 4.0  # talking flows between the admission check and the moderation
 MODERATION_TIMEOUT = 60.0
 SECTION = "busy-pbx"
+SPY_RATE = 1000  # --spy: samples per second (the second of moderation is short)
 # RedisChannelLayer and one web process: the production layout, its web process run by the product's own
 # command (manage.py serve: uvicorn, chosen in docs/performance.md, "ASGI servers"), or by daphne (--server).
 CONFIGS = {"serve": "serve-1", "daphne": "core-1"}
@@ -75,6 +76,7 @@ class BusyBench(run.Bench):
     def __init__(self, args):
         super().__init__(args)
         self.room_count, self.per_room, self.pace = args.rooms, args.callers, args.pace
+        self.spy = args.spy
         self.plan = [(CONFIGS[args.server], ["busy"])]
         self.results.update(
             plan=self.plan,
@@ -92,6 +94,18 @@ class BusyBench(run.Bench):
 
     def machine_info(self):
         return {**super().machine_info(), "code": str(infra.CODE["root"])}
+
+    def start_spies(self):
+        """``--spy``: py-spy on the web process and the worker (every thread, not pausing them), attached now."""
+        from bench.web import Profiler
+
+        targets = {"web process": self.web_names[0], "worker": self.worker_name}
+        return {
+            process: Profiler(
+                self.procs.procs[name].pid, self.log_dir / f"spy-{name}.pyspy", rate=SPY_RATE, nonblocking=True
+            )
+            for process, name in targets.items()
+        }
 
     # --- the pages -----------------------------------------------------------------------
 
@@ -207,8 +221,10 @@ class BusyBench(run.Bench):
         clicks = []
         for i, _room in enumerate(self.rooms):
             clicks += [[f"m{i}", "mute_all", f"mute-all-{i}"], [f"m{i}", "unmute_all", f"unmute-all-{i}"]]
+        spies = self.start_spies() if self.spy else {}
         t_moderation = time.time()
         moderation = project_client.call("moderate", clicks, MODERATION_TIMEOUT, timeout=MODERATION_TIMEOUT + 30)
+        spied = {process: spy.stop() for process, spy in spies.items()}
         log(f"moderation: {moderation['sent']} clicks, {moderation['unanswered']} unanswered")
         time.sleep(1.0)
         self.spaced(callers, SPACING, lambda caller: self.ari.hangup(caller["far"]))
@@ -237,6 +253,7 @@ class BusyBench(run.Bench):
             "t_end": t_end,
             "relay": relay_results,
             "project": project_results,
+            "spy": {process: {**prof, "rate": SPY_RATE} for process, prof in spied.items()},
         }
         metrics = analysis.analyze_phase(phase)
         metrics.update(
@@ -386,7 +403,8 @@ def run_child(args, code, name, workdir):
     out = Path(workdir) / f"{name}.json"
     cmd = [infra.VENV_PY, str(Path(__file__).resolve()), "--child", str(out), "--code", str(code)]
     cmd += ["--rooms", str(args.rooms), "--callers", str(args.callers), "--pace", args.pace, "--server", args.server]
-    cmd += [flag for flag, on in (("--keep-asterisk", args.keep_asterisk), ("--profile", args.profile)) if on]
+    flags = (("--keep-asterisk", args.keep_asterisk), ("--profile", args.profile), ("--spy", args.spy))
+    cmd += [flag for flag, on in flags if on]
     return infra.run_measurement(cmd, out, name, args.limit, quiet_load=args.quiet_load)
 
 
@@ -456,6 +474,11 @@ def main(argv=None):
     parser.add_argument("--keep-asterisk", action="store_true", help="leave a sandbox this run started running")
     parser.add_argument(
         "--profile", action="store_true", help="run the worker under cProfile (slower: its figures too)"
+    )
+    parser.add_argument(
+        "--spy",
+        action="store_true",
+        help="py-spy on the web process and the worker from the first click to the last reply (not pausing them)",
     )
     parser.add_argument(
         "--quiet-load",

@@ -916,7 +916,7 @@ def render_busy(measured, *, command, seconds, previous="", section="busy-pbx"):
         "runs.\n",
         table(["", ""], machine_lines(machine)),
         "",
-        f"The production layout: PostgreSQL, Redis (the default `RedisChannelLayer`), one daphne, one "
+        f"The production layout: PostgreSQL, Redis (the default `RedisChannelLayer`), {web_process(first)}, one "
         "`manage.py ari_worker` (through `bench/worker_probe.py`), the sandbox Asterisk. One page per room: the "
         "moderator's logged-in WebSocket (`bench/clients.py`), and beside it one client per room of the raw "
         "relay (`bench/relay.py`: every ARI event to every client, as the classic Node.js relay). "
@@ -956,12 +956,41 @@ def render_busy(measured, *, command, seconds, previous="", section="busy-pbx"):
         ),
         "\n</details>\n",
         *render_worker_profiles(measured),
+        *render_spies(runs),
         keep_prose(previous, "busy", BUSY_PROSE),
         "",
         f"Reproduce: `{command}` (rewrites this section only; `--quick` runs 3 rooms × 4 callers and writes nothing).",
         f"<!-- section:{section}:end -->",
     ]
     return "\n".join(out)
+
+
+def web_process(results):
+    """The busy bench's web process, as the layout's text names it (bench/busy.py ``--server``)."""
+    configs = [name for name, _phases in results.get("plan") or ()]
+    return "one daphne" if "core-1" in configs else "one `manage.py serve` (uvicorn, the product's own)"
+
+
+def render_spies(runs):
+    """bench/busy.py ``--spy``: the web process and the worker under py-spy over the second of moderation."""
+    from bench import web_report
+
+    out = []
+    for label, results, phase, _busy in runs:
+        for process, prof in (phase.get("spy") or {}).items():
+            title = (
+                f"{label} `{results['machine']['commit']}`: the {process} under py-spy from the first click to "
+                "the last reply"
+            )
+            if not prof or prof.get("error") or not prof.get("samples"):
+                out += [f"No profile of {title}: {(prof or {}).get('error', 'no samples')}.", ""]
+                continue
+            out += web_report.profile_block(
+                f"{title} ({prof['samples']:,} samples at {prof.get('rate', '?')} Hz, not pausing the process; "
+                "idle waits are not sampled)",
+                prof,
+            )
+    return out
 
 
 CAPACITY_PROSE = "_Placeholder: what the capacity figures say and where the worker's time goes (engineers' prose)._"

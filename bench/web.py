@@ -305,13 +305,14 @@ def profile_summary(path, top=15):
 class Profiler:
     """py-spy recording one process (all its threads) until stopped."""
 
-    def __init__(self, pid, out):
+    def __init__(self, pid, out, rate=200, nonblocking=False):
+        """``nonblocking``: sample without pausing the process (its latencies are what is measured)."""
         self.out = out
         spy = BIN / "py-spy"
         if not spy.exists():
-            raise BenchError("--profile needs py-spy in .venv (pip install -r requirements-dev.txt)")
+            raise BenchError("profiling needs py-spy in .venv (pip install -r requirements-dev.txt)")
         cmd = [str(spy), "record", "-p", str(pid), "--format", "raw", "--threads", "--subprocesses"]
-        cmd += ["-r", "200", "-o", str(out)]
+        cmd += ["-r", str(rate), "-o", str(out)] + (["--nonblocking"] if nonblocking else [])
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
         time.sleep(1.0)  # attached before the storm starts
 

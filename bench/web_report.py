@@ -203,27 +203,35 @@ def profile_lines(measured):
             if prof.get("error") or not prof.get("samples"):
                 out += [f"No profile of {name}'s {s['pages']:,}-page storm: {prof.get('error', 'no samples')}.", ""]
                 continue
-            total = prof["samples"]
-            out += [
-                f"<details><summary>{name}: the web process under py-spy during the {s['pages']:,}-page storm "
-                f"({total:,} samples at 200 Hz over every thread; idle waits are not sampled)</summary>\n",
-                table(
-                    ["thread", "busy samples", "share"],
-                    [[t, f"{n:,}", f"{100 * n / total:.0f} %"] for t, n in prof["threads"]],
-                ),
-                "",
-                table(
-                    ["function (own time)", "samples", "share"],
-                    [[short(f), f"{n:,}", f"{100 * n / total:.0f} %"] for f, n in prof["own"]],
-                ),
-                "",
-                table(
-                    ["function (inclusive)", "samples", "share"],
-                    [[short(f), f"{n:,}", f"{100 * n / total:.0f} %"] for f, n in prof["inclusive"]],
-                ),
-                "\n</details>\n",
-            ]
+            out += profile_block(
+                f"{name}: the web process under py-spy during the {s['pages']:,}-page storm "
+                f"({prof['samples']:,} samples at 200 Hz over every thread; idle waits are not sampled)",
+                prof,
+            )
     return out
+
+
+def profile_block(summary, prof):
+    """A py-spy summary (bench/web.py ``profile_summary``) as a folded block: threads, own time, inclusive."""
+    total = prof["samples"]
+    return [
+        f"<details><summary>{summary}</summary>\n",
+        table(
+            ["thread", "busy samples", "share"],
+            [[t, f"{n:,}", f"{100 * n / total:.0f} %"] for t, n in prof["threads"]],
+        ),
+        "",
+        table(
+            ["function (own time)", "samples", "share"],
+            [[short(f), f"{n:,}", f"{100 * n / total:.0f} %"] for f, n in prof["own"]],
+        ),
+        "",
+        table(
+            ["function (inclusive)", "samples", "share"],
+            [[short(f), f"{n:,}", f"{100 * n / total:.0f} %"] for f, n in prof["inclusive"]],
+        ),
+        "\n</details>\n",
+    ]
 
 
 def header_lines(section, measured, command, seconds):

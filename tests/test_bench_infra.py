@@ -88,3 +88,18 @@ def test_web_repeats_report_each_scenarios_median_run_with_every_runs_figure():
     failed = {"configs": [{"server": "serve", "storms": [], "fanouts": [], "error": "no port"}]}
     assert web.median_runs([runs[0], failed])["configs"][0]["storms"][0]["all_ms"] == 3000
     assert web_report.runs_of({"runs": [{"ratio": {"p50": 1.0, "p99": 1.0}}]}) == ""
+
+
+def test_the_busy_report_names_its_web_process_and_folds_the_spied_profiles():
+    from bench import report
+
+    assert report.web_process({"plan": [["serve-1", ["busy"]]]}).startswith("one `manage.py serve`")
+    assert report.web_process({"plan": [["core-1", ["busy"]]]}) == "one daphne"
+    prof = {"samples": 10, "rate": 1000, "threads": [["thread (1): MainThread", 10]], "own": [], "inclusive": []}
+    phase = {"spy": {"web process": prof, "worker": {"error": "py-spy could not attach"}}}
+    lines = report.render_spies([("measured", {"machine": {"commit": "abc1234"}}, phase, {})])
+    text = "\n".join(lines)
+    assert "<details><summary>measured `abc1234`: the web process under py-spy" in text
+    assert "10 samples at 1000 Hz" in text
+    assert "No profile of measured `abc1234`: the worker under py-spy" in text and "could not attach" in text
+    assert report.render_spies([("measured", {"machine": {"commit": "abc1234"}}, {}, {})]) == []
