@@ -64,7 +64,7 @@ SPACING = 0.020  # seconds between two calls placed
 HOLD_SECONDS = 4.0  # talking flows between the admission check and the moderation
 MODERATION_TIMEOUT = 60.0
 SECTION = "busy-pbx"
-SPY_RATE = 1000  # --spy: samples per second (the second of moderation is short)
+SPY_RATE = 250  # --spy: samples per second (at 1,000 py-spy's own reading took cores the run needed)
 # RedisChannelLayer and one web process: the production layout, its web process run by the product's own
 # command (manage.py serve: uvicorn, chosen in docs/performance.md, "ASGI servers"), or by daphne (--server).
 CONFIGS = {"serve": "serve-1", "daphne": "core-1"}
@@ -265,6 +265,7 @@ class BusyBench(run.Bench):
             cpu=self.cpu_delta(cpu_before, cpu_after),
             notes=list(self.notes_for_phase),
             busy=busy_figures(phase, t0, t_moderation, held, final, moderation),
+            spy=phase["spy"],
         )
         return phase, metrics
 
