@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/capacity.py                      # 100 ... 1,200 handled events/s, this checkout
     .venv/bin/python bench/capacity.py --baseline 8427346   # that commit's worker first, in the same run
+    .venv/bin/python bench/capacity.py --baseline 8427346 --repeat 3   # the two taking turns, three runs each
     .venv/bin/python bench/capacity.py --quick              # 100, 200, 500 for 3 s each (under a minute)
     .venv/bin/python bench/capacity.py --rates 200,400 --seconds 10 --code /path/to/checkout
 
@@ -726,6 +727,13 @@ def main(argv=None):
         metavar="LOAD",
         help="before each checkout's measurement wait (at most 10 min) for the load average to fall under LOAD",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="measure each checkout N times, the checkouts taking turns; each one's median run by peak is reported",
+    )
     parser.add_argument("--child", metavar="RESULTS_JSON", help=argparse.SUPPRESS)
     parser.add_argument("--standin", metavar="CONFIG_JSON", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -742,6 +750,8 @@ def main(argv=None):
         parser.error("--rates must be positive, --rooms 1..200, --churn 0..1")
     if not 1 <= args.population <= 50 or not 0.5 <= args.seconds <= 120:
         parser.error("--population must be 1..50 and --seconds 0.5..120")
+    if not 1 <= args.repeat <= 9:
+        parser.error("--repeat must be 1..9")
     args.limit = int(120 + len(args.rate_list) * (args.seconds + DRAIN_TIMEOUT + 10))
     if args.child:
         return child_main(args)
@@ -755,6 +765,8 @@ def main(argv=None):
             measure=lambda tree, label, workdir: run_child(args, tree, label, workdir),
             render=functools.partial(report.render_capacity, target_ms=WAIT_TARGET_MS),
             prefix="bench-capacity-",
+            rounds=args.repeat,
+            combine=functools.partial(report.capacity_median_run, target_ms=WAIT_TARGET_MS),
         )
     except BenchError as exc:
         log(f"FAILED: {exc}")

@@ -103,3 +103,23 @@ def test_the_busy_report_names_its_web_process_and_folds_the_spied_profiles():
     assert "10 samples at 1000 Hz" in text
     assert "No profile of measured `abc1234`: the worker under py-spy" in text and "could not attach" in text
     assert report.render_spies([("measured", {"machine": {"commit": "abc1234"}}, {}, {})]) == []
+
+
+def test_capacity_repeats_report_the_median_run_by_peak_with_every_runs_verdict():
+    from bench import report
+
+    def run(peak, wait_at_200):
+        steps = [
+            {"rate": 200, "drained": True, "worker": {"handled_per_s": 200, "wait": {"p99": wait_at_200}}},
+            {"rate": 800, "drained": True, "worker": {"handled_per_s": peak, "wait": {"p99": 400}}},
+        ]
+        return {"steps": steps, "machine": {"commit": "abc1234"}}
+
+    runs = [run(900, 12), run(700, 30), run(1100, 9)]
+    chosen = report.capacity_median_run(runs)
+    assert report.capacity_verdict(chosen["steps"], 50)[1] == 900  # the median peak, not the best
+    assert report.capacity_runs(chosen, 50, 1) == " (runs 900, 700, 1,100)"
+    assert report.capacity_runs(chosen, 50, 2) == " (runs 12, 30, 9)"
+    assert report.capacity_runs(chosen, 50, 0) == " (runs 200, 200, 200)"
+    assert report.capacity_runs(runs[0], 50, 1) == ""  # one run: nothing beside it
+    assert "runs" not in runs[0]
