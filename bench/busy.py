@@ -412,8 +412,7 @@ def run_child(args, code, name, workdir):
 def median_run(runs):
     """A checkout's runs of ``--repeat N`` (taken in turns with the other checkout's): the run whose
     moderation p50 is the median, with every run's headline figures beside it (``results["runs"]``)."""
-    ranked = sorted(runs, key=lambda results: _busy(results)["moderation"]["p50"] or 0)
-    chosen = ranked[(len(ranked) - 1) // 2]
+    chosen = report.median_by(runs, lambda results: _busy(results)["moderation"]["p50"] or 0)
     chosen["runs"] = [headline(results) for results in runs]
     return chosen
 

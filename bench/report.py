@@ -1013,22 +1013,33 @@ def capacity_verdict(steps, target_ms):
     return sustained, peak, at_200
 
 
+def median_by(items, figure):
+    """The item whose ``figure(item)`` is the median (of an even count the lower one): a checkout's run of
+    ``--repeat N`` that its report shows (bench/busy.py, bench/web.py, bench/capacity.py)."""
+    ranked = sorted(items, key=figure)
+    return ranked[(len(ranked) - 1) // 2]
+
+
+def beside_runs(figures, show=None):
+    """``--repeat``: every run's figure, for beside the median run's (``" (runs a, b, c)"``); '' for one run.
+    ``show`` formats one figure (default ``fmt``, '–' for None)."""
+    if len(figures) < 2:
+        return ""
+    show = show or (lambda figure: "–" if figure is None else fmt(figure))
+    return " (runs " + ", ".join(show(figure) for figure in figures) + ")"
+
+
 def capacity_median_run(runs, target_ms=50):
     """A checkout's runs of bench/capacity.py ``--repeat N`` (taken in turns with the other checkout's): the run
     whose peak handled rate is the median, with every run's steps beside it (``results["runs"]``)."""
-    ranked = sorted(runs, key=lambda results: capacity_verdict(results["steps"], target_ms)[1] or 0)
-    chosen = dict(ranked[(len(ranked) - 1) // 2])
+    chosen = dict(median_by(runs, lambda results: capacity_verdict(results["steps"], target_ms)[1] or 0))
     chosen["runs"] = [{"steps": results["steps"]} for results in runs]
     return chosen
 
 
 def capacity_runs(results, target_ms, index):
     """``--repeat``: one verdict figure (0 sustained rate, 1 peak, 2 wait p99 at 200/s) of every run, or ''."""
-    runs = results.get("runs") or ()
-    if len(runs) < 2:
-        return ""
-    figures = [capacity_verdict(run["steps"], target_ms)[index] for run in runs]
-    return " (runs " + ", ".join("–" if figure is None else fmt(figure) for figure in figures) + ")"
+    return beside_runs([capacity_verdict(run["steps"], target_ms)[index] for run in results.get("runs") or ()])
 
 
 def render_capacity(measured, *, command, seconds, previous="", section="capacity", target_ms=50):

@@ -47,6 +47,7 @@ markers survives reruns). Exits 1 when a measurement failed.
 """
 
 import argparse
+import copy
 import json
 import os
 import queue
@@ -748,7 +749,7 @@ def median_runs(runs):
     the run whose headline figure is the median (a storm's time until every page had its snapshot, a fan-out's
     project p50), with every run's figures beside it (``runs``). A server whose runs differ in shape (one
     failed) is reported from its first run."""
-    chosen = json.loads(json.dumps(runs[0], default=str))
+    chosen = copy.deepcopy(runs[0])
     for index, config in enumerate(chosen["configs"]):
         others = [run["configs"][index] for run in runs]
         for kind, figure in (("storms", _storm_figure), ("fanouts", _fanout_figure)):
@@ -756,8 +757,7 @@ def median_runs(runs):
                 continue
             for position in range(len(config.get(kind) or ())):
                 items = [other[kind][position] for other in others]
-                ranked = sorted(items, key=figure)
-                pick = json.loads(json.dumps(ranked[(len(ranked) - 1) // 2], default=str))
+                pick = dict(report.median_by(items, figure))
                 if kind == "storms":
                     pick["runs"] = [item.get("all_ms") for item in items]
                 else:

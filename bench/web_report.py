@@ -6,7 +6,7 @@ per checkout measured; ``connect-storm``, ``fanout-needs`` and ``asgi-servers``.
 
 import time
 
-from bench.report import fmt, keep_prose, machine_lines, pair, table, trio
+from bench.report import beside_runs, fmt, keep_prose, machine_lines, pair, table, trio
 
 STORM_TARGET_MS = 5000  # issue 13: every page has its snapshot within 5 s, none dropped
 
@@ -71,8 +71,7 @@ def storm_rows(measured):
             if s.get("dropped_after", {}).get("p50") is not None:
                 codes += f" (dropped after {trio(s['dropped_after'])} ms)"
             all_in = fmt(s["all_ms"]) if s["all_ms"] is not None else f"not all ({s['ready']:,} of {s['pages']:,})"
-            if len(s.get("runs") or ()) > 1:  # --repeat: this is the median run; every run's figure beside it
-                all_in += " (runs " + ", ".join("–" if ms is None else fmt(ms) for ms in s["runs"]) + ")"
+            all_in += beside_runs(s.get("runs") or ())  # --repeat: this is the median run; every run's beside it
             rows.append(
                 [
                     name,
@@ -93,14 +92,11 @@ def storm_rows(measured):
 
 def runs_of(fanout):
     """``--repeat``: every run's ratios beside the median run's (empty for one run)."""
-    taken = fanout.get("runs") or ()
-    if len(taken) < 2:
-        return ""
 
     def ratio(value):
         return "–" if value is None else f"{value:.2f}×"
 
-    return " (runs " + ", ".join(f"{ratio(r['ratio']['p50'])} / {ratio(r['ratio']['p99'])}" for r in taken) + ")"
+    return beside_runs(fanout.get("runs") or (), lambda r: f"{ratio(r['ratio']['p50'])} / {ratio(r['ratio']['p99'])}")
 
 
 def fanout_rows(measured):
